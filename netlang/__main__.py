@@ -1,0 +1,5 @@
+import sys
+
+from netlang.cli import main
+
+sys.exit(main())

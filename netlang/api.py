@@ -1,0 +1,196 @@
+"""The public Python API: load -> check -> (compile) -> run / train.
+
+    net = netlang.load("examples/unet.net", params={"base": 16})
+    net.inputs, net.outputs                    # name -> TensorType
+    weights = net.init(seed=0)                 # name -> float32 array, PyTorch layouts and init
+    outs = net.forward(weights, {"image": x})  # name -> array
+    loss, grads = net.value_and_grad(weights, batch, loss="bce(mask, target)")
+
+Every user error is a NetlangError whose `.sources` lets `render()` quote the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from netlang.config import TrainConfig, train_config
+from netlang.diagnostics import Diagnostic, NetlangError, SourceMap, error
+from netlang.ir.graph import Graph, Node
+from netlang.ir.types import TensorType
+from netlang.lang.imports import Program, read_program
+from netlang.lang.lower import Value, lower, parse_override
+from netlang.passes.shape_infer import infer_shapes
+
+
+@dataclass
+class Network:
+    """A checked network: its typed forward graph and everything needed to run it."""
+
+    graph: Graph
+    program: Program
+    file: str
+    train: TrainConfig | None = None
+    _compiled: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    # -- what the network is -------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.graph.name
+
+    @property
+    def sources(self) -> SourceMap:
+        return self.program.sources
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return self.graph.warnings
+
+    @property
+    def inputs(self) -> dict[str, TensorType]:
+        return {k: n.type for k, n in self.graph.inputs.items()}
+
+    @property
+    def outputs(self) -> dict[str, TensorType]:
+        return {k: n.type for k, n in self.graph.outputs.items()}
+
+    @property
+    def params(self) -> dict[str, TensorType]:
+        """Every parameter and buffer (batchnorm running statistics), PyTorch layouts."""
+        return {n.name: n.type for n in self.graph.params}
+
+    @property
+    def trainable(self) -> list[str]:
+        return [n.name for n in self.graph.params if n.attrs.get("trainable", True)]
+
+    def param_count(self) -> int:
+        return sum(n.type.size for n in self.graph.params if n.attrs.get("trainable", True))
+
+    # -- weights -------------------------------------------------------------------------
+    def init(self, seed: int = 0) -> dict[str, np.ndarray]:
+        """Initial weights as PyTorch initialises its layers (kaiming-uniform, bound
+        1/sqrt(fan_in); batchnorm ones/zeros), deterministic in `seed`."""
+        rng = np.random.default_rng(seed)
+        out: dict[str, np.ndarray] = {}
+        for p in self.graph.params:
+            shape = p.type.shape
+            init = p.attrs["init"]
+            if init == "uniform":
+                b = p.attrs["bound"]
+                out[p.name] = rng.uniform(-b, b, size=shape).astype(np.float32)
+            elif init == "ones":
+                out[p.name] = np.ones(shape, np.float32)
+            else:
+                out[p.name] = np.zeros(shape, np.float32)
+        return out
+
+    # -- running -------------------------------------------------------------------------
+    def program_for(self, training: bool, loss: str | None = None, wrt_inputs: bool = False):
+        """The compiled program (cached) for inference, or for a loss and its gradients."""
+        from netlang.passes.pipeline import build_program
+
+        key = (training, loss, wrt_inputs)
+        if key not in self._compiled:
+            self._compiled[key] = build_program(self, training=training, loss=loss,
+                                                wrt_inputs=wrt_inputs)
+        return self._compiled[key]
+
+    def forward(self, weights: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
+                training: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+        """Outputs by name. In training mode, dropout is active and batchnorm uses batch
+        statistics (use `run` to also get the updated running statistics)."""
+        outs, _ = self.run(weights, inputs, training=training, seed=seed)
+        return outs
+
+    def run(self, weights: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
+            training: bool = False, seed: int = 0):
+        """(outputs, buffer updates): updates hold new batchnorm running statistics."""
+        prog = self.program_for(training)
+        return prog.run(weights, inputs, seed=seed)
+
+    def value_and_grad(self, weights: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray],
+                       loss: str | None = None, training: bool = True, seed: int = 0,
+                       wrt_inputs: bool = False, return_updates: bool = False):
+        """(loss, grads): grads has the keys of the trainable weights (and of the inputs when
+        `wrt_inputs`). `loss` uses the train-section syntax, e.g. "bce(mask, target)"; by
+        default the file's train section's loss."""
+        loss = self._loss_text(loss)
+        prog = self.program_for(training, loss, wrt_inputs)
+        value, grads, updates = prog.value_and_grad(weights, batch, seed=seed)
+        if return_updates:
+            return value, grads, updates
+        return value, grads
+
+    def _loss_text(self, loss: str | None) -> str:
+        if loss is not None:
+            return loss
+        if self.train is not None and self.train.loss_text:
+            return self.train.loss_text
+        raise error("E030", "no loss given and the file's train section names none", None,
+                    help='pass loss="cross_entropy(logits, label)" or add `loss = ...` to the '
+                         "train section")
+
+
+def _overrides(params: Mapping[str, Any] | None) -> dict[str, Value]:
+    out: dict[str, Value] = {}
+    for k, v in (params or {}).items():
+        out[k] = parse_override(v) if isinstance(v, str) else v
+    return out
+
+
+def loads(text: str, network: str | None = None, params: Mapping[str, Any] | None = None,
+          file: str = "<string>", base_dir: Path | None = None) -> Network:
+    """Parse, lower and check a `.net` source text."""
+    prog: Program | None = None
+    sources = SourceMap()
+    try:
+        prog = read_program(text, file, base_dir, sources)
+        graph = lower(prog, network, _overrides(params))
+        infer_shapes(graph)
+        outputs = list(graph.outputs)
+        trains = [t for t in prog.main.trains if t.network in (None, graph.name)]
+        cfg = train_config(trains[0], outputs, text) if trains else None
+        if len(trains) > 1:
+            raise error("E030", f"network `{graph.name}` has two train sections", trains[1].span)
+        for t in prog.main.trains:
+            if t.network is not None and t.network not in [n.name for n in prog.main.networks]:
+                raise error("E030", f"train section for unknown network `{t.network}`", t.span)
+    except NetlangError as exc:
+        exc.sources = sources  # type: ignore[attr-defined]
+        raise
+    return Network(graph, prog, file, cfg)
+
+
+def _read(path: str | Path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error("E004", f"no such file: {path}", None) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error("E004", f"cannot read {path}: {exc}", None) from None
+
+
+def load(path: str | Path, network: str | None = None,
+         params: Mapping[str, Any] | None = None) -> Network:
+    """Read and check a `.net` file (and the files it imports)."""
+    return loads(_read(path), network, params, file=str(path), base_dir=Path(path).parent)
+
+
+def read_file(path: str | Path) -> Program:
+    """Parse a file and its imports without lowering any network."""
+    sources = SourceMap()
+    try:
+        return read_program(_read(path), str(path), Path(path).parent, sources)
+    except NetlangError as exc:
+        exc.sources = sources  # type: ignore[attr-defined]
+        raise
+
+
+def network_names(path: str | Path) -> list[str]:
+    return [n.name for n in read_file(path).main.networks]
+
+
+__all__ = ["Network", "load", "loads", "network_names", "Node"]

@@ -1,0 +1,264 @@
+"""The `train` section as typed configuration, validated key by key.
+
+Every key is checked here (unknown keys get "did you mean", values get type and range
+checks) so that `netlang check` reports a bad `train` section before any training starts.
+The command line overrides the file through the same validation (`apply_overrides`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from netlang.diagnostics import SourceSpan, did_you_mean, error
+from netlang.lang import ast
+from netlang.ops.registry import Symbol
+
+
+@dataclass(frozen=True)
+class Call:
+    """A validated `name(key = value, ...)` item such as `adam(lr = 1e-3)`."""
+
+    name: str
+    args: tuple[tuple[str, Any], ...] = ()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return dict(self.args).get(key, default)
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    weight: float
+    op: str            # mse | cross_entropy | bce | dice
+    pred: str          # a network output
+    target: str        # a target name supplied by the data
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: Call | None = None
+    loss: tuple[LossTerm, ...] = ()
+    loss_text: str = ""
+    optimizer: Call = Call("adam", (("lr", 1e-3),))
+    schedule: Call = Call("constant")
+    batch: int = 32
+    epochs: int = 10
+    seed: int = 0
+    val_split: float = 0.2
+    early_stop: Call | None = None
+    augment: tuple[Call, ...] = ()
+    metrics: tuple[str, ...] = ()
+    checkpoint_every: int = 1
+    span: SourceSpan | None = None
+
+
+# Schemas: name -> allowed arguments with their kinds (positional order = dict order).
+NUM, INT, BOOL, STR, NAME = "number", "integer", "boolean", "string", "name"
+DATA = {
+    "digits": {"test_fraction": NUM},
+    "shapes": {"size": INT, "count": INT, "classes": INT, "noise": NUM, "seed": INT},
+    "npz": {"path": STR, "val": STR},
+    "folder": {"images": STR, "masks": STR, "val_images": STR, "val_masks": STR,
+               "size": INT, "gray": BOOL},
+}
+OPTIMIZERS = {
+    "sgd": {"lr": NUM, "momentum": NUM, "nesterov": BOOL, "weight_decay": NUM},
+    "adam": {"lr": NUM, "beta1": NUM, "beta2": NUM, "eps": NUM, "weight_decay": NUM},
+    "adamw": {"lr": NUM, "beta1": NUM, "beta2": NUM, "eps": NUM, "weight_decay": NUM},
+}
+SCHEDULES = {
+    "constant": {},
+    "step": {"step_size": INT, "gamma": NUM},
+    "exponential": {"gamma": NUM},
+    "cosine": {"epochs": INT, "min_lr": NUM},
+    "warmup": {"epochs": INT, "then": NAME},
+    "plateau": {"factor": NUM, "patience": INT, "min_lr": NUM, "monitor": NAME},
+}
+AUGMENTS = {
+    "flip": {"horizontal": BOOL, "vertical": BOOL},
+    "rotate": {"degrees": NUM},
+    "scale": {"min": NUM, "max": NUM},
+    "translate": {"fraction": NUM},
+    "elastic": {"alpha": NUM, "sigma": NUM},
+}
+EARLY_STOP = {"patience": INT, "monitor": NAME, "min_delta": NUM, "mode": NAME}
+LOSS_OPS = ("mse", "cross_entropy", "bce", "dice")
+METRICS = ("loss", "accuracy", "top5", "dice", "iou")
+KEYS = ("data", "loss", "optimizer", "schedule", "batch", "epochs", "seed", "val_split",
+        "early_stop", "augment", "metrics", "checkpoint_every")
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _literal(e: ast.Expr) -> Any:
+    """Evaluate a literal expression of the train section (numbers, names, strings)."""
+    if isinstance(e, ast.Number):
+        return e.value
+    if isinstance(e, ast.String):
+        return e.value
+    if isinstance(e, ast.Name):
+        if e.id in ("true", "false"):
+            return e.id == "true"
+        return Symbol(e.id)
+    if isinstance(e, ast.Neg):
+        v = _literal(e.operand)
+        if _num(v):
+            return -v
+    if isinstance(e, ast.BinOp):
+        a, b = _literal(e.left), _literal(e.right)
+        if _num(a) and _num(b):
+            try:
+                return {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else None,
+                        "**": a ** b}.get(e.op)
+            except (OverflowError, ZeroDivisionError):
+                pass
+    raise error("E030", "expected a number, a name or a string here", e.span)
+
+
+def _check_kind(key: str, kind: str, v: Any, span: SourceSpan) -> Any:
+    ok = {NUM: _num(v), INT: _num(v) and int(v) == v, BOOL: isinstance(v, bool),
+          STR: isinstance(v, str), NAME: isinstance(v, Symbol)}[kind]
+    if not ok:
+        raise error("E030", f"`{key}` must be a {kind}", span)
+    if kind == INT:
+        return int(v)
+    if kind == NAME:
+        return v.name
+    return v
+
+
+def call_from(e: ast.Expr, schema: dict[str, dict[str, str]], what: str) -> Call:
+    """Validate `name` or `name(args)` against a schema of allowed names and arguments."""
+    if isinstance(e, ast.Name):
+        name, args, kwargs, nspan = e.id, (), (), e.span
+    elif isinstance(e, ast.Call):
+        name, args, kwargs, nspan = e.func, e.args, e.kwargs, e.name_span
+    else:
+        raise error("E030", f"expected {what}, such as `{next(iter(schema))}`", e.span,
+                    notes=["choices: " + ", ".join(schema)])
+    if name not in schema:
+        raise error("E030", f"unknown {what} `{name}`", nspan,
+                    notes=["choices: " + ", ".join(schema)],
+                    help=did_you_mean(name, schema))
+    allowed = schema[name]
+    out: dict[str, Any] = {}
+    if len(args) > len(allowed):
+        raise error("E030", f"`{name}` takes at most {len(allowed)} arguments", e.span)
+    for (key, kind), a in zip(allowed.items(), args):
+        out[key] = _check_kind(key, kind, _literal(a), a.span)
+    for kw in kwargs:
+        if kw.name not in allowed:
+            raise error("E030", f"`{name}` has no argument `{kw.name}`", kw.span,
+                        notes=["arguments: " + (", ".join(allowed) or "none")],
+                        help=did_you_mean(kw.name, allowed))
+        out[kw.name] = _check_kind(kw.name, allowed[kw.name], _literal(kw.value), kw.span)
+    return Call(name, tuple(out.items()))
+
+
+def _loss_terms(e: ast.Expr, outputs: list[str], sign: float = 1.0) -> list[LossTerm]:
+    if isinstance(e, ast.BinOp) and e.op in ("+", "-"):
+        right_sign = sign if e.op == "+" else -sign
+        return _loss_terms(e.left, outputs, sign) + _loss_terms(e.right, outputs, right_sign)
+    if isinstance(e, ast.BinOp) and e.op == "*":
+        for num, rest in ((e.left, e.right), (e.right, e.left)):
+            if isinstance(num, ast.Number):
+                return _loss_terms(rest, outputs, sign * num.value)
+    if isinstance(e, ast.Call):
+        if e.func not in LOSS_OPS:
+            raise error("E030", f"unknown loss `{e.func}`", e.name_span,
+                        notes=["losses: " + ", ".join(LOSS_OPS)],
+                        help=did_you_mean(e.func, LOSS_OPS))
+        if len(e.args) != 2 or not all(isinstance(a, ast.Name) for a in e.args) or e.kwargs:
+            raise error("E030", f"`{e.func}` takes a network output and a target name",
+                        e.span, help=f"for example `{e.func}({outputs[0] if outputs else 'y'}, "
+                        "target)`")
+        pred, tgt = e.args[0].id, e.args[1].id
+        if outputs and pred not in outputs:
+            raise error("E030", f"`{pred}` is not an output of the network", e.args[0].span,
+                        notes=["outputs: " + ", ".join(outputs)],
+                        help=did_you_mean(pred, outputs))
+        if tgt in outputs:
+            raise error("E030", f"the target `{tgt}` is a network output", e.args[1].span,
+                        help="name the target after the data it comes from, e.g. `label`")
+        return [LossTerm(sign, e.func, pred, tgt)]
+    raise error("E030", "a loss is a sum of terms such as `bce(mask, target) + "
+                "0.5 * dice(mask, target)`", e.span)
+
+
+def parse_loss(text_or_expr: str | ast.Expr, outputs: list[str]) -> tuple[LossTerm, ...]:
+    if isinstance(text_or_expr, str):
+        from netlang.lang.parser import parse
+        mod = parse(f"train {{ loss = {text_or_expr} }}", "<loss>")
+        text_or_expr = mod.trains[0].items[0].value
+    return tuple(_loss_terms(text_or_expr, outputs))
+
+
+def _text(e: ast.Expr, source: str | None) -> str:
+    if source is None or e.span.line != e.span.end_line:
+        return ""
+    line = source.splitlines()[e.span.line - 1]
+    return line[e.span.col - 1:e.span.end_col - 1]
+
+
+def train_config(td: ast.TrainDef, outputs: list[str], source: str | None = None) -> TrainConfig:
+    cfg = TrainConfig(span=td.span)
+    seen: dict[str, SourceSpan] = {}
+    for item in td.items:
+        if isinstance(item, ast.Call):   # `early_stop(patience = 3)` written as a statement
+            key, value, span = item.func, item, item.span
+            if key != "early_stop":
+                raise error("E030", f"`{key}(...)` is not a train setting", item.name_span,
+                            help=did_you_mean(key, KEYS) or "write `key = value`")
+        else:
+            key, value, span = item.key, item.value, item.span
+        if key not in KEYS:
+            raise error("E030", f"unknown key `{key}` in the train section", span,
+                        notes=["keys: " + ", ".join(KEYS)], help=did_you_mean(key, KEYS))
+        if key in seen:
+            raise error("E030", f"`{key}` is set twice", span,
+                        related=[(seen[key], "first set here")])
+        seen[key] = span
+        cfg = _set(cfg, key, value, outputs, source)
+    return cfg
+
+
+def _set(cfg: TrainConfig, key: str, e: ast.Expr, outputs: list[str],
+         source: str | None) -> TrainConfig:
+    if key == "data":
+        return replace(cfg, data=call_from(e, DATA, "data set"))
+    if key == "loss":
+        return replace(cfg, loss=parse_loss(e, outputs), loss_text=_text(e, source))
+    if key == "optimizer":
+        return replace(cfg, optimizer=call_from(e, OPTIMIZERS, "optimizer"))
+    if key == "schedule":
+        return replace(cfg, schedule=call_from(e, SCHEDULES, "schedule"))
+    if key == "early_stop":
+        return replace(cfg, early_stop=call_from(e, {"early_stop": EARLY_STOP}, "setting"))
+    if key == "augment":
+        items = e.items if isinstance(e, ast.ListExpr) else (e,)
+        return replace(cfg, augment=tuple(call_from(i, AUGMENTS, "augmentation") for i in items))
+    if key == "metrics":
+        items = e.items if isinstance(e, ast.ListExpr) else (e,)
+        names = []
+        for i in items:
+            if not isinstance(i, ast.Name) or i.id not in METRICS:
+                bad = i.id if isinstance(i, ast.Name) else "?"
+                raise error("E030", f"unknown metric `{bad}`", i.span,
+                            notes=["metrics: " + ", ".join(METRICS)],
+                            help=did_you_mean(bad, METRICS))
+            names.append(i.id)
+        return replace(cfg, metrics=tuple(names))
+    v = _literal(e)
+    if key in ("batch", "epochs", "seed", "checkpoint_every"):
+        v = _check_kind(key, INT, v, e.span)
+        if v < (0 if key == "seed" else 1):
+            raise error("E030", f"`{key}` must be positive", e.span)
+        return replace(cfg, **{key: v})
+    if key == "val_split":
+        v = _check_kind(key, NUM, v, e.span)
+        if not 0 <= v < 1:
+            raise error("E030", "`val_split` must be in [0, 1)", e.span)
+        return replace(cfg, val_split=float(v))
+    raise AssertionError(key)

@@ -1,0 +1,104 @@
+"""Graphviz drawing of a graph: layers as boxes, shapes on edges, blocks as clusters.
+
+Parameters are folded into their layer's label. Block instances (the middle parts of a
+hierarchical name, `d1.double_conv`) become nested clusters, so a U-Net reads as its
+levels, and skip connections are the long edges between them.
+"""
+
+from __future__ import annotations
+
+from netlang.ir.graph import Graph, Node
+from netlang.ir.types import fmt_shape
+
+_COLORS = {
+    "conv": "#cfe2f3", "conv_transpose": "#d9d2e9", "dense": "#cfe2f3", "maxpool": "#fce5cd",
+    "avgpool": "#fce5cd", "global_avgpool": "#fce5cd", "upsample": "#d9ead3",
+    "concat": "#fff2cc", "add": "#fff2cc", "mul": "#fff2cc", "input": "#eeeeee",
+}
+
+
+def _label(n: Node) -> str:
+    a = n.attrs
+    if n.op == "input":
+        return f"{n.name}\\n{fmt_shape(n.type.shape)}"
+    detail = ""
+    if n.op in ("conv", "conv_transpose"):
+        k = "x".join(str(v) for v in a["kernel"])
+        s = a["stride"]
+        detail = f" {a['channels']}@{k}" + (f" /{s[0]}" if any(v > 1 for v in s) else "")
+    elif n.op == "dense":
+        detail = f" {a['units']}"
+    elif n.op in ("maxpool", "avgpool"):
+        detail = " " + "x".join(str(v) for v in a["kernel"])
+    elif n.op == "upsample":
+        detail = f" x{a['scale'][0]:g} {a['mode']}"
+    short = n.name.rsplit(".", 1)[-1]
+    return f"{n.op}{detail}\\n{short}"
+
+
+def _esc(s: str) -> str:
+    return s.replace('"', '\\"')
+
+
+def to_dot(g: Graph, clusters: dict[str, list[Node]] | None = None) -> str:
+    """DOT text. `clusters` optionally groups nodes (fused kernels) instead of blocks."""
+    nodes = [n for n in g.nodes if n.op != "param"]
+    lines = [f'digraph "{_esc(g.name)}" {{', "  rankdir=TB;",
+             '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
+             '  edge [fontname="Helvetica", fontsize=9, color="#555555"];']
+
+    def node_line(n: Node, indent: str) -> str:
+        color = _COLORS.get(n.op, "#ffffff")
+        shape = ', shape=ellipse' if n.op == "input" else ""
+        return f'{indent}n{n.id} [label="{_esc(_label(n))}", fillcolor="{color}"{shape}];'
+
+    if clusters is None:
+        # Tree of scopes from hierarchical names: "d1.double_conv.conv0" -> d1 / double_conv.
+        tree: dict = {"__nodes__": []}
+        for n in nodes:
+            parts = n.name.split(".")[:-1]
+            t = tree
+            for p in parts:
+                t = t.setdefault(p, {"__nodes__": []})
+            t["__nodes__"].append(n)
+        counter = [0]
+
+        def emit(t: dict, path: str, indent: str) -> None:
+            for n in t["__nodes__"]:
+                lines.append(node_line(n, indent))
+            for key, sub in t.items():
+                if key == "__nodes__":
+                    continue
+                counter[0] += 1
+                label = f"{path}.{key}" if path else key
+                lines.append(f"{indent}subgraph cluster_{counter[0]} {{")
+                lines.append(f'{indent}  label="{_esc(key)}"; style="rounded,dashed"; '
+                             f'color="#999999"; fontname="Helvetica"; fontsize=10;')
+                emit(sub, label, indent + "  ")
+                lines.append(f"{indent}}}")
+        emit(tree, "", "  ")
+    else:
+        in_cluster = set()
+        for i, (name, members) in enumerate(clusters.items()):
+            lines.append(f"  subgraph cluster_k{i} {{")
+            lines.append(f'    label="{_esc(name)}"; style="rounded,filled"; color="#dddddd";')
+            for n in members:
+                if n.op != "param":
+                    lines.append(node_line(n, "    "))
+                    in_cluster.add(n.id)
+            lines.append("  }")
+        for n in nodes:
+            if n.id not in in_cluster:
+                lines.append(node_line(n, "  "))
+    for n in nodes:
+        for src in n.inputs:
+            if src.op == "param":
+                continue
+            shape = fmt_shape(src.type.shape) if src.type else ""
+            lines.append(f'  n{src.id} -> n{n.id} [label="{shape}"];')
+    for name, n in g.outputs.items():
+        lines.append(f'  out_{_esc(name)} [label="{_esc(name)}\\n{fmt_shape(n.type.shape)}", '
+                     'shape=ellipse, style=filled, fillcolor="#eeeeee"];')
+        lines.append(f"  n{n.id} -> out_{_esc(name)};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,128 @@
+"""The IR graph: named nodes with ordered inputs, attributes, types and source spans.
+
+The node list, kept in topological (creation) order, is the source of truth. A
+networkx DiGraph is derived from it on demand (``Graph.index()``) for passes that
+want graph algorithms (users, reachability, cycles); it is never edited directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import networkx as nx
+
+from netlang.diagnostics import Diagnostic, SourceSpan
+from netlang.ir.types import TensorType
+
+
+@dataclass(eq=False)
+class Node:
+    id: int
+    op: str
+    inputs: list["Node"]
+    attrs: dict[str, Any]
+    name: str
+    span: SourceSpan | None = None
+    type: TensorType | None = None
+
+    def __repr__(self) -> str:
+        return f"%{self.id}:{self.op}({self.name})"
+
+    @property
+    def is_param(self) -> bool:
+        return self.op == "param"
+
+
+@dataclass(frozen=True)
+class ShapeAssertion:
+    value: str
+    node: Node
+    shape: tuple[int | None, ...]  # None is a wildcard `_`
+    span: SourceSpan
+
+
+@dataclass
+class Graph:
+    name: str = "net"
+    nodes: list[Node] = field(default_factory=list)
+    inputs: dict[str, Node] = field(default_factory=dict)
+    outputs: dict[str, Node] = field(default_factory=dict)
+    values: dict[str, Node] = field(default_factory=dict)  # user-named values
+    assertions: list[ShapeAssertion] = field(default_factory=list)
+    warnings: list[Diagnostic] = field(default_factory=list)
+    # Spans of the named values that are defined but never used (filled by lowering).
+    _next_id: int = 0
+
+    def add(self, op: str, inputs: Iterable[Node], attrs: dict[str, Any] | None = None, *,
+            name: str, span: SourceSpan | None = None, type: TensorType | None = None) -> Node:
+        node = Node(self._next_id, op, list(inputs), dict(attrs or {}), name, span, type)
+        self._next_id += 1
+        self.nodes.append(node)
+        return node
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def params(self) -> list[Node]:
+        return [n for n in self.nodes if n.op == "param"]
+
+    def index(self) -> nx.MultiDiGraph:
+        """A networkx view (edges producer -> consumer, keyed by operand position)."""
+        g = nx.MultiDiGraph()
+        for n in self.nodes:
+            g.add_node(n.id, node=n)
+        for n in self.nodes:
+            for pos, src in enumerate(n.inputs):
+                g.add_edge(src.id, n.id, key=pos)
+        return g
+
+    def users(self) -> dict[int, list[Node]]:
+        """Consumers of every node, in node order (deterministic)."""
+        result: dict[int, list[Node]] = {n.id: [] for n in self.nodes}
+        for n in self.nodes:
+            for src in n.inputs:
+                if n not in result[src.id]:
+                    result[src.id].append(n)
+        return result
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def ancestors(self, node: Node) -> list[Node]:
+        """All nodes `node` depends on, in topological order, `node` included."""
+        seen: set[int] = set()
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            if n.id in seen:
+                continue
+            seen.add(n.id)
+            stack.extend(n.inputs)
+        return [n for n in self.nodes if n.id in seen]
+
+    def replace_all_uses(self, old: Node, new: Node) -> None:
+        for n in self.nodes:
+            n.inputs = [new if i is old else i for i in n.inputs]
+        for d in (self.outputs, self.values, self.inputs):
+            for k, v in d.items():
+                if v is old:
+                    d[k] = new
+
+    def remove(self, dead: Iterable[Node]) -> None:
+        ids = {n.id for n in dead}
+        self.nodes = [n for n in self.nodes if n.id not in ids]
+
+    def sort(self) -> None:
+        """Restore topological order after a pass appended nodes out of order (stable)."""
+        order = list(nx.lexicographical_topological_sort(
+            self.index(), key=lambda i: i))
+        by_id = {n.id: n for n in self.nodes}
+        self.nodes = [by_id[i] for i in order]

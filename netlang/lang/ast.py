@@ -1,0 +1,182 @@
+"""AST of a `.net` file: frozen dataclasses, each carrying the SourceSpan it was parsed from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from netlang.diagnostics import SourceSpan
+
+
+@dataclass(frozen=True)
+class Number:
+    value: int | float
+    span: SourceSpan
+
+
+@dataclass(frozen=True)
+class String:
+    value: str
+    span: SourceSpan
+
+
+@dataclass(frozen=True)
+class Name:
+    id: str
+    span: SourceSpan
+
+
+@dataclass(frozen=True)
+class Kwarg:
+    name: str
+    value: "Expr"
+    span: SourceSpan
+
+
+@dataclass(frozen=True)
+class Call:
+    func: str
+    args: tuple["Expr", ...]
+    kwargs: tuple[Kwarg, ...]
+    span: SourceSpan
+    name_span: SourceSpan
+
+
+@dataclass(frozen=True)
+class Repeat:
+    count: "Expr"
+    var: str | None
+    body: "Expr"
+    span: SourceSpan
+
+
+@dataclass(frozen=True)
+class ListExpr:
+    items: tuple["Expr", ...]
+    span: SourceSpan
+
+
+@dataclass(frozen=True)
+class BinOp:
+    op: str  # one of + - * / // % **
+    left: "Expr"
+    right: "Expr"
+    span: SourceSpan
+
+
+@dataclass(frozen=True)
+class Neg:
+    operand: "Expr"
+    span: SourceSpan
+
+
+@dataclass(frozen=True)
+class Chain:
+    """`a -> f -> g`: the value of `a` is piped as the first input of `f`, and so on."""
+
+    items: tuple["Expr", ...]
+    span: SourceSpan
+
+
+Expr = Number | String | Name | Call | Repeat | ListExpr | BinOp | Neg | Chain
+
+
+@dataclass(frozen=True)
+class InputDecl:
+    name: str
+    shape: tuple[Expr, ...]
+    span: SourceSpan
+
+
+@dataclass(frozen=True)
+class BlockInputs:
+    names: tuple[str, ...]
+    span: SourceSpan
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str
+    value: Expr | None
+    span: SourceSpan
+
+
+@dataclass(frozen=True)
+class Return:
+    value: Expr
+    span: SourceSpan
+
+
+@dataclass(frozen=True)
+class Assign:
+    name: str
+    value: Expr
+    span: SourceSpan
+
+
+@dataclass(frozen=True)
+class AssertShape:
+    name: str
+    shape: tuple[Expr, ...]
+    span: SourceSpan
+
+
+@dataclass(frozen=True)
+class ExprStmt:
+    value: Expr
+    span: SourceSpan
+
+
+Stmt = InputDecl | BlockInputs | Output | Return | Assign | AssertShape | ExprStmt
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Expr | None
+    span: SourceSpan
+
+
+@dataclass(frozen=True)
+class BlockDef:
+    name: str
+    params: tuple[Param, ...]
+    body: tuple[Stmt, ...]
+    span: SourceSpan
+    file: str
+
+
+@dataclass(frozen=True)
+class NetworkDef:
+    name: str
+    params: tuple[Param, ...]
+    body: tuple[Stmt, ...]
+    span: SourceSpan
+
+
+@dataclass(frozen=True)
+class TrainSet:
+    key: str
+    value: Expr
+    span: SourceSpan
+
+
+@dataclass(frozen=True)
+class TrainDef:
+    network: str | None
+    items: tuple[TrainSet | Call, ...]
+    span: SourceSpan
+
+
+@dataclass(frozen=True)
+class Import:
+    path: str
+    span: SourceSpan
+
+
+@dataclass(frozen=True)
+class Module:
+    file: str
+    imports: tuple[Import, ...]
+    blocks: tuple[BlockDef, ...]
+    networks: tuple[NetworkDef, ...]
+    trains: tuple[TrainDef, ...]

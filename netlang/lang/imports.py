@@ -1,0 +1,72 @@
+"""Read a `.net` file and the files it imports (blocks only), detecting cycles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from netlang.diagnostics import NetlangError, SourceMap, error
+from netlang.lang import ast
+from netlang.lang.parser import parse
+
+
+@dataclass
+class Program:
+    """The main module, every block visible to it, and the text of every file read."""
+
+    main: ast.Module
+    blocks: dict[str, ast.BlockDef] = field(default_factory=dict)
+    sources: SourceMap = field(default_factory=SourceMap)
+
+
+def read_program(text: str, file: str, base_dir: Path | None = None,
+                 sources: SourceMap | None = None) -> Program:
+    sources = sources or SourceMap()
+    sources.add(file, text)
+    main = parse(text, file)
+    prog = Program(main, {}, sources)
+    _collect(prog, main, base_dir or Path("."), [str(Path(file).resolve())
+                                                 if base_dir else file])
+    return prog
+
+
+def _collect(prog: Program, module: ast.Module, base_dir: Path, stack: list[str]) -> None:
+    for imp in module.imports:
+        path = (base_dir / imp.path).resolve()
+        if str(path) in stack:
+            chain = " -> ".join(Path(s).name for s in stack[stack.index(str(path)):])
+            raise error("E003", f"import cycle: {chain} -> {path.name}", imp.span,
+                        help="move the shared blocks into a file that imports neither")
+        if not path.is_file():
+            raise error("E003", f'cannot import "{imp.path}": no such file', imp.span,
+                        notes=[f"looked for {path}"],
+                        help="import paths are relative to the importing file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise error("E003", f'cannot read "{imp.path}": {exc}', imp.span) from None
+        shown = _display(path)
+        prog.sources.add(shown, text)
+        sub = parse(text, shown)
+        _collect(prog, sub, path.parent, stack + [str(path)])
+        for b in sub.blocks:
+            _add_block(prog, b)
+    for b in module.blocks:
+        _add_block(prog, b)
+
+
+def _add_block(prog: Program, b: ast.BlockDef) -> None:
+    old = prog.blocks.get(b.name)
+    if old is not None and old is not b and old.span != b.span:
+        raise NetlangError([error("E015", f"block `{b.name}` is defined twice", b.span,
+                                  related=[(old.span, "first defined here")],
+                                  help="rename one of them").diagnostics[0]])
+    prog.blocks[b.name] = b
+
+
+def _display(path: Path) -> str:
+    """The path as diagnostics show it: relative to the working directory when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,658 @@
+"""Lowering: evaluate a network's AST into a flat IR graph.
+
+Parameters and arithmetic are evaluated here; blocks are inlined and `repeat` unrolled,
+so the graph has one node per layer, named hierarchically (`d1.double_conv.conv0`) and
+carrying the span of the `.net` text it comes from. Shapes are not computed here (the
+shape-inference pass does that), which keeps lowering independent of input sizes and lets
+diagnostics re-run shape inference at other sizes.
+
+Statements of a network or block may come in any order: they are evaluated in the order
+of their dependencies, and a dependency cycle is an error (E027).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from netlang.diagnostics import NetlangError, SourceSpan, did_you_mean, error, warning
+from netlang.ir.graph import Graph, Node, ShapeAssertion
+from netlang.ir.types import TensorType
+from netlang.lang import ast
+from netlang.lang.imports import Program
+from netlang.ops import registry
+from netlang.ops.registry import AttrError, Symbol
+
+
+@dataclass(frozen=True)
+class Tensor:
+    node: Node
+
+
+Value = Union[Tensor, int, float, bool, str, Symbol, list]
+
+
+def _kind(v: Value) -> str:
+    if isinstance(v, Tensor):
+        return "a tensor"
+    if isinstance(v, Symbol):
+        return f"the name `{v.name}`"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    return "a list"
+
+
+@dataclass
+class Scope:
+    """Names visible in a network or a block instance, and how to name new nodes."""
+
+    values: dict[str, Value]
+    prefix: str
+    implicit_input: Tensor | None = None
+    used: set[str] = field(default_factory=set)
+    counters: dict[str, Counter] = field(default_factory=dict)
+
+    def fresh(self, prefix: str, base: str, always_index: bool = True) -> str:
+        c = self.counters.setdefault(prefix, Counter())
+        k = c[base]
+        c[base] += 1
+        name = f"{base}{k}" if always_index else (base if k == 0 else f"{base}_{k}")
+        return f"{prefix}.{name}" if prefix else name
+
+
+def parse_override(text: str) -> Value:
+    """A `--set name=value` value: a number, `true`/`false`, or a bare name."""
+    t = text.strip()
+    for conv in (int, float):
+        try:
+            return conv(t)
+        except ValueError:
+            pass
+    if t in ("true", "false"):
+        return t == "true"
+    return Symbol(t)
+
+
+class Lowerer:
+    def __init__(self, prog: Program):
+        self.prog = prog
+        self.graph = Graph()
+        self.block_stack: list[str] = []
+
+    # -- entry point ---------------------------------------------------------------------
+    def lower_network(self, net: ast.NetworkDef, overrides: dict[str, Value]) -> Graph:
+        self.graph.name = net.name
+        scope = Scope({}, "")
+        self._bind_params(net.params, scope, overrides, net.span, f"network `{net.name}`")
+        self._run_body(net.body, scope, is_block=False)
+        if not self.graph.outputs:
+            raise error("E013", f"network `{net.name}` declares no output", net.span,
+                        help="mark the result with `output name = ...`")
+        for name, value in scope.values.items():
+            if isinstance(value, Tensor) and name not in scope.used and \
+                    name not in self.graph.outputs and name not in self.graph.inputs:
+                self.graph.warnings.append(warning(
+                    "W002", f"value `{name}` is never used", value.node.span,
+                    help=f"use it, mark it with `output {name}`, or remove it"))
+        return self.graph
+
+    def _bind_params(self, params: tuple[ast.Param, ...], scope: Scope,
+                     given: dict[str, Value], span: SourceSpan, what: str) -> None:
+        names = [p.name for p in params]
+        for key in given:
+            if key not in names:
+                hint = did_you_mean(key, names)
+                raise error("E016", f"{what} has no parameter `{key}`", span,
+                            notes=[f"its parameters: {', '.join(names) or 'none'}"], help=hint)
+        for p in params:
+            if p.name in given:
+                scope.values[p.name] = given[p.name]
+            elif p.default is not None:
+                scope.values[p.name] = self.eval(p.default, scope)
+            else:
+                raise error("E013", f"{what} needs a value for parameter `{p.name}`", span,
+                            help=f"pass `{p.name}=...`")
+        scope.used.update(names)
+
+    # -- statements ----------------------------------------------------------------------
+    def _run_body(self, body: tuple[ast.Stmt, ...], scope: Scope, is_block: bool) -> Value | None:
+        for stmt in body:
+            if isinstance(stmt, ast.InputDecl):
+                if is_block:
+                    raise error("E012", "a block's inputs take their shape from the caller",
+                                stmt.span, help=f"write `input {stmt.name}` without a shape")
+                self._declare_input(stmt, scope)
+        defined: dict[str, ast.Stmt] = {}
+        for stmt in body:
+            name = _defines(stmt)
+            if name is None:
+                continue
+            if name in defined or name in scope.values:
+                first = defined.get(name)
+                related = [(first.span, "first defined here")] if first is not None else []
+                raise error("E015", f"`{name}` is defined twice", stmt.span, related=related,
+                            help="give each value its own name")
+            defined[name] = stmt
+        result: Value | None = None
+        for stmt in self._order(body, defined, scope):
+            result = self._exec(stmt, scope, is_block) if not isinstance(
+                stmt, (ast.InputDecl, ast.BlockInputs)) else result
+            if isinstance(stmt, ast.Return):
+                result = self.eval(stmt.value, scope)
+        return result
+
+    def _order(self, body, defined: dict[str, ast.Stmt], scope: Scope) -> list[ast.Stmt]:
+        """Statements in dependency order (stable), or E027 naming the cycle."""
+        deps: dict[int, set[str]] = {}
+        for i, stmt in enumerate(body):
+            deps[i] = {n for n in _uses(stmt) if n in defined and n != _defines(stmt)}
+            self_ref = _defines(stmt)
+            if self_ref is not None and self_ref in _uses(stmt) and self_ref not in scope.values:
+                raise error("E027", f"`{self_ref}` is defined in terms of itself", stmt.span,
+                            help="a network is acyclic: use another name for the new value")
+        index = {_defines(s): i for i, s in enumerate(body) if _defines(s) is not None}
+        done: set[str] = set()
+        order: list[ast.Stmt] = []
+        state: dict[int, int] = {}
+
+        def visit(i: int, path: list[int]) -> None:
+            if state.get(i) == 2:
+                return
+            if state.get(i) == 1:
+                cyc = path[path.index(i):] + [i]
+                names = " -> ".join(f"`{_defines(body[j])}`" for j in cyc)
+                raise error("E027", f"cycle between values: {names}", body[i].span,
+                            notes=["values may be defined in any order, but not in terms of "
+                                   "each other"],
+                            help="a network is a directed acyclic graph; break the cycle")
+            state[i] = 1
+            for name in sorted(deps[i], key=lambda n: index[n]):
+                visit(index[name], path + [i])
+            state[i] = 2
+            order.append(body[i])
+            if _defines(body[i]):
+                done.add(_defines(body[i]))
+
+        for i in range(len(body)):
+            visit(i, [])
+        return order
+
+    def _declare_input(self, stmt: ast.InputDecl, scope: Scope) -> None:
+        dims = []
+        for d in stmt.shape:
+            v = self.eval(d, scope)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v < 1:
+                raise error("E012", f"input dimensions must be positive integers, got {_show(v)}",
+                            d.span)
+            dims.append(int(v))
+        if not 1 <= len(dims) <= 4:
+            raise error("E012", f"input `{stmt.name}` has {len(dims)} dimensions", stmt.span,
+                        notes=["the batch is implicit: give [F], [C, L], [C, H, W] or "
+                               "[C, D, H, W]"])
+        node = self.graph.add("input", [], {"shape": tuple(dims)}, name=stmt.name,
+                              span=stmt.span, type=TensorType(tuple(dims)))
+        self.graph.inputs[stmt.name] = node
+        scope.values[stmt.name] = Tensor(node)
+
+    def _exec(self, stmt: ast.Stmt, scope: Scope, is_block: bool) -> Value | None:
+        if isinstance(stmt, ast.Assign):
+            v = self._eval_named(stmt.value, scope, stmt.name)
+            scope.values[stmt.name] = v
+            if isinstance(v, Tensor):
+                self.graph.values.setdefault(self._qual(scope, stmt.name), v.node)
+            return None
+        if isinstance(stmt, ast.Output):
+            if is_block:
+                raise error("E012", "`output` belongs in a network; a block ends with `return`",
+                            stmt.span, help="write `return ...`")
+            if stmt.value is not None:
+                v = self._eval_named(stmt.value, scope, stmt.name)
+                scope.values[stmt.name] = v
+            else:
+                v = self._lookup(stmt.name, stmt.span, scope)
+            if not isinstance(v, Tensor):
+                raise error("E012", f"output `{stmt.name}` is {_kind(v)}, not a tensor",
+                            stmt.span)
+            self.graph.outputs[stmt.name] = v.node
+            self.graph.values.setdefault(stmt.name, v.node)
+            return None
+        if isinstance(stmt, ast.AssertShape):
+            v = self._lookup(stmt.name, stmt.span, scope)
+            if not isinstance(v, Tensor):
+                raise error("E012", f"`{stmt.name}` is {_kind(v)}, not a tensor", stmt.span)
+            dims: list[int | None] = []
+            for d in stmt.shape:
+                if isinstance(d, ast.Name) and d.id == "_":
+                    dims.append(None)
+                    continue
+                dv = self.eval(d, scope)
+                if isinstance(dv, bool) or not isinstance(dv, (int, float)) or int(dv) != dv:
+                    raise error("E012", f"shape dimensions must be integers or `_`, got "
+                                f"{_show(dv)}", d.span)
+                dims.append(int(dv))
+            self.graph.assertions.append(ShapeAssertion(stmt.name, v.node, tuple(dims), stmt.span))
+            return None
+        if isinstance(stmt, ast.ExprStmt):
+            if not is_block:
+                raise error("E012", "this value has no name", stmt.span,
+                            help="write `name = ...`, or `output name = ...` for a result")
+            return self._eval_named(stmt.value, scope, None)
+        return None
+
+    def _qual(self, scope: Scope, name: str) -> str:
+        return f"{scope.prefix}.{name}" if scope.prefix else name
+
+    def _eval_named(self, expr: ast.Expr, scope: Scope, name: str | None) -> Value:
+        saved = scope.prefix
+        if name is not None:
+            scope.prefix = self._qual(scope, name)
+        try:
+            return self.eval(expr, scope)
+        finally:
+            scope.prefix = saved
+
+    # -- expressions ---------------------------------------------------------------------
+    def _lookup(self, name: str, span: SourceSpan, scope: Scope) -> Value:
+        if name in scope.values:
+            scope.used.add(name)
+            return scope.values[name]
+        hint = did_you_mean(name, list(scope.values))
+        raise error("E014", f"`{name}` is not defined", span, help=hint)
+
+    def eval(self, e: ast.Expr, scope: Scope) -> Value:
+        if isinstance(e, ast.Number):
+            return e.value
+        if isinstance(e, ast.String):
+            return e.value
+        if isinstance(e, ast.Name):
+            if e.id in scope.values:
+                scope.used.add(e.id)
+                return scope.values[e.id]
+            return Symbol(e.id)
+        if isinstance(e, ast.ListExpr):
+            return [self.eval(i, scope) for i in e.items]
+        if isinstance(e, ast.Neg):
+            v = self.eval(e.operand, scope)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise error("E012", f"cannot negate {_kind(v)}", e.span)
+            return -v
+        if isinstance(e, ast.BinOp):
+            return self._binop(e, scope)
+        if isinstance(e, ast.Chain):
+            v = self.eval(e.items[0], scope)
+            for item in e.items[1:]:
+                v = self._apply(item, v, scope)
+            return v
+        if isinstance(e, ast.Call):
+            return self._call(e, None, scope)
+        if isinstance(e, ast.Repeat):
+            if scope.implicit_input is not None:
+                return self._apply(e, scope.implicit_input, scope)
+            raise error("E013", "`repeat` needs a value to start from", e.span,
+                        help="pipe a value into it: `x -> repeat 3 { ... }`")
+        raise AssertionError(f"unknown expression {e!r}")
+
+    def _binop(self, e: ast.BinOp, scope: Scope) -> Value:
+        a, b = self.eval(e.left, scope), self.eval(e.right, scope)
+        for v, sub in ((a, e.left), (b, e.right)):
+            if isinstance(v, Tensor):
+                raise error("E012", f"arithmetic `{e.op}` on a tensor", sub.span,
+                            help="combine tensors with `add(a, b)` or `mul(a, b)`")
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise error("E012", f"arithmetic `{e.op}` on {_kind(v)}", sub.span,
+                            help=did_you_mean(v.name, scope.values)
+                            if isinstance(v, Symbol) else None)
+        try:
+            if e.op == "+":
+                return a + b
+            if e.op == "-":
+                return a - b
+            if e.op == "*":
+                return a * b
+            if e.op == "/":
+                r = a / b
+                return int(r) if isinstance(a, int) and isinstance(b, int) and r == int(r) else r
+            if e.op == "//":
+                return a // b
+            if e.op == "%":
+                return a % b
+            if e.op == "**":
+                r = a ** b
+                if isinstance(r, complex) or (isinstance(r, float) and not math.isfinite(r)):
+                    raise ArithmeticError
+                return r
+        except ZeroDivisionError:
+            raise error("E026", "division by zero", e.span) from None
+        except (ArithmeticError, OverflowError):
+            raise error("E026", f"`{e.op}` gives no finite number here", e.span) from None
+        raise AssertionError(e.op)
+
+    def _apply(self, item: ast.Expr, piped: Value, scope: Scope) -> Value:
+        if not isinstance(piped, Tensor):
+            raise error("E012", f"cannot pipe {_kind(piped)} into a layer", item.span,
+                        help="the first element of a chain must be a tensor")
+        if isinstance(item, ast.Name):
+            if item.id in scope.values and isinstance(scope.values[item.id], Tensor):
+                raise error("E012", f"cannot pipe into the value `{item.id}`", item.span,
+                            help=f"to combine them, write `add(..., {item.id})` or "
+                                 f"`concat(..., {item.id})`")
+            call = ast.Call(item.id, (), (), item.span, item.span)
+            return self._call(call, piped, scope)
+        if isinstance(item, ast.Call):
+            return self._call(item, piped, scope)
+        if isinstance(item, ast.Repeat):
+            n = self.eval(item.count, scope)
+            if isinstance(n, bool) or not isinstance(n, (int, float)) or int(n) != n or n < 0:
+                raise error("E012", f"`repeat` needs a count >= 0, got {_show(n)}", item.count.span)
+            base = scope.fresh(scope.prefix, "repeat")
+            v: Value = piped
+            for i in range(int(n)):
+                saved_prefix = scope.prefix
+                saved_var = scope.values.get(item.var) if item.var else None
+                scope.prefix = f"{base}.{i}"
+                if item.var:
+                    scope.values[item.var] = i
+                    scope.used.add(item.var)
+                try:
+                    v = self._apply(item.body, v, scope)
+                finally:
+                    scope.prefix = saved_prefix
+                    if item.var:
+                        if saved_var is None:
+                            scope.values.pop(item.var, None)
+                        else:
+                            scope.values[item.var] = saved_var
+            return v
+        if isinstance(item, ast.Chain):
+            v = piped
+            for sub in item.items:
+                v = self._apply(sub, v, scope)
+            return v
+        raise error("E012", "only layers and blocks can follow `->`", item.span,
+                    help="write `x -> relu`, `x -> conv(16, 3)` or `x -> my_block(...)`")
+
+    def _call(self, call: ast.Call, piped: Tensor | None, scope: Scope) -> Value:
+        args = [self.eval(a, scope) for a in call.args]
+        if piped is not None:
+            args = [piped] + args
+            arg_spans = [call.span] + [a.span for a in call.args]
+        else:
+            arg_spans = [a.span for a in call.args]
+        kwargs = {}
+        for kw in call.kwargs:
+            if kw.name in kwargs:
+                raise error("E011", f"argument `{kw.name}` is given twice", kw.span)
+            kwargs[kw.name] = (self.eval(kw.value, scope), kw.span)
+        if call.func in self.prog.blocks:
+            return self._call_block(call, args, arg_spans, kwargs, scope)
+        ops = registry.user_ops()
+        if call.func in ops:
+            return self._call_op(ops[call.func], call, args, arg_spans, kwargs, scope)
+        hint = did_you_mean(call.func, list(ops) + list(self.prog.blocks))
+        if call.func in registry.all_ops() or call.func in ("mse", "bce", "dice"):
+            raise error("E010", f"`{call.func}` is not a layer", call.name_span,
+                        notes=["losses belong in the `train` section"], help=hint)
+        raise error("E010", f"unknown layer or block `{call.func}`", call.name_span, help=hint)
+
+    def _split(self, call: ast.Call, args: list[Value], spans: list[SourceSpan], scope: Scope,
+               what: str) -> tuple[list[Tensor], list[tuple[Value, SourceSpan]]]:
+        tensors: list[Tensor] = []
+        rest: list[tuple[Value, SourceSpan]] = []
+        for v, sp in zip(args, spans):
+            if isinstance(v, Tensor):
+                if rest:
+                    raise error("E012", f"{what}: tensor inputs come before other arguments",
+                                sp, help="move the value to the front of the argument list")
+                tensors.append(v)
+            else:
+                rest.append((v, sp))
+        if not tensors and scope.implicit_input is not None:
+            tensors = [scope.implicit_input]
+        return tensors, rest
+
+    def _call_op(self, op: registry.OpDef, call: ast.Call, args: list[Value],
+                 spans: list[SourceSpan], kwargs: dict[str, tuple[Value, SourceSpan]],
+                 scope: Scope) -> Tensor:
+        tensors, rest = self._split(call, args, spans, scope, f"`{op.name}`")
+        signature = _signature(op)
+        if len(tensors) < op.min_inputs:
+            for v, sp in rest:
+                if isinstance(v, Symbol):
+                    raise error("E014", f"`{v.name}` is not defined", sp,
+                                help=did_you_mean(v.name, scope.values))
+            need = "an input" if op.min_inputs == 1 else f"{op.min_inputs} inputs"
+            raise error("E013", f"`{op.name}` needs {need}, got {len(tensors)}", call.span,
+                        notes=[f"signature: {signature}"],
+                        help="pipe a value into it (`x -> " + op.name + "(...)`)"
+                        if op.min_inputs == 1 else "pass the values first: "
+                        f"`{op.name}(a, b)`")
+        if op.max_inputs is not None and len(tensors) > op.max_inputs:
+            raise error("E013", f"`{op.name}` takes at most {op.max_inputs} input"
+                        f"{'s' if op.max_inputs > 1 else ''}, got {len(tensors)}", call.span,
+                        notes=[f"signature: {signature}"],
+                        help="a value piped with `->` is the first input")
+        attrs: dict[str, Any] = {}
+        if len(rest) > len(op.attrs):
+            raise error("E013", f"`{op.name}` takes {len(op.attrs)} argument"
+                        f"{'s' if len(op.attrs) != 1 else ''} besides its inputs, got "
+                        f"{len(rest)}", rest[len(op.attrs)][1], notes=[f"signature: {signature}"])
+        given: dict[str, tuple[Value, SourceSpan]] = {}
+        for attr, (v, sp) in zip(op.attrs, rest):
+            given[attr.name] = (v, sp)
+        for name, (v, sp) in kwargs.items():
+            attr = op.attr(name)
+            if attr is None:
+                raise error("E011", f"`{op.name}` has no argument `{name}`", sp,
+                            notes=[f"signature: {signature}"],
+                            help=did_you_mean(name, [a.name for a in op.attrs]))
+            if name in given:
+                raise error("E011", f"argument `{name}` is given twice", sp)
+            given[name] = (v, sp)
+        for attr in op.attrs:
+            if attr.name in given:
+                v, sp = given[attr.name]
+                if isinstance(v, Tensor):
+                    raise error("E012", f"`{attr.name}` must not be a tensor", sp)
+                try:
+                    attrs[attr.name] = registry.coerce_attr(attr, v)
+                except AttrError as exc:
+                    hint = None
+                    if isinstance(v, Symbol):
+                        hint = did_you_mean(v.name, list(attr.choices) + list(scope.values)
+                                            + (["same", "valid"] if attr.kind == "pad" else [])
+                                            + (["true", "false"] if attr.kind == "bool" else []))
+                    raise error("E012", str(exc), sp, notes=[f"signature: {signature}"],
+                                help=hint) from None
+            elif attr.required:
+                raise error("E013", f"`{op.name}` needs `{attr.name}`", call.span,
+                            notes=[f"signature: {signature}"],
+                            help=f"for example `{_example(op)}`")
+            elif attr.default is not None:
+                attrs[attr.name] = attr.default
+        name = scope.fresh(scope.prefix, op.name)
+        params = [self.graph.add("param", [], {"role": role}, name=f"{name}.{role}",
+                                 span=call.span) for role in op.roles(attrs)]
+        node = self.graph.add(op.name, [t.node for t in tensors] + params, attrs,
+                              name=name, span=call.span)
+        return Tensor(node)
+
+    def _call_block(self, call: ast.Call, args: list[Value], spans: list[SourceSpan],
+                    kwargs: dict[str, tuple[Value, SourceSpan]], scope: Scope) -> Value:
+        block = self.prog.blocks[call.func]
+        if block.name in self.block_stack:
+            chain = " -> ".join(self.block_stack[self.block_stack.index(block.name):] +
+                                [block.name])
+            raise error("E027", f"block `{block.name}` calls itself ({chain})", call.span,
+                        help="blocks are inlined; use `repeat` for repetition")
+        declared = [n for s in block.body if isinstance(s, ast.BlockInputs) for n in s.names]
+        tensors, rest = self._split(call, args, spans, scope, f"block `{block.name}`")
+        n_in = len(declared) if declared else 1
+        sig = f"{block.name}({', '.join((declared or ['<input>']) + [p.name for p in block.params])})"
+        if len(tensors) != n_in:
+            raise error("E013", f"block `{block.name}` takes {n_in} input"
+                        f"{'s' if n_in > 1 else ''}, got {len(tensors)}", call.span,
+                        notes=[f"signature: {sig}"],
+                        help="a value piped with `->` is the first input")
+        pnames = [p.name for p in block.params]
+        if len(rest) > len(pnames):
+            raise error("E013", f"block `{block.name}` takes {len(pnames)} parameter"
+                        f"{'s' if len(pnames) != 1 else ''}, got {len(rest)}",
+                        rest[len(pnames)][1], notes=[f"signature: {sig}"])
+        given: dict[str, Value] = {}
+        for p, (v, sp) in zip(pnames, rest):
+            given[p] = v
+        for name, (v, sp) in kwargs.items():
+            if name not in pnames:
+                raise error("E011", f"block `{block.name}` has no parameter `{name}`", sp,
+                            notes=[f"signature: {sig}"], help=did_you_mean(name, pnames))
+            if name in given:
+                raise error("E011", f"parameter `{name}` is given twice", sp)
+            given[name] = v
+        for p in block.params:
+            if p.name not in given and p.default is None:
+                raise error("E013", f"block `{block.name}` needs parameter `{p.name}`",
+                            call.span, notes=[f"signature: {sig}"])
+        prefix = scope.fresh(scope.prefix, block.name, always_index=False)
+        inner = Scope({}, prefix)
+        for p in block.params:
+            if p.name in given:
+                inner.values[p.name] = given[p.name]
+            else:
+                inner.values[p.name] = self.eval(p.default, inner)
+        inner.used.update(pnames)
+        if declared:
+            for n, t in zip(declared, tensors):
+                inner.values[n] = t
+        else:
+            inner.implicit_input = tensors[0]
+        self.block_stack.append(block.name)
+        try:
+            result = self._run_body(block.body, inner, is_block=True)
+        finally:
+            self.block_stack.pop()
+        if result is None:
+            raise error("E013", f"block `{block.name}` returns nothing", block.span,
+                        help="end the block with `return value` or a bare chain")
+        return result
+
+
+def _defines(stmt: ast.Stmt) -> str | None:
+    if isinstance(stmt, ast.Assign):
+        return stmt.name
+    if isinstance(stmt, ast.Output) and stmt.value is not None:
+        return stmt.name
+    return None
+
+
+def _uses(stmt: ast.Stmt) -> set[str]:
+    if isinstance(stmt, (ast.Assign, ast.ExprStmt, ast.Return)):
+        return _free(stmt.value)
+    if isinstance(stmt, ast.Output):
+        return _free(stmt.value) if stmt.value is not None else {stmt.name}
+    if isinstance(stmt, ast.AssertShape):
+        out = {stmt.name}
+        for d in stmt.shape:
+            out |= _free(d)
+        return out
+    return set()
+
+
+def _free(e: ast.Expr, bound: frozenset[str] = frozenset()) -> set[str]:
+    """Names an expression reads as values (layer names after `->` are not values)."""
+    if isinstance(e, ast.Name):
+        return set() if e.id in bound else {e.id}
+    if isinstance(e, ast.Chain):
+        out = _free(e.items[0], bound)
+        for item in e.items[1:]:
+            if not isinstance(item, ast.Name):
+                out |= _free(item, bound)
+        return out
+    if isinstance(e, ast.Call):
+        out: set[str] = set()
+        for a in e.args:
+            out |= _free(a, bound)
+        for kw in e.kwargs:
+            out |= _free(kw.value, bound)
+        return out
+    if isinstance(e, ast.Repeat):
+        inner = bound | ({e.var} if e.var else set())
+        body = e.body
+        items = body.items if isinstance(body, ast.Chain) else (body,)
+        out = _free(e.count, bound)
+        for item in items:
+            if not isinstance(item, ast.Name):
+                out |= _free(item, frozenset(inner))
+        return out
+    if isinstance(e, ast.ListExpr):
+        out = set()
+        for i in e.items:
+            out |= _free(i, bound)
+        return out
+    if isinstance(e, ast.BinOp):
+        return _free(e.left, bound) | _free(e.right, bound)
+    if isinstance(e, ast.Neg):
+        return _free(e.operand, bound)
+    return set()
+
+
+def _show(v: Value) -> str:
+    return registry._show(v)
+
+
+def _signature(op: registry.OpDef) -> str:
+    ins = ["x"] if op.max_inputs == 1 else (
+        ["a", "b"] if op.max_inputs == 2 and op.min_inputs == 2 else
+        ["x", "like?"] if op.max_inputs == 2 else ["a", "b", "..."])
+    parts = []
+    for a in op.attrs:
+        if a.required:
+            parts.append(a.name)
+        elif a.default is not None:
+            d = a.default
+            d = ("true" if d else "false") if isinstance(d, bool) else d
+            parts.append(f"{a.name}={d}")
+        else:
+            parts.append(f"{a.name}=?")
+    return f"{op.name}({', '.join(ins + parts)})"
+
+
+def _example(op: registry.OpDef) -> str:
+    examples = {"conv": "conv(64, 3, pad=same)", "conv_transpose": "conv_transpose(64, 2, stride=2)",
+                "maxpool": "maxpool(2)", "avgpool": "avgpool(2)", "dense": "dense(10)"}
+    return examples.get(op.name, _signature(op))
+
+
+def lower(prog: Program, network: str | None = None,
+          overrides: dict[str, Value] | None = None) -> Graph:
+    nets = prog.main.networks
+    if not nets:
+        raise error("E016", "the file defines no network",
+                    SourceSpan(prog.main.file, 1, 1, 1, 2),
+                    help="add `network name { input x: [C, H, W] ... output y = ... }`")
+    if network is None:
+        if len(nets) > 1:
+            raise error("E016", "the file defines several networks: "
+                        + ", ".join(f"`{n.name}`" for n in nets), nets[1].span,
+                        help="choose one with `--network NAME`")
+        net = nets[0]
+    else:
+        matches = [n for n in nets if n.name == network]
+        if not matches:
+            raise error("E016", f"no network `{network}` in {prog.main.file}", None,
+                        notes=["networks here: " + ", ".join(n.name for n in nets)],
+                        help=did_you_mean(network, [n.name for n in nets]))
+        net = matches[0]
+    seen: dict[str, ast.NetworkDef] = {}
+    for n in nets:
+        if n.name in seen:
+            raise NetlangError(error("E015", f"network `{n.name}` is defined twice", n.span,
+                                     related=[(seen[n.name].span, "first defined here")])
+                               .diagnostics)
+        seen[n.name] = n
+    return Lowerer(prog).lower_network(net, dict(overrides or {}))

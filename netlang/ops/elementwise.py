@@ -1,0 +1,189 @@
+"""Elementwise and broadcasting ops: add, mul, activations, softmax, and their gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from netlang.ir.types import TensorType, fmt_shape
+from netlang.ops.registry import Attr, FusionKind, OpDef, ShapeCtx, ShapeError, register
+
+
+def _same(ctx: ShapeCtx) -> TensorType:
+    return ctx.x
+
+
+def broadcast_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
+    if not a or not b:
+        return a or b
+    if len(a) != len(b):
+        return None
+    out = []
+    for x, y in zip(a, b):
+        if x != y and 1 not in (x, y):
+            return None
+        out.append(max(x, y))
+    return tuple(out)
+
+
+def _broadcast(ctx: ShapeCtx) -> TensorType:
+    a, b = ctx.inputs
+    shape = broadcast_shape(a.shape, b.shape)
+    if shape is None:
+        raise ShapeError(
+            "E020", f"{ctx.op} of {fmt_shape(a.shape)} and {fmt_shape(b.shape)}: shapes differ",
+            help=None)
+    return TensorType(shape, a.batched or b.batched)
+
+
+def sum_to(x: np.ndarray, ty: TensorType) -> np.ndarray:
+    """Sum a (broadcast) gradient back to the shape of `ty` at the same batch size."""
+    target = ty.shape
+    if not ty.batched and x.ndim == len(target) + 1:
+        x = x.sum(axis=0)
+    lead = x.ndim - len(target) - (1 if ty.batched else 0)
+    if lead > 0:
+        x = x.sum(axis=tuple(range(lead)))
+    off = 1 if ty.batched else 0
+    axes = tuple(i + off for i, d in enumerate(target) if d == 1 and x.shape[i + off] != 1)
+    if axes:
+        x = x.sum(axis=axes, keepdims=True)
+    return x
+
+
+# -- add ---------------------------------------------------------------------------------
+
+def _add_vjp(b, node, dy):
+    return [b.reduce_to(dy, i.type) for i in node.inputs]
+
+
+register(OpDef(
+    name="add", attrs=(), shape=_broadcast, kind=FusionKind.BROADCAST, min_inputs=2, max_inputs=2,
+    forward=lambda xs, a, rt: xs[0] + xs[1],
+    vjp=_add_vjp,
+    doc="Elementwise sum of two values (residual connections); a 1-sized dimension broadcasts."))
+
+
+def _mul_vjp(b, node, dy):
+    x, y = node.inputs
+    return [b.reduce_to(b.emit("mul", [dy, y]), x.type),
+            b.reduce_to(b.emit("mul", [dy, x]), y.type)]
+
+
+register(OpDef(
+    name="mul", attrs=(), shape=_broadcast, kind=FusionKind.BROADCAST, min_inputs=2, max_inputs=2,
+    forward=lambda xs, a, rt: xs[0] * xs[1],
+    vjp=_mul_vjp,
+    doc="Elementwise product; a 1-channel gate broadcasts over channels (attention gates)."))
+
+
+def _sum_to_shape(ctx: ShapeCtx) -> TensorType:
+    return TensorType(tuple(ctx.attrs["shape"]), ctx.attrs["batched"])
+
+
+register(OpDef(
+    name="sum_to", attrs=(Attr("shape", "ints"), Attr("batched", "bool")), shape=_sum_to_shape,
+    kind=FusionKind.REDUCE,
+    forward=lambda xs, a, rt: sum_to(xs[0], TensorType(tuple(a["shape"]), a["batched"])),
+    vjp=lambda b, node, dy: [b.emit("broadcast_like", [dy, node.inputs[0]])],
+    user=False, doc="Sum a broadcast gradient back to a smaller shape."))
+
+register(OpDef(
+    name="broadcast_like", attrs=(), shape=lambda ctx: ctx.inputs[1], kind=FusionKind.BROADCAST,
+    min_inputs=2, max_inputs=2,
+    forward=lambda xs, a, rt: np.broadcast_to(xs[0], xs[1].shape).copy(),
+    vjp=lambda b, node, dy: [b.reduce_to(dy, node.inputs[0].type), None],
+    user=False, doc="Broadcast the first input to the shape of the second."))
+
+register(OpDef(
+    name="scale", attrs=(Attr("factor", "float"),), shape=_same, kind=FusionKind.ELEMWISE,
+    forward=lambda xs, a, rt: (xs[0] * np.float32(a["factor"])).astype(xs[0].dtype, copy=False),
+    vjp=lambda b, node, dy: [b.emit("scale", [dy], factor=node.attrs["factor"])],
+    user=False, doc="Multiply by a constant."))
+
+
+# -- activations -------------------------------------------------------------------------
+
+register(OpDef(
+    name="relu", attrs=(), shape=_same, kind=FusionKind.ELEMWISE,
+    forward=lambda xs, a, rt: np.maximum(xs[0], 0),
+    vjp=lambda b, node, dy: [b.emit("relu_grad", [dy, node])],
+    doc="max(x, 0)."))
+
+register(OpDef(
+    name="relu_grad", attrs=(), shape=_same, kind=FusionKind.ELEMWISE, min_inputs=2,
+    max_inputs=2, forward=lambda xs, a, rt: np.where(xs[1] > 0, xs[0], 0).astype(xs[0].dtype),
+    user=False, doc="dy where the relu output is positive (its gradient mask)."))
+
+
+def _leaky(xs, a, rt):
+    x = xs[0]
+    return np.where(x > 0, x, x * np.float32(a["alpha"])).astype(x.dtype)
+
+
+register(OpDef(
+    name="leaky_relu", attrs=(Attr("alpha", "float", 0.01),), shape=_same,
+    kind=FusionKind.ELEMWISE, forward=_leaky,
+    vjp=lambda b, node, dy: [b.emit("leaky_relu_grad", [dy, node.inputs[0]],
+                                    alpha=node.attrs["alpha"])],
+    doc="x if x > 0 else alpha * x (PyTorch default alpha 0.01)."))
+
+register(OpDef(
+    name="leaky_relu_grad", attrs=(Attr("alpha", "float"),), shape=_same,
+    kind=FusionKind.ELEMWISE, min_inputs=2, max_inputs=2,
+    forward=lambda xs, a, rt: np.where(xs[1] > 0, xs[0],
+                                       xs[0] * np.float32(a["alpha"])).astype(xs[0].dtype),
+    user=False, doc="Gradient of leaky_relu given its input."))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # Split by sign so that exp never overflows.
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
+
+
+register(OpDef(
+    name="sigmoid", attrs=(), shape=_same, kind=FusionKind.ELEMWISE,
+    forward=lambda xs, a, rt: _sigmoid(xs[0]),
+    vjp=lambda b, node, dy: [b.emit("sigmoid_grad", [dy, node])],
+    doc="1 / (1 + exp(-x))."))
+
+register(OpDef(
+    name="sigmoid_grad", attrs=(), shape=_same, kind=FusionKind.ELEMWISE, min_inputs=2,
+    max_inputs=2, forward=lambda xs, a, rt: xs[0] * xs[1] * (1 - xs[1]),
+    user=False, doc="dy * y * (1 - y) given the sigmoid output y."))
+
+register(OpDef(
+    name="tanh", attrs=(), shape=_same, kind=FusionKind.ELEMWISE,
+    forward=lambda xs, a, rt: np.tanh(xs[0]),
+    vjp=lambda b, node, dy: [b.emit("tanh_grad", [dy, node])],
+    doc="Hyperbolic tangent."))
+
+register(OpDef(
+    name="tanh_grad", attrs=(), shape=_same, kind=FusionKind.ELEMWISE, min_inputs=2,
+    max_inputs=2, forward=lambda xs, a, rt: xs[0] * (1 - xs[1] * xs[1]),
+    user=False, doc="dy * (1 - y^2) given the tanh output y."))
+
+
+def softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    z = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _softmax_shape(ctx: ShapeCtx) -> TensorType:
+    if ctx.x.rank < 1:
+        raise ShapeError("E025", "softmax needs an input with a channel axis")
+    return ctx.x
+
+
+register(OpDef(
+    name="softmax", attrs=(), shape=_softmax_shape, kind=FusionKind.REDUCE,
+    forward=lambda xs, a, rt: softmax(xs[0], 1),
+    vjp=lambda b, node, dy: [b.emit("softmax_grad", [dy, node])],
+    doc="Softmax over the channel axis."))
+
+register(OpDef(
+    name="softmax_grad", attrs=(), shape=_same, kind=FusionKind.REDUCE, min_inputs=2,
+    max_inputs=2,
+    forward=lambda xs, a, rt: xs[1] * (xs[0] - (xs[0] * xs[1]).sum(axis=1, keepdims=True)),
+    user=False, doc="y * (dy - sum_c(dy * y)) given the softmax output y."))

@@ -1,0 +1,435 @@
+"""Layers with parameters: conv, conv_transpose, dense, batchnorm; and dropout."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from netlang.ir.types import TensorType, fmt_shape
+from netlang.ops import _conv
+from netlang.ops.registry import (
+    Attr, FusionKind, OpDef, ParamSpec, ShapeCtx, ShapeError, per_dim, register, resolve_pad,
+    sliding_out, spatial_rank, uniform_fan_in,
+)
+
+CONV_ATTRS = (
+    Attr("channels", "int", minimum=1, doc="output channels"),
+    Attr("kernel", "ints", minimum=1, doc="kernel size: one value or one per spatial dim"),
+    Attr("stride", "ints", 1, minimum=1),
+    Attr("pad", "pad", 0, doc="`valid`, `same`, a number, one per dim, or (before, after) pairs"),
+    Attr("dilation", "ints", 1, minimum=1),
+    Attr("groups", "int", 1, minimum=1),
+    Attr("bias", "bool", True),
+)
+
+
+def _pairs(a) -> tuple[tuple[int, int], ...]:
+    p = a["pad"]
+    return tuple((p[2 * i], p[2 * i + 1]) for i in range(len(p) // 2))
+
+
+def _check_groups(ctx: ShapeCtx, cin: int, cout: int) -> int:
+    g = ctx.attrs["groups"]
+    if cin % g or cout % g:
+        raise ShapeError("E024", f"groups = {g} must divide both the input channels ({cin}) "
+                         f"and the output channels ({cout})",
+                         help="choose a number of groups that divides both")
+    return g
+
+
+def _conv_shape(ctx: ShapeCtx) -> TensorType:
+    nd = spatial_rank(ctx, "conv")
+    cin, spatial = ctx.x.shape[0], ctx.x.shape[1:]
+    cout = ctx.attrs["channels"]
+    _check_groups(ctx, cin, cout)
+    k, s, d = per_dim(ctx, "kernel", nd), per_dim(ctx, "stride", nd), per_dim(ctx, "dilation", nd)
+    keff = tuple(di * (ki - 1) + 1 for ki, di in zip(k, d))
+    pads = resolve_pad(ctx, nd, spatial, keff, s)
+    out = sliding_out(ctx, "conv", spatial, keff, s, pads)
+    ctx.attrs.update(kernel=k, stride=s, dilation=d, pad=tuple(v for p in pads for v in p))
+    return TensorType((cout,) + out)
+
+
+def _conv_params(ins: list[TensorType], a) -> dict[str, ParamSpec]:
+    cin = ins[0].shape[0]
+    k = a["kernel"]
+    fan_in = cin // a["groups"] * math.prod(k)
+    bound = uniform_fan_in(fan_in)
+    specs = {"weight": ParamSpec((a["channels"], cin // a["groups"]) + tuple(k), "uniform", bound)}
+    if a["bias"]:
+        specs["bias"] = ParamSpec((a["channels"],), "uniform", bound)
+    return specs
+
+
+def _bias_roles(a) -> list[str]:
+    return ["weight", "bias"] if a["bias"] else ["weight"]
+
+
+def _conv_forward(xs, a, rt):
+    y = _conv.conv_forward(xs[0], xs[1], a["stride"], _pairs(a), a["dilation"], a["groups"])
+    if a["bias"]:
+        y += xs[2].reshape((1, -1) + (1,) * (y.ndim - 2))
+    return y
+
+
+def _conv_vjp(b, node, dy):
+    x, w = node.inputs[:2]
+    a = node.attrs
+    common = dict(stride=a["stride"], pad=a["pad"], dilation=a["dilation"], groups=a["groups"])
+    grads = [b.emit("conv_grad_input", [dy, w], in_shape=x.type.shape, **common),
+             b.emit("conv_grad_weight", [dy, x], kernel=a["kernel"], **common)]
+    if a["bias"]:
+        grads.append(b.emit("bias_grad", [dy]))
+    return grads
+
+
+def _conv_macs(ins, out, a) -> int:
+    return out.size * (ins[0].shape[0] // a["groups"]) * math.prod(a["kernel"])
+
+
+register(OpDef(
+    name="conv", attrs=CONV_ATTRS, shape=_conv_shape, kind=FusionKind.OUT_ELEMWISE_FUSABLE,
+    max_inputs=1, params=_conv_params, param_roles=_bias_roles, macs=_conv_macs,
+    forward=_conv_forward, vjp=_conv_vjp,
+    doc="Convolution, 1-D/2-D/3-D by input rank. Weight [out, in/groups, *kernel]."))
+
+_GRAD_ATTRS = (Attr("stride", "ints"), Attr("pad", "ints"), Attr("dilation", "ints"),
+               Attr("groups", "int"))
+
+
+def _conv_grad_input_shape(ctx: ShapeCtx) -> TensorType:
+    return TensorType(tuple(ctx.attrs["in_shape"]))
+
+
+register(OpDef(
+    name="conv_grad_input", attrs=_GRAD_ATTRS + (Attr("in_shape", "ints"),),
+    shape=_conv_grad_input_shape, kind=FusionKind.OUT_ELEMWISE_FUSABLE, min_inputs=2,
+    max_inputs=2,
+    forward=lambda xs, a, rt: _conv.conv_grad_input(
+        xs[0], xs[1], tuple(a["in_shape"][1:]), a["stride"], _pairs(a), a["dilation"],
+        a["groups"]),
+    user=False, doc="Input gradient of conv (a transposed convolution of dy)."))
+
+
+def _conv_grad_weight_shape(ctx: ShapeCtx) -> TensorType:
+    dy, x = ctx.inputs
+    return TensorType((dy.shape[0], x.shape[0] // ctx.attrs["groups"]) +
+                      tuple(ctx.attrs["kernel"]), batched=False)
+
+
+register(OpDef(
+    name="conv_grad_weight", attrs=_GRAD_ATTRS + (Attr("kernel", "ints"),),
+    shape=_conv_grad_weight_shape, kind=FusionKind.OPAQUE, min_inputs=2, max_inputs=2,
+    forward=lambda xs, a, rt: _conv.conv_grad_weight(
+        xs[0], xs[1], tuple(a["kernel"]), a["stride"], _pairs(a), a["dilation"], a["groups"]),
+    user=False, doc="Weight gradient of conv."))
+
+
+def _bias_grad(xs, a, rt):
+    dy = xs[0]
+    return dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
+
+
+register(OpDef(
+    name="bias_grad", attrs=(), kind=FusionKind.REDUCE,
+    shape=lambda ctx: TensorType((ctx.x.shape[0],), batched=False),
+    forward=_bias_grad,
+    vjp=lambda b, node, dy: [b.emit("broadcast_like", [b.emit("expand_channels", [dy],
+                                                                 rank=node.inputs[0].type.rank),
+                                                          node.inputs[0]])],
+    user=False, doc="Sum over batch and spatial axes: the gradient of a per-channel bias."))
+
+register(OpDef(
+    name="expand_channels", attrs=(Attr("rank", "int"),), kind=FusionKind.INJECTIVE,
+    shape=lambda ctx: TensorType((ctx.x.shape[0],) + (1,) * (ctx.attrs["rank"] - 1),
+                                 batched=False),
+    forward=lambda xs, a, rt: xs[0].reshape((-1,) + (1,) * (a["rank"] - 1)),
+    vjp=lambda b, node, dy: [b.emit("reshape", [dy], shape=node.inputs[0].type.shape,
+                                    batched=False)],
+    user=False, doc="[C] -> [C, 1, 1]: a per-channel vector ready to broadcast."))
+
+
+# -- conv_transpose ----------------------------------------------------------------------
+
+def _convt_shape(ctx: ShapeCtx) -> TensorType:
+    nd = spatial_rank(ctx, "conv_transpose")
+    cin, spatial = ctx.x.shape[0], ctx.x.shape[1:]
+    cout = ctx.attrs["channels"]
+    _check_groups(ctx, cin, cout)
+    k, s, d = per_dim(ctx, "kernel", nd), per_dim(ctx, "stride", nd), per_dim(ctx, "dilation", nd)
+    op = per_dim(ctx, "output_padding", nd)
+    pads = resolve_pad(ctx, nd, spatial, k, s, allow_same=False)
+    out = []
+    for i in range(nd):
+        if op[i] >= max(s[i], d[i]):
+            raise ShapeError("E012", f"output_padding {op[i]} must be smaller than the stride "
+                             f"or the dilation")
+        o = (spatial[i] - 1) * s[i] - pads[i][0] - pads[i][1] + d[i] * (k[i] - 1) + op[i] + 1
+        if o <= 0:
+            raise ShapeError("E021", f"conv_transpose: output size {o} is not positive",
+                             help="reduce the padding")
+        out.append(o)
+    ctx.attrs.update(kernel=k, stride=s, dilation=d, output_padding=op,
+                     pad=tuple(v for p in pads for v in p))
+    return TensorType((cout,) + tuple(out))
+
+
+def _convt_params(ins, a) -> dict[str, ParamSpec]:
+    cin = ins[0].shape[0]
+    k = a["kernel"]
+    # PyTorch computes fan_in from weight.size(1) * kernel for transposed convs.
+    bound = uniform_fan_in(a["channels"] // a["groups"] * math.prod(k))
+    specs = {"weight": ParamSpec((cin, a["channels"] // a["groups"]) + tuple(k), "uniform", bound)}
+    if a["bias"]:
+        specs["bias"] = ParamSpec((a["channels"],), "uniform", bound)
+    return specs
+
+
+def _convt_forward(xs, a, rt):
+    y = _conv.conv_transpose_forward(xs[0], xs[1], a["stride"], _pairs(a), a["dilation"],
+                                     a["groups"], a["output_padding"])
+    if a["bias"]:
+        y += xs[2].reshape((1, -1) + (1,) * (y.ndim - 2))
+    return y
+
+
+def _convt_vjp(b, node, dy):
+    x, w = node.inputs[:2]
+    a = node.attrs
+    common = dict(stride=a["stride"], pad=a["pad"], dilation=a["dilation"], groups=a["groups"])
+    grads = [b.emit("conv", [dy, w], channels=x.type.shape[0], kernel=a["kernel"], bias=False,
+                    **common),
+             b.emit("conv_transpose_grad_weight", [dy, x], kernel=a["kernel"], **common)]
+    if a["bias"]:
+        grads.append(b.emit("bias_grad", [dy]))
+    return grads
+
+
+register(OpDef(
+    name="conv_transpose",
+    attrs=CONV_ATTRS[:3] + (Attr("pad", "pad", 0), Attr("output_padding", "ints", 0, minimum=0))
+    + CONV_ATTRS[4:],
+    shape=_convt_shape, kind=FusionKind.OUT_ELEMWISE_FUSABLE, params=_convt_params,
+    param_roles=_bias_roles,
+    macs=lambda ins, out, a: ins[0].size * (a["channels"] // a["groups"]) * math.prod(a["kernel"]),
+    forward=_convt_forward, vjp=_convt_vjp,
+    doc="Transposed convolution (U-Net's up-conv). Weight [in, out/groups, *kernel]."))
+
+register(OpDef(
+    name="conv_transpose_grad_weight", attrs=_GRAD_ATTRS + (Attr("kernel", "ints"),),
+    shape=lambda ctx: TensorType((ctx.inputs[1].shape[0],
+                                  ctx.inputs[0].shape[0] // ctx.attrs["groups"]) +
+                                 tuple(ctx.attrs["kernel"]), batched=False),
+    kind=FusionKind.OPAQUE, min_inputs=2, max_inputs=2,
+    forward=lambda xs, a, rt: _conv.conv_transpose_grad_weight(
+        xs[0], xs[1], tuple(a["kernel"]), a["stride"], _pairs(a), a["dilation"], a["groups"]),
+    user=False, doc="Weight gradient of conv_transpose."))
+
+
+# -- dense -------------------------------------------------------------------------------
+
+def _dense_shape(ctx: ShapeCtx) -> TensorType:
+    if ctx.x.rank != 1:
+        raise ShapeError("E022", f"dense needs a flat input, got {fmt_shape(ctx.x.shape)}",
+                         notes=("dense multiplies a vector by a matrix; it does not flatten "
+                                "implicitly",),
+                         help="insert `flatten` before `dense` (or `global_avgpool`)")
+    return TensorType((ctx.attrs["units"],))
+
+
+def _dense_params(ins, a) -> dict[str, ParamSpec]:
+    fan_in = ins[0].shape[0]
+    bound = uniform_fan_in(fan_in)
+    specs = {"weight": ParamSpec((a["units"], fan_in), "uniform", bound)}
+    if a["bias"]:
+        specs["bias"] = ParamSpec((a["units"],), "uniform", bound)
+    return specs
+
+
+def _dense_forward(xs, a, rt):
+    y = xs[0] @ xs[1].T
+    if a["bias"]:
+        y += xs[2]
+    return y
+
+
+def _dense_vjp(b, node, dy):
+    x, w = node.inputs[:2]
+    grads = [b.emit("dense_grad_input", [dy, w]), b.emit("dense_grad_weight", [dy, x])]
+    if node.attrs["bias"]:
+        grads.append(b.emit("bias_grad", [dy]))
+    return grads
+
+
+register(OpDef(
+    name="dense", attrs=(Attr("units", "int", minimum=1), Attr("bias", "bool", True)),
+    shape=_dense_shape, kind=FusionKind.OUT_ELEMWISE_FUSABLE, params=_dense_params,
+    param_roles=_bias_roles, macs=lambda ins, out, a: ins[0].size * a["units"],
+    forward=_dense_forward, vjp=_dense_vjp,
+    doc="Fully connected layer on a flat input. Weight [out, in]."))
+
+register(OpDef(
+    name="dense_grad_input", attrs=(), kind=FusionKind.OUT_ELEMWISE_FUSABLE, min_inputs=2,
+    max_inputs=2, shape=lambda ctx: TensorType((ctx.inputs[1].shape[1],)),
+    forward=lambda xs, a, rt: xs[0] @ xs[1],
+    user=False, doc="dy @ W."))
+
+register(OpDef(
+    name="dense_grad_weight", attrs=(), kind=FusionKind.OPAQUE, min_inputs=2, max_inputs=2,
+    shape=lambda ctx: TensorType((ctx.inputs[0].shape[0], ctx.inputs[1].shape[0]),
+                                 batched=False),
+    forward=lambda xs, a, rt: xs[0].T @ xs[1],
+    user=False, doc="dy^T @ x, summed over the batch."))
+
+
+# -- batchnorm ---------------------------------------------------------------------------
+
+def _bn_shape(ctx: ShapeCtx) -> TensorType:
+    if ctx.x.rank < 1:
+        raise ShapeError("E025", "batchnorm needs an input with a channel axis")
+    return ctx.x
+
+
+def _bn_params(ins, a) -> dict[str, ParamSpec]:
+    c = (ins[0].shape[0],)
+    specs = {}
+    if a["affine"]:
+        specs["weight"] = ParamSpec(c, "ones")
+        specs["bias"] = ParamSpec(c, "zeros")
+    specs["running_mean"] = ParamSpec(c, "zeros", trainable=False)
+    specs["running_var"] = ParamSpec(c, "ones", trainable=False)
+    return specs
+
+
+def _bn_roles(a) -> list[str]:
+    return (["weight", "bias"] if a["affine"] else []) + ["running_mean", "running_var"]
+
+
+def _bn_axes(x: np.ndarray) -> tuple[int, ...]:
+    return (0,) + tuple(range(2, x.ndim))
+
+
+def _bn_stats(x: np.ndarray, rm, rv, a) -> tuple[np.ndarray, np.ndarray]:
+    if a.get("training"):
+        axes = _bn_axes(x)
+        mean = x.mean(axis=axes, dtype=np.float64).astype(x.dtype)
+        var = ((x - _bc(mean, x)) ** 2).mean(axis=axes, dtype=np.float64).astype(x.dtype)
+        return mean, var
+    return rm, rv
+
+
+def _bc(v: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return v.reshape((1, -1) + (1,) * (x.ndim - 2))
+
+
+def _bn_forward(xs, a, rt):
+    x = xs[0]
+    if a["affine"]:
+        w, b, rm, rv = xs[1:5]
+    else:
+        rm, rv = xs[1:3]
+        w = b = None
+    mean, var = _bn_stats(x, rm, rv, a)
+    if a.get("training") and rt is not None:
+        n = x.size // x.shape[1]
+        m = a["momentum"]
+        unbiased = var * (n / max(n - 1, 1))
+        rt.buffer_update(rt.current.inputs[-2], ((1 - m) * rm + m * mean).astype(rm.dtype))
+        rt.buffer_update(rt.current.inputs[-1], ((1 - m) * rv + m * unbiased).astype(rv.dtype))
+    inv = (1.0 / np.sqrt(var + np.float32(a["eps"]))).astype(x.dtype)
+    y = (x - _bc(mean, x)) * _bc(inv, x)
+    if w is not None:
+        y = y * _bc(w, x) + _bc(b, x)
+    return y
+
+
+def _bn_vjp(b, node, dy):
+    x = node.inputs[0]
+    a = node.attrs
+    rm, rv = node.inputs[-2:]
+    w = node.inputs[1] if a["affine"] else None
+    stats = dict(eps=a["eps"], training=a.get("training", False))
+    dx_inputs = [dy, x, rm, rv] + ([w] if w is not None else [])
+    grads = [b.emit("batchnorm_grad_input", dx_inputs, affine=a["affine"], **stats)]
+    if a["affine"]:
+        grads += [b.emit("batchnorm_grad_weight", [dy, x, rm, rv], **stats),
+                  b.emit("bias_grad", [dy])]
+    return grads + [None, None]
+
+
+register(OpDef(
+    name="batchnorm",
+    attrs=(Attr("eps", "float", 1e-5, minimum=0), Attr("momentum", "float", 0.1, minimum=0),
+           Attr("affine", "bool", True)),
+    shape=_bn_shape, kind=FusionKind.ELEMWISE, params=_bn_params, param_roles=_bn_roles,
+    forward=_bn_forward, vjp=_bn_vjp,
+    doc="Batch normalisation over the channel axis; batch statistics in training (running "
+        "statistics updated with momentum 0.1, unbiased variance), running ones in inference."))
+
+
+def _bn_grad_input(xs, a, rt):
+    dy, x, rm, rv = xs[:4]
+    w = xs[4] if a["affine"] else None
+    mean, var = _bn_stats(x, rm, rv, a)
+    inv = (1.0 / np.sqrt(var + np.float32(a["eps"]))).astype(x.dtype)
+    g = dy * _bc(w, x) if w is not None else dy
+    if not a["training"]:
+        return g * _bc(inv, x)
+    axes = _bn_axes(x)
+    m = x.size // x.shape[1]
+    xhat = (x - _bc(mean, x)) * _bc(inv, x)
+    sg = g.sum(axis=axes)
+    sgx = (g * xhat).sum(axis=axes)
+    return (_bc(inv, x) / m) * (m * g - _bc(sg, x) - xhat * _bc(sgx, x))
+
+
+def _bn_grad_weight(xs, a, rt):
+    dy, x, rm, rv = xs
+    mean, var = _bn_stats(x, rm, rv, a)
+    inv = (1.0 / np.sqrt(var + np.float32(a["eps"]))).astype(x.dtype)
+    return (dy * (x - _bc(mean, x)) * _bc(inv, x)).sum(axis=_bn_axes(x))
+
+
+_BN_GRAD_ATTRS = (Attr("eps", "float"), Attr("training", "bool"))
+
+register(OpDef(
+    name="batchnorm_grad_input", attrs=_BN_GRAD_ATTRS + (Attr("affine", "bool"),),
+    shape=lambda ctx: ctx.inputs[1], kind=FusionKind.OPAQUE, min_inputs=4, max_inputs=5,
+    forward=_bn_grad_input, user=False, doc="Input gradient of batchnorm."))
+
+register(OpDef(
+    name="batchnorm_grad_weight", attrs=_BN_GRAD_ATTRS,
+    shape=lambda ctx: TensorType((ctx.inputs[1].shape[0],), batched=False),
+    kind=FusionKind.REDUCE, min_inputs=4, max_inputs=4,
+    forward=_bn_grad_weight, user=False, doc="Scale gradient of batchnorm."))
+
+
+# -- dropout -----------------------------------------------------------------------------
+
+register(OpDef(
+    name="dropout", attrs=(Attr("p", "float", 0.5, minimum=0),), shape=lambda ctx: _dropout_shape(ctx),
+    
+    kind=FusionKind.ELEMWISE,
+    forward=lambda xs, a, rt: xs[0],
+    vjp=lambda b, node, dy: [dy],
+    doc="Zeroes elements with probability p in training and scales the rest by 1/(1-p); "
+        "the identity in inference. Training graphs rewrite it into `mul(x, dropout_mask(x))`."))
+
+
+def _dropout_shape(ctx: ShapeCtx) -> TensorType:
+    if not 0 <= ctx.attrs["p"] < 1:
+        raise ShapeError("E012", f"dropout probability must be in [0, 1), got {ctx.attrs['p']}")
+    return ctx.x
+
+
+def _dropout_mask(xs, a, rt):
+    x = xs[0]
+    keep = 1.0 - a["p"]
+    return ((rt.rng.random(x.shape) < keep) / np.float32(keep)).astype(x.dtype)
+
+
+register(OpDef(
+    name="dropout_mask", attrs=(Attr("p", "float"),), shape=lambda ctx: ctx.x,
+    kind=FusionKind.OPAQUE, forward=_dropout_mask, vjp=lambda b, node, dy: [None],
+    user=False, doc="A random keep-mask scaled by 1/(1-p), the shape of its input."))

@@ -1,0 +1,309 @@
+"""Pooling and resampling: maxpool, avgpool, global_avgpool, upsample, and their gradients.
+
+Window ops loop over the kernel offsets (9 for a 3x3 window), each step vectorised over
+the whole tensor: no Python loop over pixels, and no scatter (`np.add.at`) in backward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from netlang.ir.types import TensorType
+from netlang.ops.registry import (
+    Attr, FusionKind, OpDef, ShapeCtx, ShapeError, per_dim, register, resolve_pad,
+    sliding_out, spatial_rank,
+)
+
+POOL_ATTRS = (
+    Attr("kernel", "ints", minimum=1),
+    Attr("stride", "ints", 0, minimum=0, doc="defaults to the kernel size"),
+    Attr("pad", "pad", 0),
+    Attr("ceil", "bool", False, doc="ceil mode: keep a last partial window"),
+)
+
+
+def _pool_shape(ctx: ShapeCtx) -> TensorType:
+    op = ctx.op
+    nd = spatial_rank(ctx, op)
+    c, spatial = ctx.x.shape[0], ctx.x.shape[1:]
+    k = per_dim(ctx, "kernel", nd)
+    s = per_dim(ctx, "stride", nd)
+    s = tuple(si if si > 0 else ki for si, ki in zip(s, k))
+    d = per_dim(ctx, "dilation", nd) if "dilation" in ctx.attrs else (1,) * nd
+    keff = tuple(di * (ki - 1) + 1 for ki, di in zip(k, d))
+    pads = resolve_pad(ctx, nd, spatial, keff, s, allow_same=False)
+    for (lo, hi), ki in zip(pads, k):
+        if max(lo, hi) > ki // 2:
+            raise ShapeError("E012", f"{op}: padding {max(lo, hi)} is more than half the "
+                             f"kernel ({ki})", help="PyTorch and ONNX require pad <= kernel / 2")
+    out = sliding_out(ctx, op, spatial, keff, s, pads, ceil=ctx.attrs["ceil"])
+    ctx.attrs.update(kernel=k, stride=s, pad=tuple(v for p in pads for v in p))
+    if "dilation" in ctx.attrs:
+        ctx.attrs["dilation"] = d
+    return TensorType((c,) + out)
+
+
+def _geometry(x_shape, a):
+    """Padding per dim (before, after + extra for ceil windows), output sizes, dilation."""
+    nd = len(x_shape) - 2
+    k, s = a["kernel"], a["stride"]
+    d = a.get("dilation", (1,) * nd)
+    p = a["pad"]
+    out, pads = [], []
+    for i in range(nd):
+        h = x_shape[2 + i]
+        lo, hi = p[2 * i], p[2 * i + 1]
+        keff = d[i] * (k[i] - 1) + 1
+        if a["ceil"]:
+            o = -(-(h + lo + hi - keff) // s[i]) + 1
+            if (o - 1) * s[i] >= h + lo:
+                o -= 1
+        else:
+            o = (h + lo + hi - keff) // s[i] + 1
+        extra = max((o - 1) * s[i] + keff - (h + lo + hi), 0)
+        out.append(o)
+        pads.append((lo, hi, extra))
+    return tuple(out), pads, d
+
+
+def _padded(x, pads, value):
+    width = [(0, 0), (0, 0)] + [(lo, hi + extra) for lo, hi, extra in pads]
+    return np.pad(x, width, constant_values=value)
+
+
+def _offsets(k):
+    return np.ndindex(*k)
+
+
+def _window(xp, j, d, s, out):
+    idx = (slice(None), slice(None)) + tuple(
+        slice(j[i] * d[i], j[i] * d[i] + s[i] * (out[i] - 1) + 1, s[i]) for i in range(len(out)))
+    return idx
+
+
+def _crop_pads(xp, pads, shape):
+    idx = (slice(None), slice(None)) + tuple(
+        slice(lo, lo + shape[2 + i]) for i, (lo, _, _) in enumerate(pads))
+    return xp[idx]
+
+
+# -- maxpool -----------------------------------------------------------------------------
+
+def _maxpool_forward(xs, a, rt):
+    x = xs[0]
+    out, pads, d = _geometry(x.shape, a)
+    xp = _padded(x, pads, -np.inf)
+    y = None
+    for j in _offsets(a["kernel"]):
+        v = xp[_window(xp, j, d, a["stride"], out)]
+        y = v.copy() if y is None else np.maximum(y, v, out=y)
+    return y
+
+
+def _maxpool_grad(xs, a, rt):
+    dy, x = xs
+    out, pads, d = _geometry(x.shape, a)
+    xp = _padded(x, pads, -np.inf)
+    y = _maxpool_forward([x], a, None)
+    dxp = np.zeros_like(xp)
+    taken = np.zeros(y.shape, dtype=bool)
+    for j in _offsets(a["kernel"]):
+        idx = _window(xp, j, d, a["stride"], out)
+        hit = (xp[idx] == y) & ~taken          # the first maximum wins, as in PyTorch
+        taken |= hit
+        dxp[idx] += np.where(hit, dy, 0)
+    return _crop_pads(dxp, pads, x.shape)
+
+
+register(OpDef(
+    name="maxpool", attrs=POOL_ATTRS + (Attr("dilation", "ints", 1, minimum=1),),
+    shape=_pool_shape, kind=FusionKind.REDUCE, forward=_maxpool_forward,
+    vjp=lambda b, node, dy: [b.emit("maxpool_grad", [dy, node.inputs[0]], **node.attrs)],
+    doc="Max pooling; stride defaults to the kernel; ceil mode as PyTorch."))
+
+register(OpDef(
+    name="maxpool_grad", attrs=POOL_ATTRS + (Attr("dilation", "ints", 1),),
+    shape=lambda ctx: ctx.inputs[1], kind=FusionKind.OPAQUE, min_inputs=2, max_inputs=2,
+    forward=_maxpool_grad, user=False,
+    doc="Routes dy to the first maximum of each window."))
+
+
+# -- avgpool -----------------------------------------------------------------------------
+
+def _avg_divisor(x_shape, a, out, pads, d):
+    """Per-output-position divisor: the window's elements inside the counted region."""
+    nd = len(out)
+    counted = np.ones((1, 1) + tuple(x_shape[2:]), dtype=np.float32)
+    width = [(0, 0), (0, 0)]
+    for lo, hi, extra in pads:
+        width.append((lo, hi + extra))
+    if a["count_include_pad"]:
+        # Padding counts, the extra ceil-mode margin does not (PyTorch).
+        width_inc = [(0, 0), (0, 0)] + [(0, extra) for _, _, extra in pads]
+        counted = np.pad(np.pad(counted, [(0, 0), (0, 0)] + [(lo, hi) for lo, hi, _ in pads],
+                                constant_values=1), width_inc)
+    else:
+        counted = np.pad(counted, width)
+    div = np.zeros((1, 1) + out, dtype=np.float32)
+    for j in _offsets(a["kernel"]):
+        div += counted[_window(counted, j, d, a["stride"], out)]
+    del nd
+    return np.maximum(div, 1)
+
+
+def _avgpool_forward(xs, a, rt):
+    x = xs[0]
+    out, pads, d = _geometry(x.shape, a)
+    xp = _padded(x, pads, 0)
+    acc = np.zeros(x.shape[:2] + out, dtype=x.dtype)
+    for j in _offsets(a["kernel"]):
+        acc += xp[_window(xp, j, d, a["stride"], out)]
+    return acc / _avg_divisor(x.shape, a, out, pads, d)
+
+
+def _avgpool_grad(xs, a, rt):
+    dy = xs[0]
+    shape = (dy.shape[0],) + tuple(a["in_shape"])
+    out, pads, d = _geometry(shape, a)
+    g = dy / _avg_divisor(shape, a, out, pads, d)
+    dxp = np.zeros(shape[:2] + tuple(shape[2 + i] + lo + hi + ex
+                                     for i, (lo, hi, ex) in enumerate(pads)), dtype=dy.dtype)
+    for j in _offsets(a["kernel"]):
+        dxp[_window(dxp, j, d, a["stride"], out)] += g
+    return _crop_pads(dxp, pads, shape)
+
+
+AVG_ATTRS = POOL_ATTRS + (Attr("count_include_pad", "bool", True),)
+
+register(OpDef(
+    name="avgpool", attrs=AVG_ATTRS, shape=_pool_shape, kind=FusionKind.REDUCE,
+    forward=_avgpool_forward,
+    vjp=lambda b, node, dy: [b.emit("avgpool_grad", [dy], in_shape=node.inputs[0].type.shape,
+                                    **node.attrs)],
+    doc="Average pooling; padding counts in the divisor by default, as in PyTorch."))
+
+register(OpDef(
+    name="avgpool_grad", attrs=AVG_ATTRS + (Attr("in_shape", "ints"),),
+    shape=lambda ctx: TensorType(tuple(ctx.attrs["in_shape"])), kind=FusionKind.OPAQUE,
+    forward=_avgpool_grad, user=False, doc="Spreads dy evenly over each window."))
+
+
+# -- global_avgpool ----------------------------------------------------------------------
+
+def _gap_shape(ctx: ShapeCtx) -> TensorType:
+    spatial_rank(ctx, "global_avgpool")
+    return TensorType((ctx.x.shape[0],))
+
+
+register(OpDef(
+    name="global_avgpool", attrs=(), shape=_gap_shape, kind=FusionKind.REDUCE,
+    forward=lambda xs, a, rt: xs[0].reshape(xs[0].shape[:2] + (-1,)).mean(axis=2),
+    vjp=lambda b, node, dy: [b.emit("global_avgpool_grad", [dy],
+                                    in_shape=node.inputs[0].type.shape)],
+    doc="Mean over all spatial positions: [C, H, W] -> [C] (already flat, ready for dense)."))
+
+register(OpDef(
+    name="global_avgpool_grad", attrs=(Attr("in_shape", "ints"),),
+    shape=lambda ctx: TensorType(tuple(ctx.attrs["in_shape"])), kind=FusionKind.BROADCAST,
+    forward=lambda xs, a, rt: np.broadcast_to(
+        (xs[0] / np.float32(math.prod(a["in_shape"][1:]))).reshape(
+            xs[0].shape + (1,) * (len(a["in_shape"]) - 1)),
+        (xs[0].shape[0],) + tuple(a["in_shape"])).copy(),
+    user=False, doc="dy / (H W), broadcast over the spatial axes."))
+
+
+# -- upsample ----------------------------------------------------------------------------
+
+def _up_shape(ctx: ShapeCtx) -> TensorType:
+    nd = spatial_rank(ctx, "upsample")
+    scale = ctx.attrs["scale"]
+    scales = scale if isinstance(scale, tuple) else (scale,) * nd
+    if len(scales) != nd:
+        raise ShapeError("E012", f"`scale` has {len(scales)} values; the input has {nd} "
+                         "spatial dimensions")
+    if any(s <= 0 for s in scales):
+        raise ShapeError("E012", "`scale` must be positive")
+    mode = ctx.attrs["mode"]
+    linear = {1: "linear", 2: "bilinear", 3: "trilinear"}[nd]
+    if mode not in ("nearest", linear):
+        raise ShapeError("E012", f"mode `{mode}` needs a different input rank",
+                         help=f"for a {nd}-D input use `nearest` or `{linear}`")
+    out = tuple(int(math.floor(h * s)) for h, s in zip(ctx.x.shape[1:], scales))
+    ctx.attrs["scale"] = tuple(float(s) for s in scales)
+    return TensorType((ctx.x.shape[0],) + out)
+
+
+def interp_matrix(n_in: int, n_out: int, scale: float, mode: str) -> np.ndarray:
+    """[n_out, n_in] weights of 1-D nearest or linear (half-pixel) resampling, as PyTorch."""
+    m = np.zeros((n_out, n_in), dtype=np.float32)
+    dst = np.arange(n_out)
+    if mode == "nearest":
+        src = np.minimum(np.floor(dst / scale).astype(int), n_in - 1)
+        m[dst, src] = 1
+        return m
+    src = np.maximum((dst + 0.5) / scale - 0.5, 0)
+    i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    lam = (src - i0).astype(np.float32)
+    np.add.at(m, (dst, i0), 1 - lam)
+    np.add.at(m, (dst, i1), lam)
+    return m
+
+
+def _resample(x: np.ndarray, mats: list[np.ndarray]) -> np.ndarray:
+    for axis, m in enumerate(mats, start=2):
+        x = np.moveaxis(np.tensordot(m, x, axes=([1], [axis])), 0, axis)
+    return np.ascontiguousarray(x)
+
+
+def _int_scale(a) -> int | None:
+    s = a["scale"]
+    if a["mode"] == "nearest" and all(v == s[0] and float(v).is_integer() for v in s):
+        return int(s[0])
+    return None
+
+
+def _up_forward(xs, a, rt):
+    x = xs[0]
+    k = _int_scale(a)
+    if k is not None:  # fast path: integer nearest upsampling is a repeat
+        for axis in range(2, x.ndim):
+            x = np.repeat(x, k, axis=axis)
+        return x
+    mats = [interp_matrix(x.shape[2 + i], int(math.floor(x.shape[2 + i] * s)), s, a["mode"])
+            for i, s in enumerate(a["scale"])]
+    return _resample(x, mats)
+
+
+def _up_grad(xs, a, rt):
+    dy = xs[0]
+    in_sp = a["in_shape"][1:]
+    k = _int_scale(a)
+    if k is not None:
+        shape = dy.shape[:2]
+        for h in in_sp:
+            shape += (h, k)
+        return dy.reshape(shape).sum(axis=tuple(range(3, 3 + 2 * len(in_sp), 2)))
+    mats = [interp_matrix(in_sp[i], dy.shape[2 + i], s, a["mode"]).T
+            for i, s in enumerate(a["scale"])]
+    return _resample(dy, mats)
+
+
+UP_ATTRS = (Attr("scale", "floats", 2.0), Attr("mode", "choice", "nearest",
+                                                choices=("nearest", "linear", "bilinear",
+                                                         "trilinear")))
+
+register(OpDef(
+    name="upsample", attrs=UP_ATTRS, shape=_up_shape, kind=FusionKind.INJECTIVE,
+    forward=_up_forward,
+    vjp=lambda b, node, dy: [b.emit("upsample_grad", [dy], in_shape=node.inputs[0].type.shape,
+                                    **node.attrs)],
+    doc="Nearest or (bi/tri)linear upsampling by a scale; linear modes use half-pixel "
+        "centres (align_corners=False)."))
+
+register(OpDef(
+    name="upsample_grad", attrs=UP_ATTRS + (Attr("in_shape", "ints"),),
+    shape=lambda ctx: TensorType(tuple(ctx.attrs["in_shape"])), kind=FusionKind.OPAQUE,
+    forward=_up_grad, user=False, doc="Transpose of the upsampling."))

@@ -1,0 +1,188 @@
+"""Ops that move data without arithmetic: concat, crop, pad, flatten, and their inverses."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from netlang.ir.types import TensorType, fmt_shape
+from netlang.ops.registry import (
+    DIM_NAMES, Attr, FusionKind, OpDef, ShapeCtx, ShapeError, register, spatial_rank,
+)
+
+
+# -- concat ------------------------------------------------------------------------------
+
+def _concat_shape(ctx: ShapeCtx) -> TensorType:
+    first = ctx.inputs[0]
+    for other in ctx.inputs[1:]:
+        if other.rank != first.rank or other.shape[1:] != first.shape[1:]:
+            raise ShapeError(
+                "E020", f"concat inputs differ in size: {fmt_shape(first.shape)} and "
+                f"{fmt_shape(other.shape)}",
+                notes=("concat joins channels; every other dimension must agree",))
+    return TensorType((sum(t.shape[0] for t in ctx.inputs),) + first.shape[1:])
+
+
+def _concat_vjp(b, node, dy):
+    grads, start = [], 0
+    for x in node.inputs:
+        stop = start + x.type.shape[0]
+        grads.append(b.emit("slice_channels", [dy], start=start, stop=stop))
+        start = stop
+    return grads
+
+
+register(OpDef(
+    name="concat", attrs=(), shape=_concat_shape, kind=FusionKind.INJECTIVE, min_inputs=2,
+    max_inputs=None, forward=lambda xs, a, rt: np.concatenate(xs, axis=1), vjp=_concat_vjp,
+    doc="Joins values along the channel axis (skip connections)."))
+
+register(OpDef(
+    name="slice_channels", attrs=(Attr("start", "int"), Attr("stop", "int")),
+    shape=lambda ctx: TensorType((ctx.attrs["stop"] - ctx.attrs["start"],) + ctx.x.shape[1:],
+                                 ctx.x.batched),
+    kind=FusionKind.INJECTIVE,
+    forward=lambda xs, a, rt: np.ascontiguousarray(xs[0][:, a["start"]:a["stop"]]),
+    user=False, doc="Channels [start, stop) of the input."))
+
+
+# -- crop and pad ------------------------------------------------------------------------
+
+def _target(ctx: ShapeCtx, what: str, nd: int) -> tuple[int, ...]:
+    """The spatial size asked for: a reference value's, or the `size` attribute."""
+    if len(ctx.inputs) > 1:
+        ref = ctx.inputs[1]
+        if ref.rank != ctx.x.rank:
+            raise ShapeError("E025", f"{what}: reference {fmt_shape(ref.shape)} has another rank "
+                             f"than the input {fmt_shape(ctx.x.shape)}")
+        return ref.shape[1:]
+    size = ctx.attrs.get("size")
+    if size is None:
+        raise ShapeError("E013", f"{what} needs a reference value or `size=`",
+                         help=f"write `{what}(x, like)` or `{what}(x, size=[H, W])`")
+    size = size if isinstance(size, tuple) else (size,) * nd
+    if len(size) != nd:
+        raise ShapeError("E012", f"`size` has {len(size)} values; the input has {nd} spatial "
+                         "dimensions")
+    return size
+
+
+def _box(ctx: ShapeCtx) -> tuple[int, ...]:
+    b = ctx.attrs["box"]
+    return b
+
+
+def _crop_shape(ctx: ShapeCtx) -> TensorType:
+    nd = spatial_rank(ctx, "crop")
+    spatial = ctx.x.shape[1:]
+    if "box" not in ctx.attrs:
+        target = _target(ctx, "crop", nd)
+        box = []
+        for i, (h, t) in enumerate(zip(spatial, target)):
+            if t > h:
+                raise ShapeError(
+                    "E021", f"crop: {DIM_NAMES[nd][i]} = {h} is smaller than the target {t}",
+                    help="crop only shrinks; use `pad` to grow a value")
+            lo = (h - t) // 2
+            box += [lo, h - t - lo]
+        ctx.attrs["box"] = tuple(box)
+    b = _box(ctx)
+    return TensorType((ctx.x.shape[0],) + tuple(h - b[2 * i] - b[2 * i + 1]
+                                                for i, h in enumerate(spatial)))
+
+
+def _crop(x: np.ndarray, box) -> np.ndarray:
+    idx = (slice(None), slice(None)) + tuple(
+        slice(box[2 * i], x.shape[2 + i] - box[2 * i + 1]) for i in range(x.ndim - 2))
+    return np.ascontiguousarray(x[idx])
+
+
+def _pad(x: np.ndarray, box) -> np.ndarray:
+    return np.pad(x, [(0, 0), (0, 0)] + [(box[2 * i], box[2 * i + 1])
+                                         for i in range(x.ndim - 2)])
+
+
+register(OpDef(
+    name="crop", attrs=(Attr("size", "size", None, minimum=1),), shape=_crop_shape,
+    kind=FusionKind.INJECTIVE, max_inputs=2,
+    forward=lambda xs, a, rt: _crop(xs[0], a["box"]),
+    vjp=lambda b, node, dy: [b.emit("pad", [dy], box=node.attrs["box"])] +
+    [None] * (len(node.inputs) - 1),
+    doc="Centre crop to a reference value's spatial size (`crop(x, like)`) or to `size`, "
+        "as the original U-Net does for its skip connections."))
+
+
+def _pad_shape(ctx: ShapeCtx) -> TensorType:
+    nd = spatial_rank(ctx, "pad")
+    spatial = ctx.x.shape[1:]
+    if "box" not in ctx.attrs:
+        amount = ctx.attrs.get("amount")
+        if len(ctx.inputs) > 1 or ctx.attrs.get("size") is not None:
+            target = _target(ctx, "pad", nd)
+            box = []
+            for i, (h, t) in enumerate(zip(spatial, target)):
+                if t < h:
+                    raise ShapeError(
+                        "E021", f"pad: {DIM_NAMES[nd][i]} = {h} is larger than the target {t}",
+                        help="pad only grows; use `crop` to shrink a value")
+                lo = (t - h) // 2  # the odd pixel goes at the end
+                box += [lo, t - h - lo]
+        elif amount is not None:
+            a = amount if isinstance(amount, tuple) else (amount,) * nd
+            if len(a) == nd:
+                box = [v for x in a for v in (x, x)]
+            elif len(a) == 2 * nd:
+                box = list(a)
+            else:
+                raise ShapeError("E012", f"`amount` has {len(a)} values; expected 1, {nd} or "
+                                 f"{2 * nd}")
+            if any(v < 0 for v in box):
+                raise ShapeError("E012", "pad amounts must not be negative",
+                                 help="use `crop` to shrink a value")
+        else:
+            raise ShapeError("E013", "pad needs an amount, a reference value or `size=`",
+                             help="write `pad(1)`, `pad(x, like)` or `pad(x, size=[H, W])`")
+        ctx.attrs["box"] = tuple(box)
+    b = _box(ctx)
+    return TensorType((ctx.x.shape[0],) + tuple(h + b[2 * i] + b[2 * i + 1]
+                                                for i, h in enumerate(spatial)))
+
+
+register(OpDef(
+    name="pad", attrs=(Attr("amount", "ints", None, minimum=0),
+                       Attr("size", "size", None, minimum=1)),
+    shape=_pad_shape, kind=FusionKind.INJECTIVE, max_inputs=2,
+    forward=lambda xs, a, rt: _pad(xs[0], a["box"]),
+    vjp=lambda b, node, dy: [b.emit("crop", [dy], box=node.attrs["box"])] +
+    [None] * (len(node.inputs) - 1),
+    doc="Zero padding by an amount (`pad(1)`), or to a reference value's size (`pad(x, like)`; "
+        "the odd pixel goes at the end)."))
+
+
+# -- flatten and reshape -----------------------------------------------------------------
+
+register(OpDef(
+    name="flatten", attrs=(), shape=lambda ctx: TensorType((ctx.x.size,)),
+    kind=FusionKind.INJECTIVE,
+    forward=lambda xs, a, rt: xs[0].reshape(xs[0].shape[0], -1),
+    vjp=lambda b, node, dy: [b.emit("reshape", [dy], shape=node.inputs[0].type.shape,
+                                    batched=True)],
+    doc="[C, H, W] -> [C * H * W]."))
+
+
+def _reshape_shape(ctx: ShapeCtx) -> TensorType:
+    return TensorType(tuple(ctx.attrs["shape"]), ctx.attrs["batched"])
+
+
+def _reshape(xs, a, rt):
+    x = xs[0]
+    lead = (x.shape[0],) if a["batched"] else ()
+    return x.reshape(lead + tuple(a["shape"]))
+
+
+register(OpDef(
+    name="reshape", attrs=(Attr("shape", "ints"), Attr("batched", "bool")),
+    shape=_reshape_shape, kind=FusionKind.INJECTIVE, forward=_reshape,
+    vjp=lambda b, node, dy: [b.emit("reshape", [dy], shape=node.inputs[0].type.shape,
+                                    batched=node.inputs[0].type.batched)],
+    user=False, doc="Same elements, another shape."))
