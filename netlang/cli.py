@@ -95,7 +95,9 @@ def cmd_viz(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="netlang", description="Declarative neural networks: "
                                 "check, summarize, draw, compile and train `.net` files.")
-    p.add_argument("--version", action="version", version=f"netlang {__import__('netlang').__version__}")
+    from netlang import __version__
+
+    p.add_argument("--version", action="version", version=f"netlang {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp):

@@ -32,6 +32,7 @@ class Tensor:
 
 
 Value = Union[Tensor, int, float, bool, str, Symbol, list]
+MAX_NODES = 100_000
 
 
 def _kind(v: Value) -> str:
@@ -128,6 +129,10 @@ class Lowerer:
                     raise error("E012", "a block's inputs take their shape from the caller",
                                 stmt.span, help=f"write `input {stmt.name}` without a shape")
                 self._declare_input(stmt, scope)
+            elif isinstance(stmt, ast.BlockInputs) and not is_block:
+                raise error("E012", f"network input `{stmt.names[0]}` needs a shape", stmt.span,
+                            help=f"write `input {stmt.names[0]}: [C, H, W]` (the batch is "
+                                 "implicit)")
         defined: dict[str, ast.Stmt] = {}
         for stmt in body:
             name = _defines(stmt)
@@ -253,17 +258,25 @@ class Lowerer:
         if name is not None:
             scope.prefix = self._qual(scope, name)
         try:
-            return self.eval(expr, scope)
+            v = self.eval(expr, scope)
         finally:
             scope.prefix = saved
+        if isinstance(v, Symbol):
+            raise self._undefined(v.name, expr.span, scope)
+        return v
 
     # -- expressions ---------------------------------------------------------------------
     def _lookup(self, name: str, span: SourceSpan, scope: Scope) -> Value:
         if name in scope.values:
             scope.used.add(name)
             return scope.values[name]
+        raise self._undefined(name, span, scope)
+
+    def _undefined(self, name: str, span: SourceSpan, scope: Scope) -> NetlangError:
         hint = did_you_mean(name, list(scope.values))
-        raise error("E014", f"`{name}` is not defined", span, help=hint)
+        if hint is None and (name in registry.user_ops() or name in self.prog.blocks):
+            hint = f"`{name}` is a layer: pipe a value into it, `x -> {name}`"
+        return error("E014", f"`{name}` is not defined", span, help=hint)
 
     def eval(self, e: ast.Expr, scope: Scope) -> Value:
         if isinstance(e, ast.Number):
@@ -286,6 +299,8 @@ class Lowerer:
             return self._binop(e, scope)
         if isinstance(e, ast.Chain):
             v = self.eval(e.items[0], scope)
+            if isinstance(v, Symbol):
+                raise self._undefined(v.name, e.items[0].span, scope)
             for item in e.items[1:]:
                 v = self._apply(item, v, scope)
             return v
@@ -323,6 +338,8 @@ class Lowerer:
             if e.op == "%":
                 return a % b
             if e.op == "**":
+                if abs(b) > 64 or abs(a) > 2 ** 32:
+                    raise ArithmeticError
                 r = a ** b
                 if isinstance(r, complex) or (isinstance(r, float) and not math.isfinite(r)):
                     raise ArithmeticError
@@ -424,8 +441,7 @@ class Lowerer:
         if len(tensors) < op.min_inputs:
             for v, sp in rest:
                 if isinstance(v, Symbol):
-                    raise error("E014", f"`{v.name}` is not defined", sp,
-                                help=did_you_mean(v.name, scope.values))
+                    raise self._undefined(v.name, sp, scope)
             need = "an input" if op.min_inputs == 1 else f"{op.min_inputs} inputs"
             raise error("E013", f"`{op.name}` needs {need}, got {len(tensors)}", call.span,
                         notes=[f"signature: {signature}"],
@@ -439,6 +455,9 @@ class Lowerer:
                         help="a value piped with `->` is the first input")
         attrs: dict[str, Any] = {}
         if len(rest) > len(op.attrs):
+            extra, extra_span = rest[len(op.attrs)]
+            if isinstance(extra, Symbol):
+                raise self._undefined(extra.name, extra_span, scope)
             raise error("E013", f"`{op.name}` takes {len(op.attrs)} argument"
                         f"{'s' if len(op.attrs) != 1 else ''} besides its inputs, got "
                         f"{len(rest)}", rest[len(op.attrs)][1], notes=[f"signature: {signature}"])
@@ -475,6 +494,9 @@ class Lowerer:
                             help=f"for example `{_example(op)}`")
             elif attr.default is not None:
                 attrs[attr.name] = attr.default
+        if len(self.graph.nodes) > MAX_NODES:
+            raise error("E028", f"the network has more than {MAX_NODES:,} layers", call.span,
+                        help="check the `repeat` counts")
         name = scope.fresh(scope.prefix, op.name)
         params = [self.graph.add("param", [], {"role": role}, name=f"{name}.{role}",
                                  span=call.span) for role in op.roles(attrs)]
@@ -493,7 +515,8 @@ class Lowerer:
         declared = [n for s in block.body if isinstance(s, ast.BlockInputs) for n in s.names]
         tensors, rest = self._split(call, args, spans, scope, f"block `{block.name}`")
         n_in = len(declared) if declared else 1
-        sig = f"{block.name}({', '.join((declared or ['<input>']) + [p.name for p in block.params])})"
+        sig_args = (declared or ["<input>"]) + [p.name for p in block.params]
+        sig = f"{block.name}({', '.join(sig_args)})"
         if len(tensors) != n_in:
             raise error("E013", f"block `{block.name}` takes {n_in} input"
                         f"{'s' if n_in > 1 else ''}, got {len(tensors)}", call.span,
@@ -505,7 +528,7 @@ class Lowerer:
                         f"{'s' if len(pnames) != 1 else ''}, got {len(rest)}",
                         rest[len(pnames)][1], notes=[f"signature: {sig}"])
         given: dict[str, Value] = {}
-        for p, (v, sp) in zip(pnames, rest):
+        for p, (v, _) in zip(pnames, rest):
             given[p] = v
         for name, (v, sp) in kwargs.items():
             if name not in pnames:
@@ -623,8 +646,8 @@ def _signature(op: registry.OpDef) -> str:
 
 
 def _example(op: registry.OpDef) -> str:
-    examples = {"conv": "conv(64, 3, pad=same)", "conv_transpose": "conv_transpose(64, 2, stride=2)",
-                "maxpool": "maxpool(2)", "avgpool": "avgpool(2)", "dense": "dense(10)"}
+    examples = {"conv": "conv(64, 3, pad=same)", "maxpool": "maxpool(2)", "dense": "dense(10)",
+                "conv_transpose": "conv_transpose(64, 2, stride=2)", "avgpool": "avgpool(2)"}
     return examples.get(op.name, _signature(op))
 
 

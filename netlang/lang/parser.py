@@ -11,7 +11,7 @@ import functools
 from importlib import resources
 
 from lark import Lark, Token, Transformer, Tree, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from netlang.diagnostics import NetlangError, SourceSpan, did_you_mean, error
 from netlang.lang import ast
@@ -249,7 +249,9 @@ def _bracket_scan(text: str, until: tuple[int, int] | None = None
             if stack and _CLOSERS[stack[-1][0]] == ch:
                 stack.pop()
             else:
-                return stack, ((ch, line, col), stack[-1] if stack else None)
+                # `[1, 2 }`: a `[` is still open; `relu) }`: no `(` is open at all.
+                opened = any(_CLOSERS[b[0]] == ch for b in stack)
+                return stack, ((ch, line, col), stack[-1] if opened else None)
     return stack, None
 
 
@@ -313,6 +315,9 @@ def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> NetlangError:
             return error("E001", f"expected `=` or `:` after `{value}`", tspan,
                          help="write `name = layer(...)` to define a value, or "
                               "`name: [C, H, W]` to assert its shape")
+    if token.type == "COMMA":
+        return error("E001", "unexpected `,`", tspan, notes=["expected a value before it"],
+                     help="remove the extra `,` or add the missing argument")
     if "RPAR" in expected and stack and stack[-1][0] == "(":
         return error("E001", f"expected `)` or `,` before {_describe(token)}", tspan,
                      notes=["arguments are separated by `,`"], help="add the missing `)` or `,`")

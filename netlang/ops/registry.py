@@ -226,7 +226,8 @@ def spatial_rank(ctx: ShapeCtx, what: str) -> int:
     nd = x.rank - 1
     if nd not in (1, 2, 3):
         raise ShapeError(
-            "E025", f"{what} needs a [C, L], [C, H, W] or [C, D, H, W] input, got {fmt_shape(x.shape)}",
+            "E025",
+            f"{what} needs a [C, L], [C, H, W] or [C, D, H, W] input, got {fmt_shape(x.shape)}",
             help="a flat input has lost its spatial layout: apply this layer before `flatten`"
             if nd == 0 else None)
     return nd

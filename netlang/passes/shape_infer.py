@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from netlang.ops.registry import ShapeCtx, ShapeError
 
 REQUIRES = ("lowered graph: input nodes typed, attributes checked against the schema",)
 ENSURES = ("every node typed; params typed with init attributes; attributes canonical",)
+PROBE_SECONDS = 1.0  # time allowed for finding valid input sizes on an error path
 
 
 @dataclass
@@ -184,11 +186,15 @@ def _valid_sizes(graph: Graph, pristine: dict[int, dict[str, Any]]) -> str | Non
     h = spatial[0]
     dims = {1: "L", 2: "H and W", 3: "D, H and W"}[len(spatial)]
 
+    deadline = time.monotonic() + PROBE_SECONDS
+
     def ok(s: int) -> bool:
+        if time.monotonic() > deadline:
+            return False
         return _probe(graph, pristine, {name: (shape[0],) + (s,) * len(spatial)})
 
-    below = list(itertools.islice((s for s in range(h - 1, 0, -1) if ok(s)), 3))
-    above = list(itertools.islice((s for s in range(h + 1, 3 * h + 64) if ok(s)), 3))
+    below = list(itertools.islice((s for s in range(h - 1, max(h - 1024, 0), -1) if ok(s)), 3))
+    above = list(itertools.islice((s for s in range(h + 1, h + 1024) if ok(s)), 3))
     found = sorted(set(below + above))
     if not found:
         return None
