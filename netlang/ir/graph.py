@@ -38,7 +38,7 @@ class Node:
 class ShapeAssertion:
     value: str
     node: Node
-    shape: tuple[int | None, ...]  # None is a wildcard `_`
+    shape: tuple[int | float | None, ...]  # None is a wildcard `_`
     span: SourceSpan
 
 
@@ -51,15 +51,32 @@ class Graph:
     values: dict[str, Node] = field(default_factory=dict)  # user-named values
     assertions: list[ShapeAssertion] = field(default_factory=list)
     warnings: list[Diagnostic] = field(default_factory=list)
-    # Spans of the named values that are defined but never used (filled by lowering).
+    # Training programs: targets fed with the batch, the scalar loss, gradients by name.
+    targets: dict[str, Node] = field(default_factory=dict)
+    loss: Node | None = None
+    grads: dict[str, Node] = field(default_factory=dict)
     _next_id: int = 0
 
     def add(self, op: str, inputs: Iterable[Node], attrs: dict[str, Any] | None = None, *,
-            name: str, span: SourceSpan | None = None, type: TensorType | None = None) -> Node:
+            name: str, span: SourceSpan | None = None, type: TensorType | None = None,
+            after: Node | None = None) -> Node:
+        """A new node, appended, or placed right after `after` (which must precede every
+        user of the new node)."""
         node = Node(self._next_id, op, list(inputs), dict(attrs or {}), name, span, type)
         self._next_id += 1
-        self.nodes.append(node)
+        if after is None:
+            self.nodes.append(node)
+        else:
+            self.nodes.insert(self.nodes.index(after) + 1, node)
         return node
+
+    def roots(self) -> list[Node]:
+        """What a program must compute: outputs, the loss, the gradients."""
+        out = list(self.outputs.values())
+        if self.loss is not None:
+            out.append(self.loss)
+        out += list(self.grads.values())
+        return out
 
     def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes)
@@ -110,19 +127,15 @@ class Graph:
 
     def replace_all_uses(self, old: Node, new: Node) -> None:
         for n in self.nodes:
-            n.inputs = [new if i is old else i for i in n.inputs]
-        for d in (self.outputs, self.values, self.inputs):
+            if n is not new:
+                n.inputs = [new if i is old else i for i in n.inputs]
+        for d in (self.outputs, self.values, self.inputs, self.grads):
             for k, v in d.items():
                 if v is old:
                     d[k] = new
+        if self.loss is old:
+            self.loss = new
 
     def remove(self, dead: Iterable[Node]) -> None:
         ids = {n.id for n in dead}
         self.nodes = [n for n in self.nodes if n.id not in ids]
-
-    def sort(self) -> None:
-        """Restore topological order after a pass appended nodes out of order (stable)."""
-        order = list(nx.lexicographical_topological_sort(
-            self.index(), key=lambda i: i))
-        by_id = {n.id: n for n in self.nodes}
-        self.nodes = [by_id[i] for i in order]

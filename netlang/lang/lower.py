@@ -237,10 +237,11 @@ class Lowerer:
                     dims.append(None)
                     continue
                 dv = self.eval(d, scope)
-                if isinstance(dv, bool) or not isinstance(dv, (int, float)) or int(dv) != dv:
-                    raise error("E012", f"shape dimensions must be integers or `_`, got "
+                if isinstance(dv, bool) or not isinstance(dv, (int, float)):
+                    raise error("E012", f"shape dimensions must be numbers or `_`, got "
                                 f"{_show(dv)}", d.span)
-                dims.append(int(dv))
+                # A fractional size cannot match; shape inference reports it (E023).
+                dims.append(int(dv) if int(dv) == dv else dv)
             self.graph.assertions.append(ShapeAssertion(stmt.name, v.node, tuple(dims), stmt.span))
             return None
         if isinstance(stmt, ast.ExprStmt):

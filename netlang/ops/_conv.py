@@ -44,6 +44,11 @@ def windows(xp: np.ndarray, k: tuple[int, ...], stride: tuple[int, ...],
     return as_strided(xp, shape=shape, strides=strides, writeable=False)
 
 
+def _channels(nd: int, start: int, stop: int) -> tuple[slice, ...]:
+    """Index of a channel range in a [N, *out, C, *k] window view."""
+    return (slice(None),) * (1 + nd) + (slice(start, stop),)
+
+
 def conv_forward(x: np.ndarray, w: np.ndarray, stride, pads: Pads, dilation,
                  groups: int) -> np.ndarray:
     nd = x.ndim - 2
@@ -62,7 +67,7 @@ def conv_forward(x: np.ndarray, w: np.ndarray, stride, pads: Pads, dilation,
     kk = math.prod(k)
     y = np.empty((rows, cout), dtype=np.result_type(x, w))
     for g in range(groups):
-        cols = win[..., g * cg:(g + 1) * cg, :].reshape(rows, cg * kk) if nd else None
+        cols = win[_channels(nd, g * cg, (g + 1) * cg)].reshape(rows, cg * kk)
         wg = w[g * og:(g + 1) * og].reshape(og, cg * kk)
         y[:, g * og:(g + 1) * og] = cols @ wg.T
     y = y.reshape((n,) + out + (cout,))
@@ -122,7 +127,7 @@ def conv_grad_weight(dy: np.ndarray, x: np.ndarray, k: tuple[int, ...], stride, 
     dyr = np.moveaxis(dy, 1, -1).reshape(rows, cout)
     dw = np.empty((cout, cg) + tuple(k), dtype=np.result_type(dy, x))
     for g in range(groups):
-        cols = win[..., g * cg:(g + 1) * cg, :].reshape(rows, cg * kk)
+        cols = win[_channels(nd, g * cg, (g + 1) * cg)].reshape(rows, cg * kk)
         dw[g * og:(g + 1) * og] = (dyr[:, g * og:(g + 1) * og].T @ cols).reshape(
             (og, cg) + tuple(k))
     return dw

@@ -187,3 +187,23 @@ register(OpDef(
     max_inputs=2,
     forward=lambda xs, a, rt: xs[1] * (xs[0] - (xs[0] * xs[1]).sum(axis=1, keepdims=True)),
     user=False, doc="y * (dy - sum_c(dy * y)) given the softmax output y."))
+
+
+def _constant(xs, a, rt):
+    ty = TensorType(tuple(a["shape"]), a["batched"])
+    return np.full(ty.full_shape(rt.batch if ty.batched else 0), a["value"], dtype=np.float32)
+
+
+register(OpDef(
+    name="constant", attrs=(Attr("value", "float"), Attr("shape", "ints"), Attr("batched", "bool")),
+    shape=lambda ctx: TensorType(tuple(ctx.attrs["shape"]), ctx.attrs["batched"]),
+    kind=FusionKind.ELEMWISE, min_inputs=0, max_inputs=0, forward=_constant,
+    vjp=lambda b, node, dy: [],
+    user=False, doc="A tensor filled with one value (the seed of reverse mode)."))
+
+
+register(OpDef(
+    name="sum", attrs=(), shape=lambda ctx: TensorType((), batched=False),
+    kind=FusionKind.REDUCE, forward=lambda xs, a, rt: np.asarray(xs[0].sum(), xs[0].dtype),
+    vjp=lambda b, node, dy: [b.emit("broadcast_like", [dy, node.inputs[0]])],
+    user=False, doc="Sum of all elements (batch included): a scalar."))

@@ -12,7 +12,7 @@ import numpy as np
 
 from netlang.ir.types import TensorType, fmt_shape
 from netlang.ops.elementwise import _sigmoid, softmax
-from netlang.ops.registry import Attr, FusionKind, OpDef, ShapeCtx, ShapeError, register
+from netlang.ops.registry import FusionKind, OpDef, ShapeCtx, ShapeError, register
 
 SCALAR = TensorType((), batched=False)
 DICE_SMOOTH = 1.0
@@ -57,12 +57,12 @@ def _loss(name, forward, grad, doc, kind=FusionKind.REDUCE):
 
 def _mse(xs, a, rt):
     p, t = xs
-    return np.float32(np.mean((p - t) ** 2, dtype=np.float64))
+    return np.asarray(np.mean((p - t) ** 2, dtype=np.float64), dtype=p.dtype)
 
 
 def _mse_grad(xs, a, rt):
     p, t, g = xs
-    return (2.0 / p.size) * (p - t) * g
+    return (p - t) * (g * (2.0 / p.size))
 
 
 _loss("mse", _mse, _mse_grad, "Mean squared error.")
@@ -86,7 +86,7 @@ def _check_classes(z: np.ndarray, t: np.ndarray) -> None:
 def _ce(xs, a, rt):
     z, t = xs
     _check_classes(z, t)
-    return np.float32(-np.mean(_take_class(_log_softmax(z), t), dtype=np.float64))
+    return np.asarray(-np.mean(_take_class(_log_softmax(z), t), dtype=np.float64), dtype=z.dtype)
 
 
 def _ce_grad(xs, a, rt):
@@ -109,7 +109,7 @@ def _bce(xs, a, rt):
     lp = np.maximum(np.log(np.maximum(p64, 0)), -100)
     l1p = np.maximum(np.log(np.maximum(1 - p64, 0)), -100)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.float32(-np.mean(t * lp + (1 - t) * l1p))
+        return np.asarray(-np.mean(t * lp + (1 - t) * l1p), dtype=p.dtype)
 
 
 def _bce_grad(xs, a, rt):
@@ -125,7 +125,8 @@ _loss("bce", _bce, _bce_grad,
 def _bce_logits(xs, a, rt):
     z, t = xs
     z64 = z.astype(np.float64)
-    return np.float32(np.mean(np.maximum(z64, 0) - z64 * t + np.log1p(np.exp(-np.abs(z64)))))
+    value = np.mean(np.maximum(z64, 0) - z64 * t + np.log1p(np.exp(-np.abs(z64))))
+    return np.asarray(value, dtype=z.dtype)
 
 
 def _bce_logits_grad(xs, a, rt):
@@ -147,7 +148,8 @@ def _dice_parts(p, t):
 def _dice(xs, a, rt):
     p, t = xs
     inter, union, _ = _dice_parts(p, t)
-    return np.float32(1 - np.mean((2 * inter + DICE_SMOOTH) / (union + DICE_SMOOTH)))
+    value = 1 - np.mean((2 * inter + DICE_SMOOTH) / (union + DICE_SMOOTH))
+    return np.asarray(value, dtype=p.dtype)
 
 
 def _dice_grad(xs, a, rt):
@@ -166,6 +168,4 @@ _loss("dice", _dice, _dice_grad,
       "sums over the batch and all pixels.")
 
 
-# Accuracy-style helpers that losses and metrics share.
 LOSSES = ("mse", "cross_entropy", "bce", "dice")
-__all__ = ["LOSSES", "SCALAR", "target_type", "Attr"]

@@ -135,19 +135,7 @@ register(OpDef(
     name="bias_grad", attrs=(), kind=FusionKind.REDUCE,
     shape=lambda ctx: TensorType((ctx.x.shape[0],), batched=False),
     forward=_bias_grad,
-    vjp=lambda b, node, dy: [b.emit("broadcast_like", [b.emit("expand_channels", [dy],
-                                                                 rank=node.inputs[0].type.rank),
-                                                          node.inputs[0]])],
     user=False, doc="Sum over batch and spatial axes: the gradient of a per-channel bias."))
-
-register(OpDef(
-    name="expand_channels", attrs=(Attr("rank", "int"),), kind=FusionKind.INJECTIVE,
-    shape=lambda ctx: TensorType((ctx.x.shape[0],) + (1,) * (ctx.attrs["rank"] - 1),
-                                 batched=False),
-    forward=lambda xs, a, rt: xs[0].reshape((-1,) + (1,) * (a["rank"] - 1)),
-    vjp=lambda b, node, dy: [b.emit("reshape", [dy], shape=node.inputs[0].type.shape,
-                                    batched=False)],
-    user=False, doc="[C] -> [C, 1, 1]: a per-channel vector ready to broadcast."))
 
 
 # -- conv_transpose ----------------------------------------------------------------------

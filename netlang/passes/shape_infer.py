@@ -95,7 +95,7 @@ def _check_assertions(graph: Graph, info: ShapeInfo) -> None:
         have = a.node.type.shape
         ok = len(have) == len(a.shape) and all(w is None or w == h for w, h in zip(a.shape, have))
         if not ok:
-            want = "[" + ", ".join("_" if d is None else str(d) for d in a.shape) + "]"
+            want = "[" + ", ".join("_" if d is None else f"{d:g}" for d in a.shape) + "]"
             notes = [f"`{a.value}` is {fmt_shape(have)}"]
             related = _lossy_related(graph, [a.node], info)
             raise NetlangError(Diagnostic(

@@ -1,0 +1,63 @@
+"""Attach a loss to a graph, and rewrite probability losses into their stable forms.
+
+`attach_loss` adds one target input per target name and the weighted sum of the loss
+terms, making `graph.loss` a scalar node. `stable_losses` is a simplify rewrite:
+`bce(sigmoid(z), t)` becomes `bce_logits(z, t)` and `cross_entropy(softmax(z), t)` becomes
+`cross_entropy(z, t)`, both computed with log-sum-exp; the sigmoid/softmax node stays for
+the network's outputs and is removed by DCE where nothing else reads it.
+"""
+
+from __future__ import annotations
+
+from netlang.config import LossTerm
+from netlang.diagnostics import error
+from netlang.ir.graph import Graph
+from netlang.ir.types import fmt_shape
+from netlang.ops.loss import target_type
+from netlang.passes.shape_infer import infer_node
+
+
+def attach_loss(g: Graph, terms: tuple[LossTerm, ...]) -> None:
+    total = None
+    for i, term in enumerate(terms):
+        if term.pred not in g.outputs:
+            raise error("E030", f"the loss reads `{term.pred}`, which is not an output of "
+                        f"network `{g.name}`", None,
+                        notes=["outputs: " + ", ".join(g.outputs)])
+        pred = g.outputs[term.pred]
+        want = target_type(term.op, pred.type)
+        tgt = g.targets.get(term.target)
+        if tgt is None:
+            if term.target in g.inputs:
+                raise error("E030", f"the target `{term.target}` is also a network input", None,
+                            help="give the target its own name, e.g. `label` or `target`")
+            tgt = g.add("input", [], {"shape": want.shape, "target": True}, name=term.target,
+                        type=want)
+            g.targets[term.target] = tgt
+        elif tgt.type != want:
+            raise error("E031", f"target `{term.target}` is used as {fmt_shape(tgt.type.shape)}"
+                        f" {tgt.type.dtype} and as {fmt_shape(want.shape)} {want.dtype}", None,
+                        help="use a separate target name for each kind of loss")
+        node = g.add(term.op, [pred, tgt], name=f"loss.{term.op}{i}", span=pred.span)
+        infer_node(node)
+        if term.weight != 1:
+            node = g.add("scale", [node], {"factor": float(term.weight)},
+                         name=f"loss.{term.op}{i}.scale", span=pred.span)
+            infer_node(node)
+        if total is None:
+            total = node
+        else:
+            total = g.add("add", [total, node], name=f"loss.sum{i}", span=pred.span)
+            infer_node(total)
+    if total is None:
+        raise error("E030", "the loss has no terms", None)
+    g.loss = total
+
+
+def stable_losses(g: Graph) -> None:
+    for n in g.nodes:
+        if n.op == "bce" and n.inputs[0].op == "sigmoid":
+            n.op = "bce_logits"
+            n.inputs[0] = n.inputs[0].inputs[0]
+        elif n.op == "cross_entropy" and n.inputs[0].op == "softmax":
+            n.inputs[0] = n.inputs[0].inputs[0]

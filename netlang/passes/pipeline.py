@@ -1,0 +1,65 @@
+"""The compiler's table of contents: from a checked network to a runnable program.
+
+    specialize     training or inference behaviour of dropout and batchnorm
+    attach_loss    (training) target inputs and the weighted sum of loss terms
+    stable_losses  bce(sigmoid) -> bce_logits, cross_entropy(softmax) -> logits form
+    autodiff       (training) backward nodes for every trainable parameter
+    cse            merge duplicate computations
+    dce            drop what no output, loss or gradient needs
+    (memory planning runs per batch size, when the program first runs at that size)
+
+Ordering notes: stable_losses runs before autodiff so that the backward pass is the stable
+one; dce runs last because autodiff and the loss rewrite leave dead forward nodes behind.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+from netlang.config import parse_loss
+from netlang.passes import autodiff as ad
+from netlang.passes import loss as loss_pass
+from netlang.passes import memplan, mode, simplify
+from netlang.passes.manager import Pass, PassManager
+
+if TYPE_CHECKING:
+    from netlang.api import Network
+    from netlang.program import Program
+
+PASS_NAMES = ("specialize", "attach_loss", "stable_losses", "autodiff", "drop_outputs", "cse",
+              "dce")
+
+
+def passes_for(training: bool, loss_terms, wrt_inputs: bool,
+               keep_outputs: bool = False) -> list[Pass]:
+    ps = [Pass("specialize", lambda g: mode.specialize(g, training), mode.REQUIRES,
+               mode.ENSURES)]
+    if loss_terms:
+        ps += [
+            Pass("attach_loss", lambda g: loss_pass.attach_loss(g, loss_terms),
+                 "typed graph with the loss's outputs", "`graph.loss` is a scalar node"),
+            Pass("stable_losses", loss_pass.stable_losses, "graph.loss",
+                 "no bce of a sigmoid, no cross_entropy of a softmax"),
+            Pass("autodiff", lambda g: ad.autodiff(g, wrt_inputs), ad.REQUIRES, ad.ENSURES),
+        ]
+        if not keep_outputs:  # a training step returns the loss and the gradients only
+            ps.append(Pass("drop_outputs", lambda g: g.outputs.clear(), "graph.loss",
+                           "no outputs"))
+    ps += [Pass("cse", simplify.cse, "typed graph", "no two nodes compute the same value"),
+           Pass("dce", simplify.dce, "typed graph", "every node feeds an output, the loss or "
+                "a gradient")]
+    return ps
+
+
+def build_program(net: "Network", training: bool, loss: str | None = None,
+                  wrt_inputs: bool = False, dump_after: tuple[str, ...] = (),
+                  verify_each: bool = False, keep_outputs: bool = False) -> "Program":
+    from netlang.program import Program
+
+    g = copy.deepcopy(net.graph)
+    terms = parse_loss(loss, list(g.outputs)) if loss else ()
+    pm = PassManager(passes_for(training, terms, wrt_inputs, keep_outputs), dump_after,
+                     verify_each)
+    pm.run(g)
+    return Program(g, training=training, dumps=pm.dumps, plan_fn=memplan.plan_memory)

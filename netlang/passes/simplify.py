@@ -1,0 +1,42 @@
+"""Dead-code elimination and common-subexpression elimination."""
+
+from __future__ import annotations
+
+from netlang.ir.graph import Graph
+
+# Ops whose results differ between two calls with equal inputs: never merged.
+_IMPURE = {"dropout_mask", "input", "param"}
+
+
+def dce(g: Graph) -> None:
+    """Remove nodes that no output, loss or gradient depends on (inputs and parameters stay,
+    so a program always takes the same weights)."""
+    live: set[int] = set()
+    stack = g.roots()
+    while stack:
+        n = stack.pop()
+        if n.id in live:
+            continue
+        live.add(n.id)
+        stack.extend(n.inputs)
+    g.remove([n for n in g.nodes if n.id not in live and n.op not in ("input", "param")])
+
+
+def _key(n) -> tuple:
+    return (n.op, tuple(i.id for i in n.inputs), repr(sorted(n.attrs.items())))
+
+
+def cse(g: Graph) -> None:
+    """Merge nodes computing the same op on the same inputs with the same attributes."""
+    seen: dict[tuple, object] = {}
+    dead = []
+    for n in g.nodes:
+        if n.op in _IMPURE:
+            continue
+        k = _key(n)
+        if k in seen:
+            g.replace_all_uses(n, seen[k])
+            dead.append(n)
+        else:
+            seen[k] = n
+    g.remove(dead)

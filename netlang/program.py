@@ -1,0 +1,119 @@
+"""A compiled program: the graph after the pipeline, ready to run on a backend.
+
+Checks what the caller feeds it (missing or unknown names, shapes, dtypes, class indices)
+and reports problems as netlang errors, then runs the NumPy backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+
+from netlang.backends.numpy_backend import OpFailed, execute
+from netlang.diagnostics import NetlangError, did_you_mean, error
+from netlang.ir.graph import Graph, Node
+from netlang.ir.types import fmt_shape
+from netlang.passes.memplan import MemoryPlan
+
+
+@dataclass
+class Program:
+    graph: Graph
+    training: bool
+    dumps: dict[str, str]
+    plan_fn: Callable[[Graph, int], MemoryPlan]
+    _plans: dict[int, MemoryPlan] = field(default_factory=dict)
+
+    def plan(self, batch: int) -> MemoryPlan:
+        if batch not in self._plans:
+            self._plans[batch] = self.plan_fn(self.graph, batch)
+        return self._plans[batch]
+
+    # -- feeding -------------------------------------------------------------------------
+    def _feeds(self, weights: Mapping[str, np.ndarray], data: Mapping[str, np.ndarray]
+               ) -> tuple[dict[int, np.ndarray], int]:
+        g = self.graph
+        feeds: dict[int, np.ndarray] = {}
+        for p in g.params:
+            if p.name not in weights:
+                raise error("E042", f"weights have no `{p.name}`", p.span,
+                            help="use `net.init()` for a complete set of weights, or load a "
+                                 "checkpoint of this network")
+            arr = np.asarray(weights[p.name])
+            if arr.shape != p.type.shape:
+                raise error("E042", f"weight `{p.name}` is {fmt_shape(arr.shape)}, the network "
+                            f"needs {fmt_shape(p.type.shape)}", p.span,
+                            help="these weights belong to another network or another "
+                                 "configuration (`--set`)")
+            feeds[p.id] = _float32(arr, p.name)
+        wanted: dict[str, Node] = dict(g.inputs) | dict(g.targets)
+        for name in data:
+            if name not in wanted and name not in weights:
+                raise error("E040", f"unknown input `{name}`", None,
+                            notes=["inputs: " + ", ".join(wanted)],
+                            help=did_you_mean(name, wanted))
+        batch = None
+        for name, node in wanted.items():
+            if name not in data:
+                kind = "target" if node.attrs.get("target") else "input"
+                raise error("E040", f"missing {kind} `{name}` ({fmt_shape(node.type.shape)} "
+                            f"per sample)", node.span,
+                            help=did_you_mean(name, data) or f"pass `{name}` with the batch")
+            arr = np.asarray(data[name])
+            want = node.type.shape
+            if arr.ndim != len(want) + 1 or tuple(arr.shape[1:]) != want:
+                raise error("E041", f"`{name}` is {fmt_shape(arr.shape)}; expected "
+                            f"[N, {', '.join(map(str, want))}]".replace("[N, ]", "[N]"),
+                            node.span, notes=["the first dimension is the batch"])
+            if batch is None:
+                batch = arr.shape[0]
+            elif arr.shape[0] != batch:
+                raise error("E041", f"`{name}` has batch {arr.shape[0]}, other inputs {batch}",
+                            node.span)
+            if node.type.dtype == "int64":
+                feeds[node.id] = _class_indices(arr, name)
+            else:
+                feeds[node.id] = _float32(arr, name)
+        if batch is None or batch < 1:
+            raise error("E041", "the batch is empty", None)
+        return feeds, batch
+
+    def _execute(self, weights, data, seed: int):
+        feeds, batch = self._feeds(weights, data)
+        try:
+            return execute(self.graph, self.plan(batch), feeds, batch, seed)
+        except OpFailed as exc:
+            raise error("E043", f"`{exc.node.name}` failed: {exc.cause}", exc.node.span) \
+                from None
+
+    # -- running -------------------------------------------------------------------------
+    def run(self, weights, inputs, seed: int = 0):
+        roots, updates = self._execute(weights, inputs, seed)
+        outs = {k: roots[n.id] for k, n in self.graph.outputs.items()}
+        return outs, updates
+
+    def value_and_grad(self, weights, batch, seed: int = 0):
+        roots, updates = self._execute(weights, batch, seed)
+        g = self.graph
+        value = float(roots[g.loss.id])
+        grads = {k: roots[n.id] for k, n in g.grads.items()}
+        return value, grads, updates
+
+
+def _float32(arr: np.ndarray, name: str) -> np.ndarray:
+    if arr.dtype.kind not in "fiub":
+        raise NetlangError(error("E041", f"`{name}` has dtype {arr.dtype}; expected numbers",
+                                 None).diagnostics)
+    out = np.ascontiguousarray(arr, dtype=np.float32)
+    return out
+
+
+def _class_indices(arr: np.ndarray, name: str) -> np.ndarray:
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise error("E041", f"`{name}` must hold class indices (integers)", None)
+    elif arr.dtype.kind not in "iub":
+        raise error("E041", f"`{name}` has dtype {arr.dtype}; expected class indices", None)
+    return arr.astype(np.int64)

@@ -1,0 +1,133 @@
+"""Independent, deliberately naive float64 formulations of the layers (loops over output
+positions, no im2col, no strided views) that the registry's NumPy forwards must match."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+
+def _pairs(pad):
+    return [(pad[2 * i], pad[2 * i + 1]) for i in range(len(pad) // 2)]
+
+
+def conv(x, w, b, a):
+    n, cin = x.shape[:2]
+    nd = x.ndim - 2
+    cout = w.shape[0]
+    g = a["groups"]
+    cg, og = cin // g, cout // g
+    xp = np.pad(x, [(0, 0), (0, 0)] + _pairs(a["pad"]))
+    k, s, d = w.shape[2:], a["stride"], a["dilation"]
+    out = [(xp.shape[2 + i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(nd)]
+    y = np.zeros((n, cout) + tuple(out))
+    for o in range(cout):
+        grp = o // og
+        for pos in itertools.product(*[range(v) for v in out]):
+            idx = tuple(slice(pos[i] * s[i], pos[i] * s[i] + d[i] * (k[i] - 1) + 1, d[i])
+                        for i in range(nd))
+            patch = xp[(slice(None), slice(grp * cg, (grp + 1) * cg)) + idx]
+            y[(slice(None), o) + pos] = (patch * w[o]).reshape(n, -1).sum(axis=1)
+    if b is not None:
+        y += b.reshape((1, -1) + (1,) * nd)
+    return y
+
+
+def conv_transpose(x, w, b, a):
+    n, cin = x.shape[:2]
+    nd = x.ndim - 2
+    g = a["groups"]
+    og = w.shape[1]
+    cg = cin // g
+    k, s, d, op = w.shape[2:], a["stride"], a["dilation"], a["output_padding"]
+    pads = _pairs(a["pad"])
+    full = [(x.shape[2 + i] - 1) * s[i] + d[i] * (k[i] - 1) + 1 + op[i] for i in range(nd)]
+    y = np.zeros((n, og * g) + tuple(full))
+    for c in range(cin):
+        grp = c // cg
+        for pos in itertools.product(*[range(v) for v in x.shape[2:]]):
+            for kk in itertools.product(*[range(v) for v in k]):
+                o = tuple(pos[i] * s[i] + kk[i] * d[i] for i in range(nd))
+                y[(slice(None), slice(grp * og, (grp + 1) * og)) + o] += \
+                    x[(slice(None), c) + pos][:, None] * w[(c, slice(None)) + kk][None, :]
+    idx = tuple(slice(lo, full[i] - hi) for i, (lo, hi) in enumerate(pads))
+    y = y[(slice(None), slice(None)) + idx]
+    if b is not None:
+        y += b.reshape((1, -1) + (1,) * nd)
+    return y
+
+
+def pool(x, a, kind):
+    nd = x.ndim - 2
+    k, s = a["kernel"], a["stride"]
+    d = a.get("dilation", (1,) * nd)
+    pads = _pairs(a["pad"])
+    sp = x.shape[2:]
+    out = []
+    for i in range(nd):
+        keff = d[i] * (k[i] - 1) + 1
+        span = sp[i] + pads[i][0] + pads[i][1] - keff
+        o = (-(-span // s[i]) if a["ceil"] else span // s[i]) + 1
+        if a["ceil"] and (o - 1) * s[i] >= sp[i] + pads[i][0]:
+            o -= 1
+        out.append(o)
+    y = np.zeros(x.shape[:2] + tuple(out))
+    for pos in itertools.product(*[range(v) for v in out]):
+        vals, count = [], 0
+        for kk in itertools.product(*[range(v) for v in k]):
+            src = [pos[i] * s[i] - pads[i][0] + kk[i] * d[i] for i in range(nd)]
+            inside_pad = all(-pads[i][0] <= src[i] < sp[i] + pads[i][1] for i in range(nd))
+            inside = all(0 <= src[i] < sp[i] for i in range(nd))
+            if kind == "avg" and (inside if not a["count_include_pad"] else inside_pad):
+                count += 1
+            if inside:
+                vals.append(x[(slice(None), slice(None)) + tuple(src)])
+        if kind == "max":
+            y[(slice(None), slice(None)) + pos] = np.max(vals, axis=0)
+        else:
+            y[(slice(None), slice(None)) + pos] = np.sum(vals, axis=0) / max(count, 1)
+    return y
+
+
+def upsample(x, a):
+    nd = x.ndim - 2
+    out = [int(math.floor(x.shape[2 + i] * a["scale"][i])) for i in range(nd)]
+    y = np.zeros(x.shape[:2] + tuple(out))
+    for pos in itertools.product(*[range(v) for v in out]):
+        if a["mode"] == "nearest":
+            src = tuple(min(int(math.floor(pos[i] / a["scale"][i])), x.shape[2 + i] - 1)
+                        for i in range(nd))
+            y[(slice(None), slice(None)) + pos] = x[(slice(None), slice(None)) + src]
+            continue
+        terms = []
+        for i in range(nd):
+            c = max((pos[i] + 0.5) / a["scale"][i] - 0.5, 0.0)
+            i0 = min(int(math.floor(c)), x.shape[2 + i] - 1)
+            i1 = min(i0 + 1, x.shape[2 + i] - 1)
+            terms.append(((i0, 1 - (c - i0)), (i1, c - i0)))
+        acc = 0
+        for combo in itertools.product(*terms):
+            wgt = np.prod([t[1] for t in combo])
+            acc = acc + wgt * x[(slice(None), slice(None)) + tuple(t[0] for t in combo)]
+        y[(slice(None), slice(None)) + pos] = acc
+    return y
+
+
+def batchnorm(x, w, b, rm, rv, a):
+    axes = (0,) + tuple(range(2, x.ndim))
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    if a.get("training"):
+        mean, var = x.mean(axis=axes), x.var(axis=axes)
+    else:
+        mean, var = rm, rv
+    y = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + a["eps"])
+    if w is not None:
+        y = y * w.reshape(shape) + b.reshape(shape)
+    return y
+
+
+def softmax(x):
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
