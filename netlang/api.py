@@ -99,27 +99,30 @@ class Network:
         return self._compiled[key]
 
     def forward(self, weights: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
-                training: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+                training: bool = False, seed: int = 0, dtype=np.float32
+                ) -> dict[str, np.ndarray]:
         """Outputs by name. In training mode, dropout is active and batchnorm uses batch
-        statistics (use `run` to also get the updated running statistics)."""
-        outs, _ = self.run(weights, inputs, training=training, seed=seed)
+        statistics (use `run` to also get the updated running statistics). Computation is
+        float32; `dtype=np.float64` exists for checking gradients and numerics."""
+        outs, _ = self.run(weights, inputs, training=training, seed=seed, dtype=dtype)
         return outs
 
     def run(self, weights: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
-            training: bool = False, seed: int = 0):
+            training: bool = False, seed: int = 0, dtype=np.float32):
         """(outputs, buffer updates): updates hold new batchnorm running statistics."""
         prog = self.program_for(training)
-        return prog.run(weights, inputs, seed=seed)
+        return prog.run(weights, inputs, seed=seed, dtype=dtype)
 
     def value_and_grad(self, weights: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray],
                        loss: str | None = None, training: bool = True, seed: int = 0,
-                       wrt_inputs: bool = False, return_updates: bool = False):
+                       wrt_inputs: bool = False, return_updates: bool = False,
+                       dtype=np.float32):
         """(loss, grads): grads has the keys of the trainable weights (and of the inputs when
         `wrt_inputs`). `loss` uses the train-section syntax, e.g. "bce(mask, target)"; by
         default the file's train section's loss."""
         loss = self._loss_text(loss)
         prog = self.program_for(training, loss, wrt_inputs)
-        value, grads, updates = prog.value_and_grad(weights, batch, seed=seed)
+        value, grads, updates = prog.value_and_grad(weights, batch, seed=seed, dtype=dtype)
         if return_updates:
             return value, grads, updates
         return value, grads

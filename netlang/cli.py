@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from netlang import api
-from netlang.diagnostics import NetlangError, SourceMap, error, render
+from netlang.diagnostics import NetlangError, SourceMap, did_you_mean, error, render
 from netlang.ir.types import fmt_shape
 
 
@@ -92,6 +92,49 @@ def cmd_viz(args) -> int:
     return 0
 
 
+def cmd_compile(args) -> int:
+    from netlang.passes.pipeline import PASS_NAMES, build_program
+    from netlang.summary import human_bytes
+
+    net = _load(args)
+    dumps = tuple(PASS_NAMES) if "all" in args.dump_after else tuple(args.dump_after)
+    for d in dumps:
+        if d not in PASS_NAMES:
+            raise error("E006", f"unknown pass `{d}`", None,
+                        notes=["passes: " + ", ".join(PASS_NAMES)],
+                        help=did_you_mean(d, PASS_NAMES))
+    loss = net._loss_text(args.loss) if args.train else None
+    prog = build_program(net, training=args.train, loss=loss, dump_after=dumps)
+    plan = prog.plan(args.batch)
+    counts: dict[str, int] = {}
+    for n in prog.graph.nodes:
+        counts[n.op] = counts.get(n.op, 0) + 1
+    report = [f"network {net.name} ({'training step, loss ' + loss if loss else 'inference'})",
+              f"nodes: {len(prog.graph.nodes)} ("
+              + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")",
+              f"memory plan at batch {args.batch}: arena {human_bytes(plan.arena_bytes)}, "
+              f"all values {human_bytes(plan.total_bytes)} "
+              f"({plan.arena_bytes / max(plan.total_bytes, 1):.0%} after buffer reuse)"]
+    if args.output is None:
+        for name in [p for p in PASS_NAMES if p in prog.dumps]:
+            print(f"# after {name}")
+            print(prog.dumps[name])
+        print("\n".join(report))
+        return 0
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in prog.dumps.items():
+        (out / f"ir.after-{name}.txt").write_text(text + "\n", encoding="utf-8")
+    from netlang.ir.printer import format_graph
+
+    (out / "ir.final.txt").write_text(format_graph(prog.graph) + "\n", encoding="utf-8")
+    (out / "plan.json").write_text(json.dumps(plan.to_json(), indent=1), encoding="utf-8")
+    (out / "report.txt").write_text("\n".join(report) + "\n", encoding="utf-8")
+    print("\n".join(report))
+    print(f"wrote {out}/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="netlang", description="Declarative neural networks: "
                                 "check, summarize, draw, compile and train `.net` files.")
@@ -122,11 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "(a .dot file is always written)")
     sp.set_defaults(func=cmd_viz)
 
-    try:
-        from netlang import cli_run
-        cli_run.add_commands(sub, common)
-    except ImportError:  # pragma: no cover - the run commands ship with the package
-        pass
+    sp = sub.add_parser("compile", help="run the compiler passes; dump IR and the memory plan")
+    common(sp)
+    sp.add_argument("-o", "--output", help="directory for IR dumps, plan.json and report.txt")
+    sp.add_argument("--train", action="store_true", help="compile the training step "
+                    "(forward, loss, backward) instead of inference")
+    sp.add_argument("--loss", help='loss for --train, e.g. "bce(mask, target)" (default: the '
+                    "file's train section)")
+    sp.add_argument("--batch", type=int, default=1, help="batch size for the memory plan")
+    sp.add_argument("--dump-after", action="append", default=[], metavar="PASS",
+                    help="print the IR after PASS (repeatable; `all` for every pass)")
+    sp.set_defaults(func=cmd_compile)
     return p
 
 

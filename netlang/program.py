@@ -12,7 +12,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from netlang.backends.numpy_backend import OpFailed, execute
-from netlang.diagnostics import NetlangError, did_you_mean, error
+from netlang.diagnostics import did_you_mean, error
 from netlang.ir.graph import Graph, Node
 from netlang.ir.types import fmt_shape
 from netlang.passes.memplan import MemoryPlan
@@ -32,8 +32,8 @@ class Program:
         return self._plans[batch]
 
     # -- feeding -------------------------------------------------------------------------
-    def _feeds(self, weights: Mapping[str, np.ndarray], data: Mapping[str, np.ndarray]
-               ) -> tuple[dict[int, np.ndarray], int]:
+    def _feeds(self, weights: Mapping[str, np.ndarray], data: Mapping[str, np.ndarray],
+               dtype=np.float32) -> tuple[dict[int, np.ndarray], int]:
         g = self.graph
         feeds: dict[int, np.ndarray] = {}
         for p in g.params:
@@ -47,7 +47,7 @@ class Program:
                             f"needs {fmt_shape(p.type.shape)}", p.span,
                             help="these weights belong to another network or another "
                                  "configuration (`--set`)")
-            feeds[p.id] = _float32(arr, p.name)
+            feeds[p.id] = _floats(arr, p.name, dtype)
         wanted: dict[str, Node] = dict(g.inputs) | dict(g.targets)
         for name in data:
             if name not in wanted and name not in weights:
@@ -75,13 +75,13 @@ class Program:
             if node.type.dtype == "int64":
                 feeds[node.id] = _class_indices(arr, name)
             else:
-                feeds[node.id] = _float32(arr, name)
+                feeds[node.id] = _floats(arr, name, dtype)
         if batch is None or batch < 1:
             raise error("E041", "the batch is empty", None)
         return feeds, batch
 
-    def _execute(self, weights, data, seed: int):
-        feeds, batch = self._feeds(weights, data)
+    def _execute(self, weights, data, seed: int, dtype=np.float32):
+        feeds, batch = self._feeds(weights, data, dtype)
         try:
             return execute(self.graph, self.plan(batch), feeds, batch, seed)
         except OpFailed as exc:
@@ -89,25 +89,23 @@ class Program:
                 from None
 
     # -- running -------------------------------------------------------------------------
-    def run(self, weights, inputs, seed: int = 0):
-        roots, updates = self._execute(weights, inputs, seed)
+    def run(self, weights, inputs, seed: int = 0, dtype=np.float32):
+        roots, updates = self._execute(weights, inputs, seed, dtype)
         outs = {k: roots[n.id] for k, n in self.graph.outputs.items()}
         return outs, updates
 
-    def value_and_grad(self, weights, batch, seed: int = 0):
-        roots, updates = self._execute(weights, batch, seed)
+    def value_and_grad(self, weights, batch, seed: int = 0, dtype=np.float32):
+        roots, updates = self._execute(weights, batch, seed, dtype)
         g = self.graph
         value = float(roots[g.loss.id])
         grads = {k: roots[n.id] for k, n in g.grads.items()}
         return value, grads, updates
 
 
-def _float32(arr: np.ndarray, name: str) -> np.ndarray:
+def _floats(arr: np.ndarray, name: str, dtype) -> np.ndarray:
     if arr.dtype.kind not in "fiub":
-        raise NetlangError(error("E041", f"`{name}` has dtype {arr.dtype}; expected numbers",
-                                 None).diagnostics)
-    out = np.ascontiguousarray(arr, dtype=np.float32)
-    return out
+        raise error("E041", f"`{name}` has dtype {arr.dtype}; expected numbers", None)
+    return np.ascontiguousarray(arr, dtype=dtype)
 
 
 def _class_indices(arr: np.ndarray, name: str) -> np.ndarray:

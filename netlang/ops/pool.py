@@ -68,9 +68,22 @@ def _geometry(x_shape, a):
     return tuple(out), pads, d
 
 
+# The window loops work in the channels-last frame (`nhwc` is a view of an NCHW-logical
+# array), so that every slice is a run of contiguous channels and results keep the
+# channels-last memory layout that the convolutions produce and consume.
+
+def nhwc(x: np.ndarray) -> np.ndarray:
+    return np.moveaxis(x, 1, -1)
+
+
+def nchw(x: np.ndarray) -> np.ndarray:
+    return np.moveaxis(x, -1, 1)
+
+
 def _padded(x, pads, value):
-    width = [(0, 0), (0, 0)] + [(lo, hi + extra) for lo, hi, extra in pads]
-    return np.pad(x, width, constant_values=value)
+    """NCHW-logical x -> padded channels-last array (ceil-mode margin included)."""
+    width = [(0, 0)] + [(lo, hi + extra) for lo, hi, extra in pads] + [(0, 0)]
+    return np.pad(nhwc(x), width, constant_values=value)
 
 
 def _offsets(k):
@@ -78,23 +91,21 @@ def _offsets(k):
 
 
 def _window(xp, j, d, s, out):
-    idx = (slice(None), slice(None)) + tuple(
-        slice(j[i] * d[i], j[i] * d[i] + s[i] * (out[i] - 1) + 1, s[i]) for i in range(len(out)))
-    return idx
+    return (slice(None),) + tuple(
+        slice(j[i] * d[i], j[i] * d[i] + s[i] * (out[i] - 1) + 1, s[i])
+        for i in range(len(out))) + (slice(None),)
 
 
 def _crop_pads(xp, pads, shape):
-    idx = (slice(None), slice(None)) + tuple(
-        slice(lo, lo + shape[2 + i]) for i, (lo, _, _) in enumerate(pads))
-    return xp[idx]
+    """Channels-last padded array -> NCHW-logical view of the unpadded region."""
+    idx = (slice(None),) + tuple(
+        slice(lo, lo + shape[2 + i]) for i, (lo, _, _) in enumerate(pads)) + (slice(None),)
+    return nchw(xp[idx])
 
 
 # -- maxpool -----------------------------------------------------------------------------
 
-def _maxpool_forward(xs, a, rt):
-    x = xs[0]
-    out, pads, d = _geometry(x.shape, a)
-    xp = _padded(x, pads, -np.inf)
+def _max_windows(xp, a, out, d):
     y = None
     for j in _offsets(a["kernel"]):
         v = xp[_window(xp, j, d, a["stride"], out)]
@@ -102,18 +113,25 @@ def _maxpool_forward(xs, a, rt):
     return y
 
 
+def _maxpool_forward(xs, a, rt):
+    x = xs[0]
+    out, pads, d = _geometry(x.shape, a)
+    return nchw(_max_windows(_padded(x, pads, -np.inf), a, out, d))
+
+
 def _maxpool_grad(xs, a, rt):
     dy, x = xs
     out, pads, d = _geometry(x.shape, a)
     xp = _padded(x, pads, -np.inf)
-    y = _maxpool_forward([x], a, None)
+    y = _max_windows(xp, a, out, d)
+    g = nhwc(dy)
     dxp = np.zeros_like(xp)
     taken = np.zeros(y.shape, dtype=bool)
     for j in _offsets(a["kernel"]):
         idx = _window(xp, j, d, a["stride"], out)
         hit = (xp[idx] == y) & ~taken          # the first maximum wins, as in PyTorch
         taken |= hit
-        dxp[idx] += np.where(hit, dy, 0)
+        dxp[idx] += g * hit
     return _crop_pads(dxp, pads, x.shape)
 
 
@@ -133,23 +151,19 @@ register(OpDef(
 # -- avgpool -----------------------------------------------------------------------------
 
 def _avg_divisor(x_shape, a, out, pads, d):
-    """Per-output-position divisor: the window's elements inside the counted region."""
-    nd = len(out)
-    counted = np.ones((1, 1) + tuple(x_shape[2:]), dtype=np.float32)
-    width = [(0, 0), (0, 0)]
-    for lo, hi, extra in pads:
-        width.append((lo, hi + extra))
+    """Per-output-position divisor [1, *out, 1]: the window's elements that count."""
+    counted = np.ones((1,) + tuple(x_shape[2:]) + (1,), dtype=np.float32)
     if a["count_include_pad"]:
         # Padding counts, the extra ceil-mode margin does not (PyTorch).
-        width_inc = [(0, 0), (0, 0)] + [(0, extra) for _, _, extra in pads]
-        counted = np.pad(np.pad(counted, [(0, 0), (0, 0)] + [(lo, hi) for lo, hi, _ in pads],
-                                constant_values=1), width_inc)
+        counted = np.pad(counted, [(0, 0)] + [(lo, hi) for lo, hi, _ in pads] + [(0, 0)],
+                         constant_values=1)
+        counted = np.pad(counted, [(0, 0)] + [(0, extra) for _, _, extra in pads] + [(0, 0)])
     else:
-        counted = np.pad(counted, width)
-    div = np.zeros((1, 1) + out, dtype=np.float32)
+        counted = np.pad(counted, [(0, 0)] + [(lo, hi + extra) for lo, hi, extra in pads]
+                         + [(0, 0)])
+    div = np.zeros((1,) + out + (1,), dtype=np.float32)
     for j in _offsets(a["kernel"]):
         div += counted[_window(counted, j, d, a["stride"], out)]
-    del nd
     return np.maximum(div, 1)
 
 
@@ -157,19 +171,20 @@ def _avgpool_forward(xs, a, rt):
     x = xs[0]
     out, pads, d = _geometry(x.shape, a)
     xp = _padded(x, pads, 0)
-    acc = np.zeros(x.shape[:2] + out, dtype=x.dtype)
+    acc = np.zeros((x.shape[0],) + out + (x.shape[1],), dtype=x.dtype)
     for j in _offsets(a["kernel"]):
         acc += xp[_window(xp, j, d, a["stride"], out)]
-    return acc / _avg_divisor(x.shape, a, out, pads, d)
+    return nchw(acc / _avg_divisor(x.shape, a, out, pads, d))
 
 
 def _avgpool_grad(xs, a, rt):
     dy = xs[0]
     shape = (dy.shape[0],) + tuple(a["in_shape"])
     out, pads, d = _geometry(shape, a)
-    g = dy / _avg_divisor(shape, a, out, pads, d)
-    dxp = np.zeros(shape[:2] + tuple(shape[2 + i] + lo + hi + ex
-                                     for i, (lo, hi, ex) in enumerate(pads)), dtype=dy.dtype)
+    g = nhwc(dy) / _avg_divisor(shape, a, out, pads, d)
+    dxp = np.zeros((shape[0],) + tuple(shape[2 + i] + lo + hi + ex
+                                       for i, (lo, hi, ex) in enumerate(pads)) + (shape[1],),
+                   dtype=dy.dtype)
     for j in _offsets(a["kernel"]):
         dxp[_window(dxp, j, d, a["stride"], out)] += g
     return _crop_pads(dxp, pads, shape)
@@ -253,9 +268,11 @@ def interp_matrix(n_in: int, n_out: int, scale: float, mode: str) -> np.ndarray:
 
 
 def _resample(x: np.ndarray, mats: list[np.ndarray]) -> np.ndarray:
-    for axis, m in enumerate(mats, start=2):
-        x = np.moveaxis(np.tensordot(m, x, axes=([1], [axis])), 0, axis)
-    return np.ascontiguousarray(x)
+    """Apply one [out, in] matrix per spatial axis (channels-last frame, NCHW result)."""
+    y = nhwc(x)
+    for axis, m in enumerate(mats, start=1):
+        y = np.moveaxis(np.tensordot(m, y, axes=([1], [axis])), 0, axis)
+    return nchw(np.ascontiguousarray(y))
 
 
 def _int_scale(a) -> int | None:
@@ -269,9 +286,10 @@ def _up_forward(xs, a, rt):
     x = xs[0]
     k = _int_scale(a)
     if k is not None:  # fast path: integer nearest upsampling is a repeat
-        for axis in range(2, x.ndim):
-            x = np.repeat(x, k, axis=axis)
-        return x
+        y = nhwc(x)
+        for axis in range(1, x.ndim - 1):
+            y = np.repeat(y, k, axis=axis)
+        return nchw(y)
     mats = [interp_matrix(x.shape[2 + i], int(math.floor(x.shape[2 + i] * s)), s, a["mode"])
             for i, s in enumerate(a["scale"])]
     return _resample(x, mats)
@@ -282,10 +300,12 @@ def _up_grad(xs, a, rt):
     in_sp = a["in_shape"][1:]
     k = _int_scale(a)
     if k is not None:
-        shape = dy.shape[:2]
+        g = np.ascontiguousarray(nhwc(dy))
+        shape = (dy.shape[0],)
         for h in in_sp:
             shape += (h, k)
-        return dy.reshape(shape).sum(axis=tuple(range(3, 3 + 2 * len(in_sp), 2)))
+        shape += (dy.shape[1],)
+        return nchw(g.reshape(shape).sum(axis=tuple(range(2, 2 + 2 * len(in_sp), 2))))
     mats = [interp_matrix(in_sp[i], dy.shape[2 + i], s, a["mode"]).T
             for i, s in enumerate(a["scale"])]
     return _resample(dy, mats)

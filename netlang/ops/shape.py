@@ -32,9 +32,22 @@ def _concat_vjp(b, node, dy):
     return grads
 
 
+def _concat(xs, a, rt):
+    # Written channels-last (each input's channels are a contiguous run of every pixel),
+    # the layout the next convolution reads; returned as an NCHW-logical view.
+    x0 = xs[0]
+    out = np.empty((x0.shape[0],) + x0.shape[2:] + (sum(x.shape[1] for x in xs),),
+                   dtype=np.result_type(*xs))
+    c = 0
+    for x in xs:
+        out[..., c:c + x.shape[1]] = np.moveaxis(x, 1, -1)
+        c += x.shape[1]
+    return np.moveaxis(out, -1, 1)
+
+
 register(OpDef(
     name="concat", attrs=(), shape=_concat_shape, kind=FusionKind.INJECTIVE, min_inputs=2,
-    max_inputs=None, forward=lambda xs, a, rt: np.concatenate(xs, axis=1), vjp=_concat_vjp,
+    max_inputs=None, forward=_concat, vjp=_concat_vjp,
     doc="Joins values along the channel axis (skip connections)."))
 
 register(OpDef(
@@ -42,7 +55,7 @@ register(OpDef(
     shape=lambda ctx: TensorType((ctx.attrs["stop"] - ctx.attrs["start"],) + ctx.x.shape[1:],
                                  ctx.x.batched),
     kind=FusionKind.INJECTIVE,
-    forward=lambda xs, a, rt: np.ascontiguousarray(xs[0][:, a["start"]:a["stop"]]),
+    forward=lambda xs, a, rt: xs[0][:, a["start"]:a["stop"]],   # a view, no copy
     user=False, doc="Channels [start, stop) of the input."))
 
 
@@ -94,12 +107,13 @@ def _crop_shape(ctx: ShapeCtx) -> TensorType:
 def _crop(x: np.ndarray, box) -> np.ndarray:
     idx = (slice(None), slice(None)) + tuple(
         slice(box[2 * i], x.shape[2 + i] - box[2 * i + 1]) for i in range(x.ndim - 2))
-    return np.ascontiguousarray(x[idx])
+    return x[idx]   # a view, no copy
 
 
 def _pad(x: np.ndarray, box) -> np.ndarray:
-    return np.pad(x, [(0, 0), (0, 0)] + [(box[2 * i], box[2 * i + 1])
-                                         for i in range(x.ndim - 2)])
+    # Padded channels-last, returned as an NCHW-logical view (the layout convs read).
+    widths = [(0, 0)] + [(box[2 * i], box[2 * i + 1]) for i in range(x.ndim - 2)] + [(0, 0)]
+    return np.moveaxis(np.pad(np.moveaxis(x, 1, -1), widths), -1, 1)
 
 
 register(OpDef(

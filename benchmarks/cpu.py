@@ -1,0 +1,155 @@
+"""CPU benchmark: netlang's NumPy backend against PyTorch on the same networks, batches and
+dtype, in one run, reporting ratios.
+
+    python benchmarks/cpu.py                  # all networks, 2 threads
+    python benchmarks/cpu.py --nets lenet5 --steps 20 --threads 1
+
+Each (framework, network) pair runs in its own subprocess, so that NumPy's BLAS pool and
+torch's OpenMP pool never spin against each other, and so that peak memory (ru_maxrss
+growth over the steps, after weights and data are allocated and one warm-up step has run)
+is measured per framework. Train step = forward + loss + backward + SGD-momentum update.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NETS = {
+    # name: (file, --set overrides, batch, loss)
+    "lenet5": ("lenet5.net", {}, 64, "cross_entropy(logits, label)"),
+    "simple_cnn": ("simple_cnn.net", {}, 64, "cross_entropy(logits, label)"),
+    "unet_small": ("unet.net", {"base": 16, "size": 128}, 4,
+                   "bce(mask, target) + dice(mask, target)"),
+}
+
+
+def _batch(net, batch, rng, np):
+    data = {k: rng.standard_normal(t.full_shape(batch)).astype(np.float32)
+            for k, t in net.inputs.items()}
+    for name, t in net.outputs.items():
+        if t.rank == 1:
+            data["label"] = rng.integers(0, t.shape[0], batch)
+        else:
+            data["target"] = (rng.random(t.full_shape(batch)) > 0.5).astype(np.float32)
+    return data
+
+
+def _maxrss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def worker(framework: str, name: str, steps: int) -> dict:
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    import netlang
+
+    file, params, batch, loss = NETS[name]
+    net = netlang.load(ROOT / "examples" / file, params=params)
+    rng = np.random.default_rng(0)
+    data = _batch(net, batch, rng, np)
+    weights = net.init(0)
+    fwd, step = [], []
+    if framework == "netlang":
+        velocity = {k: np.zeros_like(v) for k, v in weights.items()}
+        inputs = {k: data[k] for k in net.inputs}
+
+        def forward():
+            net.forward(weights, inputs)
+
+        def train_step():
+            _, grads = net.value_and_grad(weights, data, loss=loss)
+            for k, g in grads.items():
+                velocity[k] *= 0.9
+                velocity[k] += g
+                weights[k] -= 0.01 * velocity[k]
+    else:
+        import torch
+
+        from tests.torch_ref import TorchTwin
+
+        tdata = {k: torch.from_numpy(np.asarray(v)) for k, v in data.items()}
+        twin = TorchTwin(net.graph)
+        twin.materialize({k: tdata[k] for k in net.inputs})
+        twin.load_netlang(weights)
+        opt = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9)
+
+        def forward():
+            with torch.no_grad():
+                twin.eval()
+                twin({k: tdata[k] for k in net.inputs})
+
+        def train_step():
+            twin.train()
+            opt.zero_grad()
+            out = twin({k: tdata[k] for k in net.inputs})
+            if "label" in tdata:
+                total = torch.nn.functional.cross_entropy(out["logits"], tdata["label"])
+            else:
+                p, t = out["mask"], tdata["target"]
+                inter = (p * t).sum(dim=(0, 2, 3))
+                union = p.sum(dim=(0, 2, 3)) + t.sum(dim=(0, 2, 3))
+                total = torch.nn.functional.binary_cross_entropy(p, t) + \
+                    1 - ((2 * inter + 1) / (union + 1)).mean()
+            total.backward()
+            opt.step()
+    forward()
+    train_step()   # warm-up (compiles netlang's programs, allocates torch's buffers)
+    base = _maxrss()
+    for _ in range(steps):
+        t = time.perf_counter()
+        forward()
+        fwd.append(time.perf_counter() - t)
+    for _ in range(steps):
+        t = time.perf_counter()
+        train_step()
+        step.append(time.perf_counter() - t)
+    return {"forward_ms": 1e3 * statistics.median(fwd), "step_ms": 1e3 * statistics.median(step),
+            "peak_mb": (_maxrss() - base) / 2**20, "resident_mb": _maxrss() / 2**20}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--nets", nargs="*", default=list(NETS))
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "NET"))
+    ap.add_argument("--json", help="write the results to this file")
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], args.worker[1], args.steps)))
+        return
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
+               OPENBLAS_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               PYTHONPATH=str(ROOT))
+    rows = []
+    print(f"{'network':12} {'fwd netlang':>12} {'fwd torch':>10} {'ratio':>6}   "
+          f"{'step netlang':>12} {'step torch':>10} {'ratio':>6}   {'peak MB nl/torch':>17}")
+    for name in args.nets:
+        res = {}
+        for fw in ("netlang", "torch"):
+            out = subprocess.run([sys.executable, __file__, "--worker", fw, name, "--steps",
+                                  str(args.steps)], env=env, capture_output=True, text=True,
+                                 check=True)
+            res[fw] = json.loads(out.stdout.strip().splitlines()[-1])
+        a, b = res["netlang"], res["torch"]
+        rows.append({"network": name, "netlang": a, "torch": b})
+        print(f"{name:12} {a['forward_ms']:10.1f}ms {b['forward_ms']:8.1f}ms "
+              f"{a['forward_ms'] / b['forward_ms']:6.2f}   {a['step_ms']:10.1f}ms "
+              f"{b['step_ms']:8.1f}ms {a['step_ms'] / b['step_ms']:6.2f}   "
+              f"{a['peak_mb']:7.1f} / {b['peak_mb']:6.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
