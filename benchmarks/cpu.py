@@ -7,7 +7,9 @@ dtype, in one run, reporting ratios.
 Each (framework, network) pair runs in its own subprocess, so that NumPy's BLAS pool and
 torch's OpenMP pool never spin against each other, and so that peak memory (ru_maxrss
 growth over the steps, after weights and data are allocated and one warm-up step has run)
-is measured per framework. Train step = forward + loss + backward + SGD-momentum update.
+is measured per framework: the growth of the process's peak RSS over the warm-up and the
+timed steps, i.e. activations, gradients, optimizer state and temporaries, not the weights
+or the data. Train step = forward + loss + backward + SGD-momentum update.
 """
 
 from __future__ import annotations
@@ -102,9 +104,9 @@ def worker(framework: str, name: str, steps: int) -> dict:
                     1 - ((2 * inter + 1) / (union + 1)).mean()
             total.backward()
             opt.step()
+    base = _maxrss()   # weights, data and the framework itself are resident by now
     forward()
     train_step()   # warm-up (compiles netlang's programs, allocates torch's buffers)
-    base = _maxrss()
     for _ in range(steps):
         t = time.perf_counter()
         forward()

@@ -102,11 +102,36 @@ def _out_size(xp_shape, k, stride, dilation) -> tuple[int, ...]:
                  for i in range(len(k)))
 
 
+# Below this many input channels, channels-last im2col copies runs too short to stream;
+# first layers (1-3 channels) use "K-major" columns [C *k, N *out] whose runs are image rows.
+FEW_CHANNELS = 8
+
+
+def _kmajor_cols(x: np.ndarray, pads: Pads, k, stride, dilation) -> tuple[np.ndarray, tuple]:
+    """[C * prod(k), N * prod(out)] im2col matrix of NCHW x, columns in (c, *k) order."""
+    nd = len(k)
+    xp = np.ascontiguousarray(x)
+    if any(p != (0, 0) for p in pads):
+        xp = np.pad(xp, [(0, 0), (0, 0)] + [(max(lo, 0), max(hi, 0)) for lo, hi in pads])
+    out = tuple((xp.shape[2 + i] - dilation[i] * (k[i] - 1) - 1) // stride[i] + 1
+                for i in range(nd))
+    st = xp.strides
+    view = as_strided(xp, shape=(xp.shape[1],) + tuple(k) + (xp.shape[0],) + out,
+                      strides=(st[1],) + tuple(st[2 + i] * dilation[i] for i in range(nd))
+                      + (st[0],) + tuple(st[2 + i] * stride[i] for i in range(nd)),
+                      writeable=False)
+    return view.reshape(xp.shape[1] * math.prod(k), -1), out
+
+
 def conv_forward(x: np.ndarray, w: np.ndarray, stride, pads: Pads, dilation,
                  groups: int) -> np.ndarray:
     """Convolution of NCHW x with w [O, C/groups, *k]; returns an NCHW view of NHWC data."""
     k = tuple(w.shape[2:])
     n, cin = x.shape[:2]
+    if groups == 1 and cin < FEW_CHANNELS and all(lo >= 0 and hi >= 0 for lo, hi in pads):
+        cols, out = _kmajor_cols(x, pads, k, stride, dilation)
+        y = cols.T @ w.reshape(w.shape[0], -1).T              # [N * out, O]: channels-last
+        return np.moveaxis(y.reshape((n,) + out + (w.shape[0],)), -1, 1)
     cout = w.shape[0]
     cg, og = cin // groups, cout // groups
     kk = math.prod(k)
@@ -141,6 +166,11 @@ def conv_grad_weight(dy: np.ndarray, x: np.ndarray, k: tuple[int, ...], stride, 
     nd = len(k)
     n, cin = x.shape[:2]
     cout = dy.shape[1]
+    if groups == 1 and cin < FEW_CHANNELS and all(lo >= 0 and hi >= 0 for lo, hi in pads):
+        cols, out = _kmajor_cols(x, pads, k, stride, dilation)
+        if out == tuple(dy.shape[2:]):
+            dyr = np.moveaxis(dy, 1, -1).reshape(-1, cout)
+            return (dyr.T @ cols.T).reshape((cout, cin) + k)
     cg, og = cin // groups, cout // groups
     kk = math.prod(k)
     out = tuple(dy.shape[2:])
@@ -218,10 +248,60 @@ def conv_grad_input(dy: np.ndarray, w: np.ndarray, x_spatial: tuple[int, ...], s
                     pads: Pads, dilation, groups: int) -> np.ndarray:
     nd = dy.ndim - 2
     k = w.shape[2:]
+    n, cout = dy.shape[:2]
+    cin = w.shape[1] * groups
+    # Two formulations; pick the one that moves less data. The transposed convolution
+    # copies an im2col matrix of (input pixels) x (Cout k) elements; GEMM-then-scatter
+    # writes (output pixels) x (Cin k) and adds k shifted slices. With fewer input than
+    # output channels (LeNet's second conv: 6 vs 16), or with a stride, the scatter wins.
+    im2col = n * math.prod(x_spatial) * cout * math.prod(k)
+    scatter = n * math.prod(dy.shape[2:]) * cin * math.prod(k)
+    if scatter < im2col:
+        return _grad_input_scatter(dy, w, x_spatial, stride, pads, dilation, groups)
     # Rows of the input the forward pass never read (floor division) get output padding.
     out_pad = tuple(x_spatial[i] + pads[i][0] + pads[i][1] - dilation[i] * (k[i] - 1) - 1
                     - (dy.shape[2 + i] - 1) * stride[i] for i in range(nd))
     return conv_transpose_forward(dy, w, stride, pads, dilation, groups, out_pad)
+
+
+def _grad_input_scatter(dy: np.ndarray, w: np.ndarray, x_spatial: tuple[int, ...], stride,
+                        pads: Pads, dilation, groups: int) -> np.ndarray:
+    """dx = col2im(dy @ W): one GEMM per chunk of samples, then one strided add per kernel
+    tap into a padded channels-last buffer (samples are disjoint, so chunks never race)."""
+    k = tuple(w.shape[2:])
+    nd = len(k)
+    n, cout = dy.shape[:2]
+    og, cg = cout // groups, w.shape[1]
+    cin = cg * groups
+    out = tuple(dy.shape[2:])
+    kk = math.prod(k)
+    # [O, c, *k] -> [g, o, (*k, c)]
+    wm = w.reshape((groups, og, cg) + k).transpose((0, 1) + tuple(range(3, 3 + nd)) + (2,)) \
+        .reshape(groups, og, kk * cg)
+    dyl = np.moveaxis(dy, 1, -1)
+    padded = tuple(x_spatial[i] + pads[i][0] + pads[i][1] for i in range(nd))
+    # Rows past the last window (floor division) stay zero; allocate enough for every tap.
+    span = tuple(max(padded[i], (out[i] - 1) * stride[i] + dilation[i] * (k[i] - 1) + 1)
+                 for i in range(nd))
+    dxp = np.zeros((n,) + span + (cin,), dtype=np.result_type(dy, w))
+    per_sample = math.prod(out)
+    step = max(1, CHUNK_ROWS // max(per_sample, 1))
+
+    def task(i0):
+        i1 = min(i0 + step, n)
+        for g in range(groups):
+            d = dyl[i0:i1, ..., g * og:(g + 1) * og].reshape(-1, og)
+            cols = (d @ wm[g]).reshape((i1 - i0,) + out + k + (cg,))
+            for j in np.ndindex(*k):
+                idx = (slice(i0, i1),) + tuple(
+                    slice(j[a] * dilation[a], j[a] * dilation[a] + stride[a] * (out[a] - 1) + 1,
+                          stride[a]) for a in range(nd)) + (slice(g * cg, (g + 1) * cg),)
+                dxp[idx] += cols[(slice(None),) + (slice(None),) * nd + j]
+
+    parallel(list(range(0, n, step)), task)
+    crop = (slice(None),) + tuple(slice(pads[i][0], pads[i][0] + x_spatial[i])
+                                  for i in range(nd)) + (slice(None),)
+    return np.moveaxis(dxp[crop], -1, 1)
 
 
 def conv_transpose_grad_weight(dy: np.ndarray, x: np.ndarray, k: tuple[int, ...], stride,

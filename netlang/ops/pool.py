@@ -83,7 +83,25 @@ def nchw(x: np.ndarray) -> np.ndarray:
 def _padded(x, pads, value):
     """NCHW-logical x -> padded channels-last array (ceil-mode margin included)."""
     width = [(0, 0)] + [(lo, hi + extra) for lo, hi, extra in pads] + [(0, 0)]
+    if all(w == (0, 0) for w in width):
+        return nhwc(x)   # a view; the window slices read it in place
     return np.pad(nhwc(x), width, constant_values=value)
+
+
+def _tiles(x, a, out):
+    """Non-overlapping windows (kernel == stride, no padding or dilation) as a view or copy
+    [N, o0, k0, o1, k1, ..., C] of the channels-last input, or None."""
+    k, s = tuple(a["kernel"]), tuple(a["stride"])
+    nd = len(k)
+    if k != s or any(a["pad"]) or any(d != 1 for d in a.get("dilation", (1,) * nd)):
+        return None
+    xl = nhwc(x)[(slice(None),) + tuple(slice(0, o * kk) for o, kk in zip(out, k))]
+    return xl.reshape((x.shape[0],) + tuple(v for o, kk in zip(out, k) for v in (o, kk))
+                      + (x.shape[1],))
+
+
+def _tile(j):
+    return (slice(None),) + tuple(v for ji in j for v in (slice(None), ji)) + (slice(None),)
 
 
 def _offsets(k):
@@ -116,12 +134,18 @@ def _max_windows(xp, a, out, d):
 def _maxpool_forward(xs, a, rt):
     x = xs[0]
     out, pads, d = _geometry(x.shape, a)
+    tiles = _tiles(x, a, out)
+    if tiles is not None:
+        return nchw(tiles.max(axis=tuple(range(2, 2 + 2 * len(out), 2))))
     return nchw(_max_windows(_padded(x, pads, -np.inf), a, out, d))
 
 
 def _maxpool_grad(xs, a, rt):
     dy, x = xs
     out, pads, d = _geometry(x.shape, a)
+    tiles = _tiles(x, a, out)
+    if tiles is not None:
+        return _maxpool_grad_tiles(nhwc(dy), x, tiles, a, out)
     xp = _padded(x, pads, -np.inf)
     y = _max_windows(xp, a, out, d)
     g = nhwc(dy)
@@ -133,6 +157,25 @@ def _maxpool_grad(xs, a, rt):
         taken |= hit
         dxp[idx] += g * hit
     return _crop_pads(dxp, pads, x.shape)
+
+
+def _maxpool_grad_tiles(g, x, tiles, a, out):
+    nd = len(out)
+    y = tiles.max(axis=tuple(range(2, 2 + 2 * nd, 2)))
+    dt = np.zeros(tiles.shape, dtype=g.dtype)
+    taken = np.zeros(y.shape, dtype=bool)
+    for j in _offsets(a["kernel"]):
+        hit = tiles[_tile(j)] == y
+        hit &= ~taken                       # the first maximum wins, as in PyTorch
+        taken |= hit
+        np.multiply(g, hit, out=dt[_tile(j)])
+    covered = tuple(o * kk for o, kk in zip(out, a["kernel"]))
+    dt = dt.reshape((x.shape[0],) + covered + (x.shape[1],))
+    if covered == tuple(x.shape[2:]):
+        return nchw(dt)
+    dx = np.zeros((x.shape[0],) + tuple(x.shape[2:]) + (x.shape[1],), dtype=g.dtype)
+    dx[(slice(None),) + tuple(slice(0, c) for c in covered)] = dt
+    return nchw(dx)
 
 
 register(OpDef(
