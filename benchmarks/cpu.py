@@ -37,7 +37,7 @@ NETS = {
 def _batch(net, batch, rng, np):
     data = {k: rng.standard_normal(t.full_shape(batch)).astype(np.float32)
             for k, t in net.inputs.items()}
-    for name, t in net.outputs.items():
+    for t in net.outputs.values():
         if t.rank == 1:
             data["label"] = rng.integers(0, t.shape[0], batch)
         else:

@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
-import networkx as nx
-
 from netlang.diagnostics import Diagnostic, SourceSpan
 from netlang.ir.types import TensorType
 
@@ -88,8 +86,11 @@ class Graph:
     def params(self) -> list[Node]:
         return [n for n in self.nodes if n.op == "param"]
 
-    def index(self) -> nx.MultiDiGraph:
-        """A networkx view (edges producer -> consumer, keyed by operand position)."""
+    def index(self):
+        """A networkx MultiDiGraph view (edges producer -> consumer, keyed by operand
+        position), for graph algorithms; imported lazily, `check` does not need it."""
+        import networkx as nx
+
         g = nx.MultiDiGraph()
         for n in self.nodes:
             g.add_node(n.id, node=n)

@@ -191,3 +191,14 @@ def test_init_is_deterministic_and_pytorch_like():
     bound = 1 / np.sqrt(3 * 3 * 3)
     assert w.dtype == np.float32 and np.abs(w).max() <= bound and np.abs(w).max() > 0.9 * bound
     assert format_graph(net.graph).count("param(") == len(a)
+
+
+def test_networkx_index_agrees_with_the_graph():
+    import networkx as nx
+
+    net = netlang.load(EXAMPLES / "unet.net", params={"base": 4, "size": 32})
+    g = net.graph
+    idx = g.index()
+    out = g.outputs["mask"]
+    assert {n.id for n in g.ancestors(out)} == nx.ancestors(idx, out.id) | {out.id}
+    assert nx.is_directed_acyclic_graph(idx)
