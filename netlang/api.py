@@ -88,15 +88,24 @@ class Network:
         return out
 
     # -- running -------------------------------------------------------------------------
-    def program_for(self, training: bool, loss: str | None = None, wrt_inputs: bool = False):
-        """The compiled program (cached) for inference, or for a loss and its gradients."""
+    def program_for(self, training: bool, loss: str | None = None, wrt_inputs: bool = False,
+                    differentiate: bool = True):
+        """The compiled program (cached) for inference, for a loss and its gradients, or
+        (differentiate=False) for a loss and the outputs."""
         from netlang.passes.pipeline import build_program
 
-        key = (training, loss, wrt_inputs)
+        key = (training, loss, wrt_inputs, differentiate)
         if key not in self._compiled:
-            self._compiled[key] = build_program(self, training=training, loss=loss,
-                                                wrt_inputs=wrt_inputs)
+            self._compiled[key] = build_program(
+                self, training=training, loss=loss, wrt_inputs=wrt_inputs,
+                keep_outputs=not differentiate, differentiate=differentiate)
         return self._compiled[key]
+
+    def evaluate(self, weights: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray],
+                 loss: str | None = None) -> tuple[float, dict[str, np.ndarray]]:
+        """(loss, outputs) in inference mode, without computing gradients."""
+        prog = self.program_for(False, self._loss_text(loss), differentiate=False)
+        return prog.evaluate(weights, batch)
 
     def forward(self, weights: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
                 training: bool = False, seed: int = 0, dtype=np.float32

@@ -135,6 +135,177 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def _train_config(net: api.Network, args):
+    from netlang.config import TrainConfig, apply_overrides
+
+    cfg = net.train or TrainConfig()
+    items: list[tuple[str, str]] = []
+    for key in ("data", "loss", "epochs", "batch", "seed"):
+        value = getattr(args, key, None)
+        if value is not None:
+            items.append((key, str(value)))
+    for item in getattr(args, "opt", None) or ():
+        if "=" not in item:
+            raise error("E030", f"`--opt {item}` needs the form key=value", None,
+                        help="for example `--opt 'schedule=cosine'`")
+        k, v = item.split("=", 1)
+        items.append((k.strip(), v.strip()))
+    cfg = apply_overrides(cfg, items, list(net.outputs))
+    if getattr(args, "lr", None) is not None:
+        from dataclasses import replace
+
+        from netlang.config import Call
+
+        args_ = dict(cfg.optimizer.args) | {"lr": float(args.lr)}
+        cfg = replace(cfg, optimizer=Call(cfg.optimizer.name, tuple(args_.items())))
+    return cfg
+
+
+def _run_dir(net: api.Network, out: str | None, resume: str | None) -> Path:
+    if out:
+        return Path(out)
+    if resume:
+        p = Path(resume)
+        return p if p.is_dir() else p.parent
+    base = Path("runs") / net.name
+    path, k = base, 1
+    while (path / "last.safetensors").exists() or (path / "metrics.jsonl").exists():
+        k += 1
+        path = Path(f"{base}-{k}")
+    return path
+
+
+def cmd_train(args) -> int:
+    from netlang.train.loop import Trainer, TrainingStopped
+
+    net = _load(args)
+    _print_warnings(net)
+    cfg = _train_config(net, args)
+    out = _run_dir(net, args.out, args.resume)
+    if args.backend != "numpy":
+        raise error("E052", f"backend `{args.backend}` is not available in this version", None,
+                    help="use --backend numpy")
+    trainer = Trainer(net, cfg, out, resume=Path(args.resume) if args.resume else None,
+                      progress=None if not args.no_progress else False)
+    print(f"training {net.name} ({net.param_count():,} parameters) on {cfg.data.name}: "
+          f"{len(trainer.data.train)} training and {len(trainer.data.val)} validation "
+          f"samples, batch {cfg.batch}, {cfg.epochs} epochs; run folder {out}")
+    try:
+        result = trainer.run()
+    except TrainingStopped as exc:
+        print(f"error[E053]: {exc}", file=sys.stderr)
+        return 2
+    best = result.best or {}
+    shown = {k: v for k, v in best.items() if k.startswith("val_") and k.count("_") == 1}
+    print(f"{result.reason}; best epoch {best.get('epoch', '-')}: "
+          + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+    print(f"checkpoints: {out / 'best.safetensors'}, {out / 'last.safetensors'}; "
+          f"log {out / 'metrics.jsonl'}; curves {out / 'curves.png'}")
+    return 130 if result.reason.startswith("interrupted") else 0
+
+
+def _weights_for(net: api.Network, path: str):
+    from netlang.train import checkpoint
+
+    ck = checkpoint.load(path, prefer="best")
+    checkpoint.check_compatible(ck, net, path)
+    return ck.weights
+
+
+def cmd_eval(args) -> int:
+    from netlang.train import data as data_mod
+    from netlang.train.metrics import Metrics, kind_of
+
+    net = _load(args)
+    cfg = _train_config(net, args)
+    weights = _weights_for(net, args.weights)
+    if cfg.data is None:
+        raise error("E032", "no data: pass --data or set `data = ...` in the train section",
+                    None)
+    if not cfg.loss_text:
+        raise error("E030", "no loss: pass --loss or set `loss = ...` in the train section",
+                    None)
+    targets = list(dict.fromkeys(t.target for t in cfg.loss))
+    ds = data_mod.bind(data_mod.from_config(cfg.data, cfg.val_split, cfg.seed), net, targets)
+    m = Metrics(kind_of(net))
+    out_name = next(iter(net.outputs))
+    for batch in ds.batches("val", 64):
+        loss, outs = net.evaluate(weights, batch, loss=cfg.loss_text)
+        m.add(loss, outs[out_name], batch[targets[0]], len(batch[targets[0]]))
+    print(f"{cfg.data.name}: {len(ds.val)} samples (the validation/test split)")
+    for k, v in m.result().items():
+        print(f"{k} {v:.4f}")
+    return 0
+
+
+def _read_inputs(paths: list[str], shape: tuple[int, ...]):
+    import numpy as np
+
+    from netlang.train.data import IMAGE_SUFFIXES, _read_image
+
+    arrays, names = [], []
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise error("E032", f"no such input file: {p}", None)
+        if path.suffix == ".npy":
+            try:
+                a = np.load(path, allow_pickle=False)
+            except ValueError as exc:
+                raise error("E032", f"{p}: {exc}", None) from None
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            a = _read_image(path, gray=shape[0] == 1)
+        else:
+            raise error("E032", f"cannot read {p}: expected .npy or an image file", None)
+        a = a.astype(np.float32)
+        if a.shape == shape:
+            a = a[None]
+        if a.shape[1:] != shape:
+            raise error("E032", f"{p} is {fmt_shape(a.shape)}; the network takes "
+                        f"{fmt_shape(shape)} per sample", None)
+        arrays.append(a)
+        names += [path.stem] if len(a) == 1 else [f"{path.stem}_{i}" for i in range(len(a))]
+    return np.concatenate(arrays), names
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from netlang.ops.elementwise import softmax
+
+    net = _load(args)
+    weights = _weights_for(net, args.weights)
+    if len(net.inputs) != 1:
+        raise error("E040", "predict feeds networks with one input", None)
+    in_name, in_type = next(iter(net.inputs.items()))
+    x, names = _read_inputs(args.inputs, in_type.shape)
+    outs = net.forward(weights, {in_name: x})
+    out_name, y = next(iter(outs.items()))
+    last = net.graph.outputs[out_name].op
+    if y.ndim == 2:
+        probs = y if last in ("softmax", "sigmoid") else softmax(y, 1)
+        for name, p in zip(names, probs):
+            top = np.argsort(-p)[:3]
+            print(f"{name}: class {top[0]} ({p[top[0]]:.3f}); "
+                  + ", ".join(f"{c}: {p[c]:.3f}" for c in top[1:]))
+        return 0
+    out_dir = Path(args.output or "predictions")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    for name, img, pred in zip(names, x, y):
+        mask = pred[0] >= 0.5 if pred.shape[0] == 1 else np.argmax(pred, axis=0) > 0
+        gray = img.mean(axis=0)
+        gray = (gray - gray.min()) / max(float(np.ptp(gray)), 1e-6)
+        rgb = np.stack([gray] * 3, axis=-1)
+        rgb[mask] = 0.5 * rgb[mask] + 0.5 * np.array([1.0, 0.1, 0.1])
+        Image.fromarray((rgb * 255).astype(np.uint8)).save(out_dir / f"{name}_overlay.png")
+        np.save(out_dir / f"{name}_{out_name}.npy", pred)
+        print(f"{name}: {int(mask.sum())} of {mask.size} pixels in the mask -> "
+              f"{out_dir / (name + '_overlay.png')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="netlang", description="Declarative neural networks: "
                                 "check, summarize, draw, compile and train `.net` files.")
@@ -176,6 +347,40 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dump-after", action="append", default=[], metavar="PASS",
                     help="print the IR after PASS (repeatable; `all` for every pass)")
     sp.set_defaults(func=cmd_compile)
+
+    def run_options(sp):
+        sp.add_argument("--data", help="data set: `digits`, `shapes(size = 64)`, a .npz file, "
+                        "`folder(images = \"...\", masks = \"...\")`")
+        sp.add_argument("--loss", help='loss, e.g. "cross_entropy(logits, label)"')
+        sp.add_argument("--opt", action="append", metavar="KEY=VALUE",
+                        help="any train-section setting, e.g. --opt 'schedule=cosine' "
+                             "(repeatable; the command line wins over the file)")
+
+    sp = sub.add_parser("train", help="train the network on the data of its train section")
+    common(sp)
+    run_options(sp)
+    sp.add_argument("--epochs", type=int)
+    sp.add_argument("--batch", type=int)
+    sp.add_argument("--lr", type=float, help="learning rate of the optimizer")
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--out", help="run folder (default runs/NETWORK)")
+    sp.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
+    sp.add_argument("--backend", default="numpy", choices=["numpy", "cuda", "cuda-emu"])
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("eval", help="metrics of trained weights on a data set")
+    common(sp)
+    run_options(sp)
+    sp.add_argument("--weights", required=True, help="a checkpoint or run folder")
+    sp.set_defaults(func=cmd_eval)
+
+    sp = sub.add_parser("predict", help="outputs for new inputs (.npy or images)")
+    common(sp)
+    sp.add_argument("--weights", required=True, help="a checkpoint or run folder")
+    sp.add_argument("inputs", nargs="+", help=".npy files or images")
+    sp.add_argument("-o", "--output", help="folder for mask overlays (segmentation)")
+    sp.set_defaults(func=cmd_predict)
     return p
 
 

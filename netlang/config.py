@@ -196,10 +196,15 @@ def parse_loss(text_or_expr: str | ast.Expr, outputs: list[str]) -> tuple[LossTe
 
 
 def _text(e: ast.Expr, source: str | None) -> str:
-    if source is None or e.span.line != e.span.end_line:
+    """The source text of an expression (a loss), joined onto one line."""
+    if source is None:
         return ""
-    line = source.splitlines()[e.span.line - 1]
-    return line[e.span.col - 1:e.span.end_col - 1]
+    lines = source.splitlines()[e.span.line - 1:e.span.end_line]
+    if len(lines) == 1:
+        return lines[0][e.span.col - 1:e.span.end_col - 1]
+    lines[0] = lines[0][e.span.col - 1:]
+    lines[-1] = lines[-1][:e.span.end_col - 1]
+    return " ".join(part.strip() for part in lines)
 
 
 def train_config(td: ast.TrainDef, outputs: list[str], source: str | None = None) -> TrainConfig:
@@ -262,3 +267,21 @@ def _set(cfg: TrainConfig, key: str, e: ast.Expr, outputs: list[str],
             raise error("E030", "`val_split` must be in [0, 1)", e.span)
         return replace(cfg, val_split=float(v))
     raise AssertionError(key)
+
+
+def apply_overrides(cfg: TrainConfig, items: list[tuple[str, str]], outputs: list[str]
+                    ) -> TrainConfig:
+    """Command-line `key=value` settings, checked exactly like the file's (they win)."""
+    from netlang.lang.parser import parse
+
+    for key, text in items:
+        if key not in KEYS:
+            raise error("E030", f"unknown train setting `{key}`", None,
+                        notes=["keys: " + ", ".join(KEYS)], help=did_you_mean(key, KEYS))
+        if key == "data" and (text.endswith(".npz") or "/" in text) and "(" not in text:
+            cfg = replace(cfg, data=Call("npz", (("path", text),)))
+            continue
+        src = f"train {{ {key} = {text} }}"
+        item = parse(src, f"--{key.replace('_', '-')}").trains[0].items[0]
+        cfg = _set(cfg, key, item.value, outputs, src)
+    return cfg

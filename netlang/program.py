@@ -94,6 +94,12 @@ class Program:
         outs = {k: roots[n.id] for k, n in self.graph.outputs.items()}
         return outs, updates
 
+    def evaluate(self, weights, batch, seed: int = 0, dtype=np.float32):
+        """(loss, outputs) of a loss program built without gradients."""
+        roots, _ = self._execute(weights, batch, seed, dtype)
+        g = self.graph
+        return float(roots[g.loss.id]), {k: roots[n.id] for k, n in g.outputs.items()}
+
     def value_and_grad(self, weights, batch, seed: int = 0, dtype=np.float32):
         roots, updates = self._execute(weights, batch, seed, dtype)
         g = self.graph

@@ -32,7 +32,7 @@ PASS_NAMES = ("specialize", "attach_loss", "stable_losses", "autodiff", "drop_ou
 
 
 def passes_for(training: bool, loss_terms, wrt_inputs: bool,
-               keep_outputs: bool = False) -> list[Pass]:
+               keep_outputs: bool = False, differentiate: bool = True) -> list[Pass]:
     ps = [Pass("specialize", lambda g: mode.specialize(g, training), mode.REQUIRES,
                mode.ENSURES)]
     if loss_terms:
@@ -41,8 +41,10 @@ def passes_for(training: bool, loss_terms, wrt_inputs: bool,
                  "typed graph with the loss's outputs", "`graph.loss` is a scalar node"),
             Pass("stable_losses", loss_pass.stable_losses, "graph.loss",
                  "no bce of a sigmoid, no cross_entropy of a softmax"),
-            Pass("autodiff", lambda g: ad.autodiff(g, wrt_inputs), ad.REQUIRES, ad.ENSURES),
         ]
+        if differentiate:
+            ps.append(Pass("autodiff", lambda g: ad.autodiff(g, wrt_inputs), ad.REQUIRES,
+                           ad.ENSURES))
         if not keep_outputs:  # a training step returns the loss and the gradients only
             ps.append(Pass("drop_outputs", lambda g: g.outputs.clear(), "graph.loss",
                            "no outputs"))
@@ -54,12 +56,13 @@ def passes_for(training: bool, loss_terms, wrt_inputs: bool,
 
 def build_program(net: "Network", training: bool, loss: str | None = None,
                   wrt_inputs: bool = False, dump_after: tuple[str, ...] = (),
-                  verify_each: bool = False, keep_outputs: bool = False) -> "Program":
+                  verify_each: bool = False, keep_outputs: bool = False,
+                  differentiate: bool = True) -> "Program":
     from netlang.program import Program
 
     g = copy.deepcopy(net.graph)
     terms = parse_loss(loss, list(g.outputs)) if loss else ()
-    pm = PassManager(passes_for(training, terms, wrt_inputs, keep_outputs), dump_after,
-                     verify_each)
+    pm = PassManager(passes_for(training, terms, wrt_inputs, keep_outputs, differentiate),
+                     dump_after, verify_each)
     pm.run(g)
     return Program(g, training=training, dumps=pm.dumps, plan_fn=memplan.plan_memory)

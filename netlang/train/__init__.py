@@ -1,0 +1,1 @@
+"""Training: data sets, augmentation, optimizers, schedules, metrics, checkpoints, the loop."""

@@ -1,0 +1,197 @@
+"""The training loop: acceptance on the built-in sets, resume equality, checkpoints that
+survive crashes, the NaN guard, early stopping, signals, and parity with PyTorch."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import netlang
+from netlang.config import Call, apply_overrides
+from netlang.diagnostics import NetlangError
+from netlang.train import checkpoint
+from netlang.train.loop import Trainer, TrainingStopped
+from tests.conftest import EXAMPLES, ROOT
+
+
+def digits_net():
+    return netlang.load(EXAMPLES / "lenet_digits.net", params={"width": 4})
+
+
+def quiet(*a, **k):
+    pass
+
+
+def small_cfg(net, **changes):
+    cfg = apply_overrides(net.train, [("epochs", "2"), ("batch", "64")], list(net.outputs))
+    return dataclasses.replace(cfg, **changes)
+
+
+def test_digits_reaches_97_percent(tmp_path):
+    net = netlang.load(EXAMPLES / "lenet_digits.net")
+    result = Trainer(net, net.train, tmp_path, progress=False, log=quiet).run()
+    assert result.best["val_accuracy"] >= 0.97, result.best
+
+
+@pytest.mark.slow
+def test_unet_learns_shapes(tmp_path):
+    net = netlang.load(EXAMPLES / "unet_shapes.net")
+    cfg = apply_overrides(net.train, [("data", "shapes(size = 64, count = 256)"),
+                                      ("epochs", "6")], list(net.outputs))
+    result = Trainer(net, cfg, tmp_path, progress=False, log=quiet).run()
+    assert result.best["val_dice"] >= 0.90, result.best
+
+
+def test_resume_continues_exactly(tmp_path):
+    net = digits_net()
+    cfg = small_cfg(net, augment=())
+    full = Trainer(net, cfg, tmp_path / "full", progress=False, log=quiet).run()
+    # Interrupted in the middle of epoch 1 (after 7 of 23 steps), then resumed.
+    part = Trainer(net, cfg, tmp_path / "part", progress=False, log=quiet,
+                   stop_after_steps=7).run()
+    assert part.reason.startswith("interrupted") and part.history == []
+    resumed = Trainer(net, cfg, tmp_path / "part", resume=tmp_path / "part", progress=False,
+                      log=quiet).run()
+    assert len(resumed.history) == len(full.history) == 2
+    for a, b in zip(resumed.history, full.history):
+        for k in a:
+            if k != "seconds":
+                assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), k
+    for k in full.weights:
+        np.testing.assert_allclose(resumed.weights[k], full.weights[k], rtol=1e-5, atol=1e-7)
+
+
+def test_resume_refuses_another_model(tmp_path):
+    net = digits_net()
+    Trainer(net, small_cfg(net, epochs=1), tmp_path, progress=False, log=quiet).run()
+    other = netlang.load(EXAMPLES / "lenet_digits.net", params={"width": 8})
+    with pytest.raises(NetlangError) as ei:
+        Trainer(other, small_cfg(other), tmp_path / "b", resume=tmp_path, progress=False,
+                log=quiet).run()
+    text = ei.value.render()
+    assert "E051" in text and "belongs to another model" in text and "different shapes" in text
+
+
+def test_checkpoint_survives_a_crash_while_saving(tmp_path, monkeypatch):
+    net = digits_net()
+    Trainer(net, small_cfg(net, epochs=1), tmp_path, progress=False, log=quiet).run()
+    before = checkpoint.load(tmp_path)
+    import safetensors.numpy as stn
+
+    def crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial write")
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(stn, "save_file", crash)
+    with pytest.raises(OSError):
+        checkpoint.save(tmp_path / "last.safetensors",
+                        checkpoint.Checkpoint(before.weights, {}, {"x": 1}))
+    after = checkpoint.load(tmp_path)
+    assert after.state == before.state
+    assert all(np.array_equal(after.weights[k], before.weights[k]) for k in before.weights)
+    assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
+
+
+def test_not_a_checkpoint(tmp_path):
+    (tmp_path / "x.safetensors").write_bytes(b"garbage")
+    with pytest.raises(NetlangError, match="damaged or not a checkpoint"):
+        checkpoint.load(tmp_path / "x.safetensors")
+    with pytest.raises(NetlangError, match="no checkpoint at"):
+        checkpoint.load(tmp_path / "missing")
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    net = digits_net()
+    cfg = small_cfg(net, epochs=3, optimizer=Call("sgd", (("lr", 1e6),)))
+    with pytest.raises(TrainingStopped) as ei:
+        Trainer(net, cfg, tmp_path, progress=False, log=quiet).run()
+    assert "the loss is nan" in str(ei.value) or "the loss is inf" in str(ei.value)
+    assert "step" in str(ei.value)
+    if (tmp_path / "last.safetensors").exists():
+        ck = checkpoint.load(tmp_path)
+        assert all(np.isfinite(v).all() for v in ck.weights.values())
+
+
+def test_early_stopping_restores_the_best_weights(tmp_path):
+    net = digits_net()
+    cfg = small_cfg(net, epochs=6, early_stop=Call("early_stop", (("patience", 0),)))
+    result = Trainer(net, cfg, tmp_path, progress=False, log=quiet).run()
+    best = checkpoint.load(tmp_path, prefer="best")
+    assert all(np.array_equal(best.weights[k], result.weights[k]) for k in result.weights)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == result.epochs_run and (tmp_path / "curves.png").exists()
+
+
+def test_unknown_settings_say_did_you_mean():
+    net = digits_net()
+
+    def rendered(fn) -> str:
+        with pytest.raises(NetlangError) as ei:
+            fn()
+        return ei.value.render(getattr(ei.value, "sources", None))
+
+    assert "did you mean `epochs`" in rendered(
+        lambda: apply_overrides(net.train, [("epoch", "3")], list(net.outputs)))
+    assert "did you mean `adam`" in rendered(
+        lambda: apply_overrides(net.train, [("optimizer", "adma(lr = 1)")], list(net.outputs)))
+    src = (EXAMPLES / "lenet_digits.net").read_text().replace("batch = 32", "bach = 32")
+    out = rendered(lambda: netlang.loads(src, file="d.net"))
+    assert "unknown key `bach` in the train section" in out and "did you mean `batch`" in out
+
+
+def test_sigint_saves_and_exits_cleanly(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "netlang", "train",
+                             str(EXAMPLES / "lenet_digits.net"), "--out", str(tmp_path),
+                             "--epochs", "500", "--no-progress"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (tmp_path / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "resume with --resume" in out + err
+    ck = checkpoint.load(tmp_path)
+    assert ck.state["global_step"] > 0
+
+
+@pytest.mark.torch
+def test_a_few_steps_match_pytorch(torch_mod):
+    torch = torch_mod
+    from tests.torch_ref import TorchTwin
+
+    net = digits_net()
+    rng = np.random.default_rng(0)
+    x = rng.random((5, 16, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 10, (5, 16))
+    weights = net.init(0)
+    twin = TorchTwin(net.graph)
+    twin.materialize({"image": torch.from_numpy(x[0])})
+    twin.load_netlang(weights)
+    from netlang.train.optim import Optimizer
+
+    opt = Optimizer.from_config(Call("adam", (("lr", 0.01),)))
+    topt = torch.optim.Adam(twin.parameters(), lr=0.01)
+    ours, theirs = [], []
+    for i in range(5):
+        loss, grads = net.value_and_grad(weights, {"image": x[i], "label": y[i]},
+                                         loss="cross_entropy(logits, label)")
+        opt.update(weights, grads, 0.01)
+        ours.append(loss)
+        topt.zero_grad()
+        out = twin({"image": torch.from_numpy(x[i])})["logits"]
+        tl = torch.nn.functional.cross_entropy(out, torch.from_numpy(y[i]))
+        tl.backward()
+        topt.step()
+        theirs.append(tl.item())
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4)
