@@ -131,7 +131,8 @@ def _load_npz(path: str) -> dict[str, np.ndarray]:
             return {k: f[k] for k in f.files}
     except ValueError as exc:
         raise error("E032", f"{path} holds Python objects, which netlang never unpickles",
-                    None, notes=[str(exc)], help="save plain numeric arrays with np.savez")
+                    None, notes=[str(exc)],
+                    help="save plain numeric arrays with np.savez") from None
     except (OSError, EOFError) as exc:
         raise error("E032", f"{path} is not a readable .npz file: {exc}", None) from None
 
