@@ -102,36 +102,41 @@ class Network:
         return self._compiled[key]
 
     def evaluate(self, weights: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray],
-                 loss: str | None = None) -> tuple[float, dict[str, np.ndarray]]:
+                 loss: str | None = None, backend: str = "numpy"
+                 ) -> tuple[float, dict[str, np.ndarray]]:
         """(loss, outputs) in inference mode, without computing gradients."""
         prog = self.program_for(False, self._loss_text(loss), differentiate=False)
-        return prog.evaluate(weights, batch)
+        return prog.evaluate(weights, batch, backend=backend)
 
     def forward(self, weights: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
-                training: bool = False, seed: int = 0, dtype=np.float32
-                ) -> dict[str, np.ndarray]:
+                training: bool = False, seed: int = 0, dtype=np.float32,
+                backend: str = "numpy") -> dict[str, np.ndarray]:
         """Outputs by name. In training mode, dropout is active and batchnorm uses batch
         statistics (use `run` to also get the updated running statistics). Computation is
-        float32; `dtype=np.float64` exists for checking gradients and numerics."""
-        outs, _ = self.run(weights, inputs, training=training, seed=seed, dtype=dtype)
+        float32; `dtype=np.float64` exists for checking gradients and numerics (NumPy
+        backend). `backend`: numpy, cuda (CuPy, a GPU) or cuda-emu (the CUDA kernels
+        compiled for the host)."""
+        outs, _ = self.run(weights, inputs, training=training, seed=seed, dtype=dtype,
+                           backend=backend)
         return outs
 
     def run(self, weights: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
-            training: bool = False, seed: int = 0, dtype=np.float32):
+            training: bool = False, seed: int = 0, dtype=np.float32, backend: str = "numpy"):
         """(outputs, buffer updates): updates hold new batchnorm running statistics."""
         prog = self.program_for(training)
-        return prog.run(weights, inputs, seed=seed, dtype=dtype)
+        return prog.run(weights, inputs, seed=seed, dtype=dtype, backend=backend)
 
     def value_and_grad(self, weights: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray],
                        loss: str | None = None, training: bool = True, seed: int = 0,
                        wrt_inputs: bool = False, return_updates: bool = False,
-                       dtype=np.float32):
+                       dtype=np.float32, backend: str = "numpy"):
         """(loss, grads): grads has the keys of the trainable weights (and of the inputs when
         `wrt_inputs`). `loss` uses the train-section syntax, e.g. "bce(mask, target)"; by
         default the file's train section's loss."""
         loss = self._loss_text(loss)
         prog = self.program_for(training, loss, wrt_inputs)
-        value, grads, updates = prog.value_and_grad(weights, batch, seed=seed, dtype=dtype)
+        value, grads, updates = prog.value_and_grad(weights, batch, seed=seed, dtype=dtype,
+                                                    backend=backend)
         if return_updates:
             return value, grads, updates
         return value, grads

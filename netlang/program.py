@@ -24,12 +24,14 @@ class Program:
     training: bool
     dumps: dict[str, str]
     plan_fn: Callable[[Graph, int], MemoryPlan]
-    _plans: dict[int, MemoryPlan] = field(default_factory=dict)
+    _plans: dict[tuple[int, bool], MemoryPlan] = field(default_factory=dict)
+    _runners: dict[str, object] = field(default_factory=dict)
 
-    def plan(self, batch: int) -> MemoryPlan:
-        if batch not in self._plans:
-            self._plans[batch] = self.plan_fn(self.graph, batch)
-        return self._plans[batch]
+    def plan(self, batch: int, by_kernel: bool = False) -> MemoryPlan:
+        key = (batch, by_kernel)
+        if key not in self._plans:
+            self._plans[key] = self.plan_fn(self.graph, batch, by_kernel)
+        return self._plans[key]
 
     # -- feeding -------------------------------------------------------------------------
     def _feeds(self, weights: Mapping[str, np.ndarray], data: Mapping[str, np.ndarray],
@@ -80,8 +82,23 @@ class Program:
             raise error("E041", "the batch is empty", None)
         return feeds, batch
 
-    def _execute(self, weights, data, seed: int, dtype=np.float32):
+    def runner(self, backend: str):
+        """The CUDA or host-emulated runner of this program (compiled once, cached)."""
+        from netlang.backends.cuda.runtime import Runner
+
+        if backend not in self._runners:
+            self._runners[backend] = Runner(self, backend)
+        return self._runners[backend]
+
+    def _execute(self, weights, data, seed: int, dtype=np.float32, backend: str = "numpy"):
+        if backend not in ("numpy", "cuda", "cuda-emu"):
+            raise error("E052", f"unknown backend `{backend}`", None,
+                        help="backends: numpy, cuda, cuda-emu")
+        if backend != "numpy" and dtype != np.float32:
+            raise error("E052", f"backend `{backend}` computes in float32 only", None)
         feeds, batch = self._feeds(weights, data, dtype)
+        if backend != "numpy":
+            return self.runner(backend).execute(feeds, batch, seed)
         try:
             return execute(self.graph, self.plan(batch), feeds, batch, seed)
         except OpFailed as exc:
@@ -89,19 +106,20 @@ class Program:
                 from None
 
     # -- running -------------------------------------------------------------------------
-    def run(self, weights, inputs, seed: int = 0, dtype=np.float32):
-        roots, updates = self._execute(weights, inputs, seed, dtype)
+    def run(self, weights, inputs, seed: int = 0, dtype=np.float32, backend: str = "numpy"):
+        roots, updates = self._execute(weights, inputs, seed, dtype, backend)
         outs = {k: roots[n.id] for k, n in self.graph.outputs.items()}
         return outs, updates
 
-    def evaluate(self, weights, batch, seed: int = 0, dtype=np.float32):
+    def evaluate(self, weights, batch, seed: int = 0, dtype=np.float32, backend: str = "numpy"):
         """(loss, outputs) of a loss program built without gradients."""
-        roots, _ = self._execute(weights, batch, seed, dtype)
+        roots, _ = self._execute(weights, batch, seed, dtype, backend)
         g = self.graph
         return float(roots[g.loss.id]), {k: roots[n.id] for k, n in g.outputs.items()}
 
-    def value_and_grad(self, weights, batch, seed: int = 0, dtype=np.float32):
-        roots, updates = self._execute(weights, batch, seed, dtype)
+    def value_and_grad(self, weights, batch, seed: int = 0, dtype=np.float32,
+                       backend: str = "numpy"):
+        roots, updates = self._execute(weights, batch, seed, dtype, backend)
         g = self.graph
         value = float(roots[g.loss.id])
         grads = {k: roots[n.id] for k, n in g.grads.items()}

@@ -53,6 +53,8 @@ class Graph:
     targets: dict[str, Node] = field(default_factory=dict)
     loss: Node | None = None
     grads: dict[str, Node] = field(default_factory=dict)
+    # Kernel groups, set by the fusion pass (netlang.passes.fusion.Fusion).
+    fusion: Any = None
     _next_id: int = 0
 
     def add(self, op: str, inputs: Iterable[Node], attrs: dict[str, Any] | None = None, *,

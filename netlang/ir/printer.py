@@ -34,8 +34,15 @@ def format_node(n: Node) -> str:
 
 
 def format_graph(g: Graph) -> str:
+    """The graph, one node a line; after fusion each computed node is prefixed by its
+    kernel (`k3:`), and nodes of one kernel are consecutive in the schedule."""
     lines = [f"graph {g.name} {{"]
-    lines += ["  " + format_node(n) for n in g.nodes]
+    kernel_of = {}
+    if g.fusion is not None:
+        for i, grp in enumerate(g.fusion.groups):
+            for n in grp.nodes:
+                kernel_of[n.id] = f"k{i}: "
+    lines += ["  " + kernel_of.get(n.id, "") + format_node(n) for n in g.nodes]
     for name, n in g.outputs.items():
         lines.append(f"  output {name} = %{n.id}")
     lines.append("}")

@@ -43,17 +43,25 @@ def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def plan_memory(g: Graph, batch: int) -> MemoryPlan:
-    steps = [n for n in g.nodes if n.op not in ("input", "param")]
-    index = {n.id: i for i, n in enumerate(steps)}
+def plan_memory(g: Graph, batch: int, by_kernel: bool = False) -> MemoryPlan:
+    """Plan per node (the NumPy backend runs node by node), or per fused kernel
+    (`by_kernel`): a kernel writes only its group's output, at the group's first step, and
+    reads every outside input of the group there."""
+    if by_kernel and g.fusion is not None:
+        steps = [(grp.output, [i for n in grp.nodes for i in n.inputs
+                               if i.id not in {m.id for m in grp.nodes}])
+                 for grp in g.fusion.groups]
+    else:
+        steps = [(n, n.inputs) for n in g.nodes if n.op not in ("input", "param")]
+    index = {n.id: i for i, (n, _) in enumerate(steps)}
     end = len(steps)
     keep = {n.id for n in g.roots()}
-    last: dict[int, int] = {n.id: (end if n.id in keep else i) for i, n in enumerate(steps)}
-    for i, n in enumerate(steps):
-        for src in n.inputs:
+    last: dict[int, int] = {n.id: (end if n.id in keep else i) for i, (n, _) in enumerate(steps)}
+    for i, (_, reads) in enumerate(steps):
+        for src in reads:
             if src.id in index and last[src.id] < end:
                 last[src.id] = max(last[src.id], i)
-    sizes = {n.id: _align(n.type.nbytes * (batch if n.type.batched else 1)) for n in steps}
+    sizes = {n.id: _align(n.type.nbytes * (batch if n.type.batched else 1)) for n, _ in steps}
 
     free: list[tuple[int, int]] = []   # (offset, size), sorted by offset
     arena = 0
@@ -62,7 +70,7 @@ def plan_memory(g: Graph, batch: int) -> MemoryPlan:
     for nid, li in last.items():
         if li < end:
             dying[li].append(nid)
-    for i, n in enumerate(steps):
+    for i, (n, _) in enumerate(steps):
         size = sizes[n.id]
         best = None
         for j, (_, sz) in enumerate(free):

@@ -6,6 +6,7 @@
     autodiff       (training) backward nodes for every trainable parameter
     cse            merge duplicate computations
     dce            drop what no output, loss or gradient needs
+    fusion         group nodes into kernels (annotates; `--no-fuse` gives one node a kernel)
     (memory planning runs per batch size, when the program first runs at that size)
 
 Ordering notes: stable_losses runs before autodiff so that the backward pass is the stable
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 from netlang.config import parse_loss
 from netlang.passes import autodiff as ad
 from netlang.passes import loss as loss_pass
-from netlang.passes import memplan, mode, simplify
+from netlang.passes import fusion, memplan, mode, simplify
 from netlang.passes.manager import Pass, PassManager
 
 if TYPE_CHECKING:
@@ -28,11 +29,12 @@ if TYPE_CHECKING:
     from netlang.program import Program
 
 PASS_NAMES = ("specialize", "attach_loss", "stable_losses", "autodiff", "drop_outputs", "cse",
-              "dce")
+              "dce", "fusion")
 
 
 def passes_for(training: bool, loss_terms, wrt_inputs: bool,
-               keep_outputs: bool = False, differentiate: bool = True) -> list[Pass]:
+               keep_outputs: bool = False, differentiate: bool = True,
+               fuse: bool = True) -> list[Pass]:
     ps = [Pass("specialize", lambda g: mode.specialize(g, training), mode.REQUIRES,
                mode.ENSURES)]
     if loss_terms:
@@ -50,19 +52,21 @@ def passes_for(training: bool, loss_terms, wrt_inputs: bool,
                            "no outputs"))
     ps += [Pass("cse", simplify.cse, "typed graph", "no two nodes compute the same value"),
            Pass("dce", simplify.dce, "typed graph", "every node feeds an output, the loss or "
-                "a gradient")]
+                "a gradient"),
+           Pass("fusion", lambda g: setattr(g, "fusion", fusion.fuse(g, fuse)),
+                "scheduled graph", "`graph.fusion`: kernel groups and the refused pairs")]
     return ps
 
 
 def build_program(net: "Network", training: bool, loss: str | None = None,
                   wrt_inputs: bool = False, dump_after: tuple[str, ...] = (),
                   verify_each: bool = False, keep_outputs: bool = False,
-                  differentiate: bool = True) -> "Program":
+                  differentiate: bool = True, fuse: bool = True) -> "Program":
     from netlang.program import Program
 
     g = copy.deepcopy(net.graph)
     terms = parse_loss(loss, list(g.outputs)) if loss else ()
-    pm = PassManager(passes_for(training, terms, wrt_inputs, keep_outputs, differentiate),
-                     dump_after, verify_each)
+    pm = PassManager(passes_for(training, terms, wrt_inputs, keep_outputs, differentiate,
+                                fuse), dump_after, verify_each)
     pm.run(g)
     return Program(g, training=training, dumps=pm.dumps, plan_fn=memplan.plan_memory)

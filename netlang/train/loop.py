@@ -72,8 +72,10 @@ def _stop_on_signals(flag: dict):
 
 class Trainer:
     def __init__(self, net, cfg: TrainConfig, out: Path, resume: Path | None = None,
-                 progress: bool | None = None, log=print, stop_after_steps: int | None = None):
+                 progress: bool | None = None, log=print, stop_after_steps: int | None = None,
+                 backend: str = "numpy"):
         self.net = net
+        self.backend = backend
         self.cfg = cfg
         self.out = Path(out)
         self.resume = resume
@@ -140,7 +142,7 @@ class Trainer:
                     with np.errstate(over="ignore", invalid="ignore"):  # the NaN guard reports
                         loss, grads, updates = net.value_and_grad(
                             weights, batch, loss=cfg.loss_text, seed=state["global_step"],
-                            return_updates=True)
+                            return_updates=True, backend=self.backend)
                     if not math.isfinite(loss):
                         raise TrainingStopped(
                             f"the loss is {loss} at epoch {epoch + 1}, step {step + 1}: "
@@ -229,7 +231,8 @@ class Trainer:
         out_name = next(iter(self.net.outputs))
         target = self.targets[0]
         for batch in self.data.batches("val", max(self.cfg.batch, 32)):
-            loss, outs = self.net.evaluate(weights, batch, loss=self.cfg.loss_text)
+            loss, outs = self.net.evaluate(weights, batch, loss=self.cfg.loss_text,
+                                           backend=self.backend)
             m.add(loss, outs[out_name], batch[target], len(batch[target]))
         return m.result()
 

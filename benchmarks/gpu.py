@@ -1,0 +1,176 @@
+"""GPU benchmark: a training step (forward + loss + backward + SGD-momentum update) of
+netlang's CUDA backend, with and without CUDA graphs, against PyTorch eager (cuDNN) on the
+same GPU, batch and dtype (float32, TF32 off on both sides), in one run.
+
+    python benchmarks/gpu.py [--steps 50] [--json results.json]
+    python benchmarks/gpu.py --emu --nets lenet5 --steps 2     # plumbing check on a CPU
+
+Times are medians of per-step CUDA-event intervals after warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+NETS = {
+    "lenet5": ("lenet5.net", None, {}, 64, "cross_entropy(logits, label)"),
+    "simple_cnn": ("simple_cnn.net", None, {}, 64, "cross_entropy(logits, label)"),
+    "unet_small": ("unet.net", None, {"base": 16, "size": 128}, 4,
+                   "bce(mask, target) + dice(mask, target)"),
+    "resnet18_cifar": ("resnet18.net", "resnet18_cifar", {}, 32,
+                       "cross_entropy(logits, label)"),
+}
+
+
+def _data(net, batch):
+    rng = np.random.default_rng(0)
+    data = {k: rng.standard_normal(t.full_shape(batch)).astype(np.float32)
+            for k, t in net.inputs.items()}
+    for t in net.outputs.values():
+        if t.rank == 1:
+            data["label"] = rng.integers(0, t.shape[0], batch)
+        else:
+            data["target"] = (rng.random(t.full_shape(batch)) > 0.5).astype(np.float32)
+    return data
+
+
+def _median_ms(fn, steps, sync, events=None) -> float:
+    times = []
+    for _ in range(steps):
+        if events is not None:
+            start, end = events()
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(_elapsed(start, end))
+        else:
+            t = time.perf_counter()
+            fn()
+            sync()
+            times.append(1e3 * (time.perf_counter() - t))
+    return statistics.median(times)
+
+
+def _elapsed(start, end) -> float:
+    try:
+        import cupy
+        return cupy.cuda.get_elapsed_time(start, end)
+    except (ImportError, TypeError):
+        return start.elapsed_time(end)
+
+
+def bench_netlang(name, steps, kind):
+    import netlang
+    from netlang.backends.cuda.runtime import DeviceStep
+
+    file, network, params, batch, loss = NETS[name]
+    net = netlang.load(ROOT / "examples" / file, network=network, params=params)
+    data = _data(net, batch)
+    out = {}
+    for graph in (False, True):
+        ds = DeviceStep(net, loss, net.init(0), data, lr=0.01, momentum=0.9, kind=kind)
+        for _ in range(3):
+            ds.step()
+        if graph and not ds.capture():
+            out["graph"] = None
+            out["graph_refusal"] = ds.graph_refusal
+            continue
+        if kind == "cuda":
+            import cupy
+
+            def events():
+                return cupy.cuda.Event(), cupy.cuda.Event()
+            sync = cupy.cuda.Device().synchronize
+        else:
+            events, sync = None, (lambda: None)
+        out["graph" if graph else "eager"] = _median_ms(ds.step, steps, sync, events)
+        out["loss_after"] = ds.loss()
+    out["launches"] = len(ds.runner.cprog.steps)
+    return out
+
+
+def bench_torch(name, steps):
+    import torch
+
+    import netlang
+    from tests.torch_ref import TorchTwin
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    file, network, params, batch, loss = NETS[name]
+    net = netlang.load(ROOT / "examples" / file, network=network, params=params)
+    data = {k: torch.from_numpy(np.asarray(v)).cuda() for k, v in _data(net, batch).items()}
+    twin = TorchTwin(net.graph, device="cuda")
+    twin.materialize({k: data[k] for k in net.inputs})
+    twin.load_netlang(net.init(0))
+    opt = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9)
+    twin.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        out = twin({k: data[k] for k in net.inputs})
+        if "label" in data:
+            total = torch.nn.functional.cross_entropy(out["logits"], data["label"])
+        else:
+            p, t = out["mask"], data["target"]
+            inter = (p * t).sum(dim=(0, 2, 3))
+            union = p.sum(dim=(0, 2, 3)) + t.sum(dim=(0, 2, 3))
+            total = torch.nn.functional.binary_cross_entropy(p, t) + \
+                1 - ((2 * inter + 1) / (union + 1)).mean()
+        total.backward()
+        opt.step()
+
+    for _ in range(5):
+        step()
+    torch.cuda.synchronize()
+
+    def events():
+        return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    return {"eager": _median_ms(step, steps, torch.cuda.synchronize, events)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--nets", nargs="*", default=list(NETS))
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--emu", action="store_true", help="cuda-emu, no torch (plumbing check)")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    kind = "cuda-emu" if args.emu else "cuda"
+    device = "host emulation"
+    if not args.emu:
+        import cupy
+        device = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    print(f"device: {device}")
+    rows = []
+    for name in args.nets:
+        row = {"network": name, "netlang": bench_netlang(name, args.steps, kind)}
+        if not args.emu:
+            row["torch"] = bench_torch(name, args.steps)
+        rows.append(row)
+        nl, th = row["netlang"], row.get("torch", {})
+        g = nl.get("graph")
+        ratio = f"{nl['eager'] / th['eager']:.2f}" if th else "-"
+        gratio = f"{g / th['eager']:.2f}" if th and g else "-"
+        print(f"{name:15} netlang {nl['eager']:8.3f} ms  with graph "
+              f"{(f'{g:8.3f} ms' if g else nl.get('graph_refusal', '-'))}  torch "
+              f"{th.get('eager', float('nan')):8.3f} ms  ratio {ratio} (graph {gratio})  "
+              f"launches {nl['launches']}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": device, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,313 @@
+"""Run a rendered program: on a GPU through CuPy (`cuda`), or on the host (`cuda-emu`).
+
+Both walk the same launch plan over the same buffers: one arena for the program's values
+(offsets from the memory plan), inputs and parameters as given, scratch buffers for the
+reductions some ops need. GEMMs go to `cupy.matmul` (cuBLAS) on the device and to NumPy in
+emulation. Only this module imports CuPy, and only when the `cuda` backend is asked for.
+
+`DeviceStep` keeps weights and optimizer state on the device and runs a whole training
+step (forward, loss, backward, and one fused update kernel per parameter) without host
+round trips; it can capture that step as a CUDA graph and replay it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from netlang.backends.cuda import render as R
+from netlang.diagnostics import error
+
+BLOCK = R.BLOCK
+
+UPDATE_KERNELS = r'''
+extern "C" __global__ void nl_sgd_update(float* __restrict__ w, const float* __restrict__ g,
+                                         float* __restrict__ buf, float lr, float momentum,
+                                         float weight_decay, int nesterov, int first, int n) {
+    // PyTorch's SGD: d = g + wd w; buf = first ? d : momentum buf + d; w -= lr (nesterov ?
+    // d + momentum buf : buf). One kernel updates a parameter and its momentum.
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float d = g[i] + weight_decay * w[i];
+    if (momentum != 0.0f) {
+        float b = first ? d : momentum * buf[i] + d;
+        buf[i] = b;
+        d = nesterov ? d + momentum * b : b;
+    }
+    w[i] -= lr * d;
+}
+
+extern "C" __global__ void nl_adam_update(float* __restrict__ w, const float* __restrict__ g,
+                                          float* __restrict__ m, float* __restrict__ v,
+                                          float lr, float beta1, float beta2, float eps,
+                                          float weight_decay, int decoupled, float bc1,
+                                          float bc2, int n) {
+    // PyTorch's Adam / AdamW, parameter and both moments in one kernel.
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float gi = g[i];
+    float wi = w[i];
+    if (decoupled) wi *= 1.0f - lr * weight_decay;
+    else gi += weight_decay * wi;
+    float mi = beta1 * m[i] + (1.0f - beta1) * gi;
+    float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    w[i] = wi - (lr / bc1) * mi / (sqrtf(vi) / sqrtf(bc2) + eps);
+}
+'''
+
+
+class Device:
+    """The array module and kernel launcher of one backend."""
+
+    def __init__(self, kind: str, source: str):
+        self.kind = kind
+        self.source = source
+        if kind == "cuda-emu":
+            from netlang.backends.cuda.emu import EmuModule
+
+            self.xp = np
+            self.module = EmuModule(source)
+        else:
+            cp = _cupy()
+            self.xp = cp
+            self.module = _compile_cupy(cp, source)
+            self.functions: dict = {}
+
+    def launch(self, name: str, grid: int, block: int, args: list) -> None:
+        if grid <= 0:
+            return
+        if self.kind == "cuda-emu":
+            self.module.launch(name, grid, block, args)
+            return
+        f = self.functions.get(name)
+        if f is None:
+            f = self.functions[name] = self.module.get_function(name)
+        cp = self.xp
+        conv = []
+        for a in args:
+            if isinstance(a, (int, np.integer)) and not isinstance(a, bool):
+                if not -2**31 <= int(a) < 2**31:
+                    raise AssertionError(f"{name}: {a} does not fit a 32-bit int")
+                conv.append(np.int32(a))   # a Python int would be passed as 64 bits
+            elif isinstance(a, float):
+                conv.append(np.float32(a))
+            else:
+                if a.data.ptr % 16:
+                    raise AssertionError(f"{name}: buffer not 16-byte aligned")
+                conv.append(a)
+        f((grid,), (block,), tuple(conv))
+        del cp
+
+    def to_host(self, a) -> np.ndarray:
+        return np.asarray(a) if self.kind == "cuda-emu" else self.xp.asnumpy(a)
+
+
+def _cupy():
+    try:
+        import cupy
+    except ImportError:
+        raise error("E062", "--backend cuda needs CuPy, which is not installed", None,
+                    help="pip install 'netlang[cuda]' (cupy-cuda12x; or cupy-cuda13x), or use "
+                         "--backend numpy / --backend cuda-emu") from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError: no driver, no device
+        raise error("E063", f"--backend cuda found no usable GPU ({type(exc).__name__}: {exc})",
+                    None, help="use --backend numpy or --backend cuda-emu") from None
+    if count == 0:
+        raise error("E063", "--backend cuda found no GPU", None,
+                    help="use --backend numpy or --backend cuda-emu")
+    return cupy
+
+
+def _compile_cupy(cp, source: str):
+    import hashlib
+    import tempfile
+    from pathlib import Path
+
+    try:
+        mod = cp.RawModule(code=source, options=("-std=c++17",))
+        mod.compile()
+        return mod
+    except Exception as exc:   # cupy.cuda.compiler.CompileException
+        keep = Path(tempfile.gettempdir()) / \
+            f"netlang-kernels-{hashlib.sha256(source.encode()).hexdigest()[:12]}.cu"
+        keep.write_text(source)
+        raise error("E061", "NVRTC rejected the generated kernels", None,
+                    notes=[str(exc)[:2000]], help=f"the source is kept in {keep}") from None
+
+
+@dataclass
+class Runner:
+    """Executes a compiled Program's launch plan on a Device."""
+
+    program: object            # netlang.program.Program
+    kind: str
+    cprog: R.CudaProgram = field(init=False)
+    device: Device = field(init=False)
+
+    def __post_init__(self):
+        g = self.program.graph
+        try:
+            self.cprog = R.render(g)
+        except R.Unsupported as exc:
+            raise error("E064", f"no CUDA kernel for {exc}", None,
+                        help="use --backend numpy for this network") from None
+        self.device = Device(self.kind, self.cprog.source)
+        self._arena: dict[int, object] = {}
+
+    def buffers(self, feeds: dict[int, np.ndarray], batch: int) -> dict[str, object]:
+        xp = self.device.xp
+        g = self.program.graph
+        plan = self.program.plan(batch, by_kernel=True)
+        if batch not in self._arena:
+            self._arena[batch] = xp.zeros(max(plan.arena_bytes // 4, 1), dtype=np.float32)
+        arena = self._arena[batch]
+        bufs: dict[str, object] = {}
+        for n in g.nodes:
+            if n.id in feeds:
+                arr = feeds[n.id]
+                dtype = np.int64 if n.type.dtype == "int64" else np.float32
+                bufs[f"v{n.id}"] = xp.ascontiguousarray(xp.asarray(arr, dtype=dtype)).ravel()
+            elif n.id in plan.offsets:
+                size = n.type.size * (batch if n.type.batched else 1)
+                off = plan.offsets[n.id] // 4
+                bufs[f"v{n.id}"] = arena[off:off + size]
+        for key, (size, batched) in self.cprog.scratch.items():
+            bufs[key] = xp.zeros(max(size * (batch if batched else 1), 1), dtype=np.float32)
+        return bufs
+
+    def run_steps(self, bufs: dict, batch: int, seed: int) -> None:
+        xp = self.device.xp
+        for st in self.cprog.steps:
+            if isinstance(st, R.Gemm):
+                a = bufs[st.a].reshape(_view(st.a_view, batch))
+                b = bufs[st.b].reshape(_view(st.b_view, batch))
+                out = bufs[st.out].reshape(_view(st.out_view, batch))
+                xp.matmul(a.T if st.trans_a else a, b.T if st.trans_b else b, out=out)
+                continue
+            total = st.count * (batch if st.batched else 1)
+            grid = total if st.reduce else math.ceil(total / BLOCK)
+            args = []
+            for a in st.args:
+                if a.key == "N":
+                    args.append(batch)
+                elif a.key == "seed":
+                    args.append(seed & 0x7FFFFFFF)
+                else:
+                    args.append(bufs[a.key])
+            self.device.launch(st.kernel, grid, BLOCK, args)
+
+    def execute(self, feeds: dict[int, np.ndarray], batch: int, seed: int = 0):
+        """Same contract as the NumPy backend's execute: (roots by node id, updates)."""
+        bufs = self.buffers(feeds, batch)
+        self.run_steps(bufs, batch, seed)
+        g = self.program.graph
+        roots = {}
+        for n in g.roots():
+            arr = self.device.to_host(bufs[f"v{n.id}"])
+            roots[n.id] = arr.reshape(n.type.full_shape(batch)) if n.type.shape or \
+                n.type.batched else arr.reshape(())
+        updates = {}
+        params = {p.name: p for p in g.params}
+        for key, pname in self.cprog.updates.items():
+            updates[pname] = self.device.to_host(bufs[key]).reshape(params[pname].type.shape)
+        return roots, updates
+
+
+def _view(v: tuple[int, int], batch: int) -> tuple[int, int]:
+    return tuple(batch if d == -1 else d for d in v)
+
+
+class DeviceStep:
+    """A training step that stays on the device: forward, loss, backward and the fused
+    SGD-momentum update kernels, optionally captured once as a CUDA graph and replayed.
+
+    CUDA graphs are refused (with the reason in `graph_refusal`) when the program draws
+    dropout masks (a captured seed would repeat the same mask every step)."""
+
+    def __init__(self, net, loss: str, weights: dict[str, np.ndarray], batch: dict,
+                 lr: float = 0.01, momentum: float = 0.9, kind: str = "cuda"):
+        prog = net.program_for(True, loss)
+        self.runner = Runner(prog, kind)
+        self.dev = self.runner.device
+        self.upd = Device(kind, UPDATE_KERNELS) if kind == "cuda-emu" else None
+        if kind == "cuda":
+            self.upd_mod = _compile_cupy(self.dev.xp, UPDATE_KERNELS)
+        feeds, n = prog._feeds(weights, batch)
+        self.batch = n
+        self.bufs = self.runner.buffers(feeds, n)
+        g = prog.graph
+        self.shapes = {p.name: p.type.shape for p in g.params}
+        self.params = {p.name: f"v{p.id}" for p in g.params if p.name in g.grads}
+        self.grads = {k: f"v{node.id}" for k, node in g.grads.items()}
+        self.inputs = {**{k: f"v{v.id}" for k, v in g.inputs.items()},
+                       **{k: f"v{v.id}" for k, v in g.targets.items()}}
+        xp = self.dev.xp
+        self.state = {k: xp.zeros_like(self.bufs[b]) for k, b in self.params.items()}
+        self.lr, self.momentum = lr, momentum
+        self.steps = 0
+        self.loss_key = f"v{g.loss.id}"
+        self.graph = None
+        self.graph_refusal = None
+        if any(n_.op == "dropout_mask" for n_ in g.nodes):
+            self.graph_refusal = "the program draws dropout masks: a captured step would " \
+                                 "reuse one mask forever"
+
+    def _update(self) -> None:
+        first = 1 if self.steps == 0 else 0
+        for k, wkey in self.params.items():
+            w, gr, buf = self.bufs[wkey], self.bufs[self.grads[k]], self.state[k]
+            n = w.size
+            args = [w, gr, buf, float(self.lr), float(self.momentum), 0.0, 0, first, n]
+            grid = math.ceil(n / BLOCK)
+            if self.upd is not None:
+                self.upd.launch("nl_sgd_update", grid, BLOCK, args)
+            else:
+                f = self.upd_mod.get_function("nl_sgd_update")
+                f((grid,), (BLOCK,), (w, gr, buf, np.float32(self.lr),
+                                      np.float32(self.momentum), np.float32(0.0), np.int32(0),
+                                      np.int32(first), np.int32(n)))
+
+    def step(self, batch: dict | None = None) -> None:
+        """One step; `batch` (host arrays) is copied into the step's input buffers."""
+        if batch is not None:
+            for k, arr in batch.items():
+                self.bufs[self.inputs[k]][...] = self.dev.xp.asarray(arr).ravel()
+        if self.graph is not None:
+            self.graph.launch()
+            self.steps += 1
+            return
+        self.runner.run_steps(self.bufs, self.batch, self.steps)
+        self._update()
+        self.steps += 1
+
+    def capture(self) -> bool:
+        """Capture one step (after the first, which sets the momentum) as a CUDA graph."""
+        if self.graph_refusal is not None or self.runner.kind != "cuda":
+            self.graph_refusal = self.graph_refusal or "CUDA graphs need a GPU"
+            return False
+        cp = self.dev.xp
+        stream = cp.cuda.Stream(non_blocking=True)
+        try:
+            with stream:
+                stream.begin_capture()
+                self.runner.run_steps(self.bufs, self.batch, self.steps)
+                self._update()
+                self.graph = stream.end_capture()
+        except Exception as exc:   # a library call that cannot be captured
+            self.graph_refusal = f"capture failed: {type(exc).__name__}: {exc}"
+            self.graph = None
+            return False
+        return True
+
+    def loss(self) -> float:
+        return float(self.dev.to_host(self.bufs[self.loss_key]).reshape(()))
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return {k: self.dev.to_host(self.bufs[b]).reshape(self.shapes[k])
+                for k, b in self.params.items()}
