@@ -424,7 +424,7 @@ class Renderer:
         n = grp.anchor
         at = n.attrs
         out_t = n.type
-        k, s, d, p = at["kernel"], at["stride"], at["dilation"], at["pad"]
+        s, d, p = at["stride"], at["dilation"], at["pad"]
         g = at["groups"]
         # "small" side: the tensor indexed by positions r (dy for conv, x for conv_transpose)
         big, small = (dy, x) if transposed else (x, dy)
@@ -432,13 +432,11 @@ class Renderer:
         sp_small, sp_big = small.type.shape[1:], big.type.shape[1:]
         c_small_g = small.type.shape[0] // g
         c_big_g = big.type.shape[0] // g
-        # output coords: o0 = channel of the first weight axis, o1 = channel within group
-        if transposed:   # w [Cin(x), Cout/g, k]: o0 = x channel, o1 = dy channel in group
-            setup = [f"int grp = o0 / {c_small_g};",
-                     f"int cs = o0; int cb = grp * {c_big_g} + o1;"]
-        else:            # w [Cout, Cin/g, k]: o0 = dy channel, o1 = x channel in group
-            setup = [f"int grp = o0 / {c_small_g};",
-                     f"int cs = o0; int cb = grp * {c_big_g} + o1;"]
+        # Output coords: o0 = the weight's first axis, which is the small side's channel
+        # (conv: dy's Cout; conv_transpose: x's Cin), o1 = the big side's channel in the
+        # group, o2.. = kernel taps.
+        setup = [f"int grp = o0 / {c_small_g};",
+                 f"int cs = o0; int cb = grp * {c_big_g} + o1;"]
         per = math.prod(sp_small)
         term = [f"int nn = (int)(r / {per}); long long rr = r % {per};"]
         term += _decompose(sp_small, "rr", "p")
