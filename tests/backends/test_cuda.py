@@ -100,6 +100,19 @@ def test_whole_programs_match_numpy(backend, file, params):
     _check(backend, file, None, params, 2, 1e-5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("file,params", [("lenet5.net", {}), ("resnet18.net", {"base": 4})],
+                         ids=["lenet5", "resnet18_cifar"])
+def test_convolutions_through_gemm_match_numpy(backend, file, params, monkeypatch):
+    """Every convolution through im2col + GEMM (large layers take this path)."""
+    monkeypatch.setattr(R, "GEMM_CONV_MACS", 0)
+    network = "resnet18_cifar" if "resnet" in file else None
+    net = netlang.load(EXAMPLES / file, network=network, params=params)
+    prog = build_program(net, training=True, loss="mse(logits, t_logits)")
+    assert sum(isinstance(s, R.Gemm) for s in R.render(prog.graph).steps) > 3
+    _check(backend, file, network, params, 2, 1e-4)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("file,network,params,batch", SMALL[1:],

@@ -41,6 +41,10 @@ from netlang.passes.fusion import Fusion, Group
 from netlang.passes.shape_infer import data_inputs
 
 BLOCK = 256
+# Convolutions with at least this many multiply-adds per sample go through im2col and a
+# cuBLAS GEMM (compute-bound layers); smaller ones stay direct kernels (launch-bound
+# layers, and capturable in CUDA graphs). Tests lower it to exercise both paths.
+GEMM_CONV_MACS = 1 << 22
 
 
 class Unsupported(Exception):
@@ -153,9 +157,10 @@ def _decompose(shape: tuple[int, ...], var: str, prefix: str) -> list[str]:
 # -- the renderer ----------------------------------------------------------------------------
 
 class Renderer:
-    def __init__(self, g: Graph, fusion: Fusion):
+    def __init__(self, g: Graph, fusion: Fusion, gemm_conv_macs: int | None = None):
         self.g = g
         self.fusion = fusion
+        self.gemm_conv_macs = GEMM_CONV_MACS if gemm_conv_macs is None else gemm_conv_macs
         self.kernels: list[str] = []
         self.steps: list[Launch | Gemm] = []
         self.scratch: dict[str, tuple[int, bool]] = {}
@@ -321,9 +326,101 @@ class Renderer:
         self.emit_map(label, grp.nodes, self.key(grp.output), out_t, inputs, body, extra)
 
     # -- convolutions --------------------------------------------------------------------
+    # -- convolutions as im2col + GEMM (large layers) -------------------------------------
+    def _gemm_conv(self, n: Node, x: Node, w_shape: tuple[int, ...]) -> bool:
+        """Whether a convolution-like node goes through cuBLAS."""
+        macs = math.prod(w_shape) * math.prod(n.type.shape[1:]) if n.op == "conv" else \
+            math.prod(w_shape) * math.prod(x.type.shape[1:])
+        return n.attrs["groups"] == 1 and macs >= self.gemm_conv_macs
+
+    def _im2col(self, n: Node, x: Node, k, out_sp) -> tuple[str, int, int]:
+        """Scratch cols [N, C * prod(k), prod(out)] of x for a convolution's windows."""
+        at = n.attrs
+        s, d, p = at["stride"], at["dilation"], at["pad"]
+        nd = len(k)
+        cin, sp_in = x.type.shape[0], x.type.shape[1:]
+        kk, P = math.prod(k), math.prod(out_sp)
+        K = cin * kk
+        cols = self.new_scratch(K * P, True)
+        t = TensorType((K, P))
+        body = [f"int ci = o0 / {kk}; int tap = o0 % {kk}; long long q = o1;"]
+        body += _decompose(tuple(k), "tap", "t") if nd else []
+        body += _decompose(tuple(out_sp), "q", "u")
+        conds, idx = [], []
+        for j in range(nd):
+            body.append(f"int i{j} = u{j} * {s[j]} - {p[2 * j]} + t{j} * {d[j]};")
+            conds.append(f"i{j} >= 0 && i{j} < {sp_in[j]}")
+            idx.append(f"i{j}")
+        body.append(f"float v = ({' && '.join(conds)}) ? {self._xat(x, 'ci', idx)} : 0.0f;")
+        self.emit_map(n.name + "_im2col", [n], cols, t, {self.key(x): "const float*"}, body)
+        return cols, K, P
+
+    def _conv_gemm(self, grp: Group) -> None:
+        """y[n] = W [Cout, K] @ cols[n] [K, P] (batched GEMM), then bias and the epilogue."""
+        n = grp.anchor
+        x, w = n.inputs[0], n.inputs[1]
+        cout = n.type.shape[0]
+        cols, K, P = self._im2col(n, x, tuple(n.attrs["kernel"]), n.type.shape[1:])
+        gemm = Gemm(self.key(w), cols, "", (cout, K), (-1, K, P), (-1, cout, P), False, False,
+                    (n.id,))
+        self._gemm_then(grp, gemm, n.type, n.inputs[2] if n.attrs["bias"] else None)
+
+    def _conv_grad_weight_gemm(self, grp: Group) -> None:
+        """dW = sum_n dy[n] [Cout, P] @ cols[n]^T [P, K]: a batched GEMM, then a batch sum."""
+        n = grp.anchor
+        dy, x = n.inputs
+        cout = dy.type.shape[0]
+        cols, K, P = self._im2col(n, x, tuple(n.attrs["kernel"]), dy.type.shape[1:])
+        per = self.new_scratch(cout * K, True)
+        self.steps.append(Gemm(self.key(dy), cols, per, (-1, cout, P), (-1, K, P),
+                               (-1, cout, K), False, True, (n.id,)))
+        self._info(f"gemm:{n.name}", [n], "gemm")
+        size = cout * K
+        body = ["float v = 0.0f;",
+                f"for (int b = 0; b < N; ++b) v += {per}[(long long)b * {size} + i];"]
+        self.emit_map(n.name + "_batch_sum", grp.nodes, self.key(n), n.type,
+                      {per: "const float*"}, body)
+
+    def _conv_grad_input_gemm(self, grp: Group) -> None:
+        """dcols[n] = W^T [K, Cout] @ dy[n] [Cout, P], then a col2im gather per input pixel
+        (no atomics), which also runs the fused epilogue (the activation's gradient mask)."""
+        n = grp.anchor
+        dy, w = n.inputs
+        at = n.attrs
+        k = tuple(w.type.shape[2:])
+        s, d, p = at["stride"], at["dilation"], at["pad"]
+        nd = len(k)
+        cout, out_sp = dy.type.shape[0], dy.type.shape[1:]
+        cin = n.type.shape[0]
+        kk, P = math.prod(k), math.prod(out_sp)
+        K = cin * kk
+        dcols = self.new_scratch(K * P, True)
+        self.steps.append(Gemm(self.key(w), self.key(dy), dcols, (cout, K), (-1, cout, P),
+                               (-1, K, P), True, False, (n.id,)))
+        self._info(f"gemm:{n.name}", [n], "gemm")
+        body, ind = ["float acc = 0.0f;"], ""
+        for j in range(nd):
+            body.append(ind + f"for (int k{j} = 0; k{j} < {k[j]}; ++k{j}) {{")
+            ind += "    "
+            body.append(ind + f"int t{j} = o{j + 1} + {p[2 * j]} - k{j} * {d[j]};")
+            body.append(ind + f"if (t{j} < 0 || t{j} % {s[j]} != 0) continue;")
+            body.append(ind + f"int u{j} = t{j} / {s[j]};")
+            body.append(ind + f"if (u{j} >= {out_sp[j]}) continue;")
+        tap = " + ".join(f"k{j} * {math.prod(k[j + 1:])}" for j in range(nd)) or "0"
+        pos = " + ".join(f"u{j} * {math.prod(out_sp[j + 1:])}" for j in range(nd)) or "0"
+        body.append(ind + f"acc += {dcols}[(long long)n * {K * P} + (long long)(o0 * {kk} + "
+                          f"{tap}) * {P} + {pos}];")
+        for _ in range(nd):
+            ind = ind[:-4]
+            body.append(ind + "}")
+        body.append("float v = acc;")
+        self.finish_map(grp, grp.name + "_col2im", {dcols: "const float*"}, body)
+
     def op_conv(self, grp: Group) -> None:
         n = grp.anchor
         x, w = n.inputs[0], n.inputs[1]
+        if self._gemm_conv(n, x, w.type.shape):
+            return self._conv_gemm(grp)
         at = n.attrs
         nd = x.type.rank - 1
         cin, sp_in = x.type.shape[0], x.type.shape[1:]
@@ -413,6 +510,8 @@ class Renderer:
         # "input" channels of the transposed conv are the forward's output channels.
         n = grp.anchor
         dy, w = n.inputs
+        if self._gemm_conv(n, dy, w.type.shape):
+            return self._conv_grad_input_gemm(grp)
         inputs: dict[str, str] = {}
         body = self._transposed_body(dy, w, n.type, n.attrs, inputs)
         body.append("float v = acc;")
@@ -457,7 +556,10 @@ class Renderer:
                          setup, term)
 
     def op_conv_grad_weight(self, grp: Group) -> None:
-        self._weight_grad(grp, grp.anchor.inputs[0], grp.anchor.inputs[1], False)
+        n = grp.anchor
+        if self._gemm_conv(n, n.inputs[0], n.type.shape) and not grp.epilogue:
+            return self._conv_grad_weight_gemm(grp)
+        self._weight_grad(grp, n.inputs[0], n.inputs[1], False)
 
     def op_conv_transpose_grad_weight(self, grp: Group) -> None:
         self._weight_grad(grp, grp.anchor.inputs[0], grp.anchor.inputs[1], True)
@@ -1191,11 +1293,11 @@ def _expr(e: Node, v: str, loads: dict[int, str]) -> str:
     return text.format(**fmt)
 
 
-def render(g: Graph) -> CudaProgram:
+def render(g: Graph, gemm_conv_macs: int | None = None) -> CudaProgram:
     """CUDA source and launch plan for a compiled program (its graph must be fused)."""
     if g.fusion is None:
         raise AssertionError("render needs a fused program")
-    prog = Renderer(g, g.fusion).render()
+    prog = Renderer(g, g.fusion, gemm_conv_macs).render()
     prog.outputs = {k: f"v{n.id}" for k, n in g.outputs.items()}
     return prog
 

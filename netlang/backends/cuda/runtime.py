@@ -188,7 +188,8 @@ class Runner:
                 a = bufs[st.a].reshape(_view(st.a_view, batch))
                 b = bufs[st.b].reshape(_view(st.b_view, batch))
                 out = bufs[st.out].reshape(_view(st.out_view, batch))
-                xp.matmul(a.T if st.trans_a else a, b.T if st.trans_b else b, out=out)
+                xp.matmul(xp.swapaxes(a, -1, -2) if st.trans_a else a,
+                          xp.swapaxes(b, -1, -2) if st.trans_b else b, out=out)
                 continue
             total = st.count * (batch if st.batched else 1)
             grid = total if st.reduce else math.ceil(total / BLOCK)
