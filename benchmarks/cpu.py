@@ -5,11 +5,11 @@ dtype, in one run, reporting ratios.
     python benchmarks/cpu.py --nets lenet5 --steps 20 --threads 1
 
 Each (framework, network) pair runs in its own subprocess, so that NumPy's BLAS pool and
-torch's OpenMP pool never spin against each other, and so that peak memory (ru_maxrss
-growth over the steps, after weights and data are allocated and one warm-up step has run)
-is measured per framework: the growth of the process's peak RSS over the warm-up and the
-timed steps, i.e. activations, gradients, optimizer state and temporaries, not the weights
-or the data. Train step = forward + loss + backward + SGD-momentum update.
+torch's OpenMP pool never spin against each other, and so that peak memory is measured
+per framework: the growth of the process's peak RSS (ru_maxrss) from the moment weights
+and data are allocated through the warm-up and the timed steps, i.e. activations,
+gradients, optimizer state and temporaries, not the weights or the data.
+Train step = forward + loss + backward + SGD-momentum update.
 """
 
 from __future__ import annotations
@@ -25,24 +25,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-NETS = {
-    # name: (file, --set overrides, batch, loss)
-    "lenet5": ("lenet5.net", {}, 64, "cross_entropy(logits, label)"),
-    "simple_cnn": ("simple_cnn.net", {}, 64, "cross_entropy(logits, label)"),
-    "unet_small": ("unet.net", {"base": 16, "size": 128}, 4,
-                   "bce(mask, target) + dice(mask, target)"),
-}
+sys.path.insert(0, str(ROOT))
 
-
-def _batch(net, batch, rng, np):
-    data = {k: rng.standard_normal(t.full_shape(batch)).astype(np.float32)
-            for k, t in net.inputs.items()}
-    for t in net.outputs.values():
-        if t.rank == 1:
-            data["label"] = rng.integers(0, t.shape[0], batch)
-        else:
-            data["target"] = (rng.random(t.full_shape(batch)) > 0.5).astype(np.float32)
-    return data
+from benchmarks.common import NETS, make_batch, torch_loss  # noqa: E402
 
 
 def _maxrss() -> int:
@@ -52,13 +37,11 @@ def _maxrss() -> int:
 def worker(framework: str, name: str, steps: int) -> dict:
     import numpy as np
 
-    sys.path.insert(0, str(ROOT))
     import netlang
 
-    file, params, batch, loss = NETS[name]
-    net = netlang.load(ROOT / "examples" / file, params=params)
-    rng = np.random.default_rng(0)
-    data = _batch(net, batch, rng, np)
+    file, network, params, batch, loss = NETS[name]
+    net = netlang.load(ROOT / "examples" / file, network=network, params=params)
+    data = make_batch(net, batch, np)
     weights = net.init(0)
     fwd, step = [], []
     if framework == "netlang":
@@ -94,15 +77,7 @@ def worker(framework: str, name: str, steps: int) -> dict:
             twin.train()
             opt.zero_grad()
             out = twin({k: tdata[k] for k in net.inputs})
-            if "label" in tdata:
-                total = torch.nn.functional.cross_entropy(out["logits"], tdata["label"])
-            else:
-                p, t = out["mask"], tdata["target"]
-                inter = (p * t).sum(dim=(0, 2, 3))
-                union = p.sum(dim=(0, 2, 3)) + t.sum(dim=(0, 2, 3))
-                total = torch.nn.functional.binary_cross_entropy(p, t) + \
-                    1 - ((2 * inter + 1) / (union + 1)).mean()
-            total.backward()
+            torch_loss(torch, out, tdata).backward()
             opt.step()
     base = _maxrss()   # weights, data and the framework itself are resident by now
     forward()
@@ -121,7 +96,7 @@ def worker(framework: str, name: str, steps: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--nets", nargs="*", default=list(NETS))
+    ap.add_argument("--nets", nargs="*", default=["lenet5", "simple_cnn", "unet_small"])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "NET"))

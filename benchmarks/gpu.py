@@ -22,26 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-NETS = {
-    "lenet5": ("lenet5.net", None, {}, 64, "cross_entropy(logits, label)"),
-    "simple_cnn": ("simple_cnn.net", None, {}, 64, "cross_entropy(logits, label)"),
-    "unet_small": ("unet.net", None, {"base": 16, "size": 128}, 4,
-                   "bce(mask, target) + dice(mask, target)"),
-    "resnet18_cifar": ("resnet18.net", "resnet18_cifar", {}, 32,
-                       "cross_entropy(logits, label)"),
-}
-
-
-def _data(net, batch):
-    rng = np.random.default_rng(0)
-    data = {k: rng.standard_normal(t.full_shape(batch)).astype(np.float32)
-            for k, t in net.inputs.items()}
-    for t in net.outputs.values():
-        if t.rank == 1:
-            data["label"] = rng.integers(0, t.shape[0], batch)
-        else:
-            data["target"] = (rng.random(t.full_shape(batch)) > 0.5).astype(np.float32)
-    return data
+from benchmarks.common import NETS, make_batch, torch_loss  # noqa: E402
 
 
 def _median_ms(fn, steps, sync, events=None) -> float:
@@ -76,10 +57,11 @@ def bench_netlang(name, steps, kind):
 
     file, network, params, batch, loss = NETS[name]
     net = netlang.load(ROOT / "examples" / file, network=network, params=params)
-    data = _data(net, batch)
+    data = make_batch(net, batch, np)
     out = {}
     for graph in (False, True):
-        ds = DeviceStep(net, loss, net.init(0), data, lr=0.01, momentum=0.9, kind=kind)
+        ds = DeviceStep(net, loss, net.init(0), data, lr=0.01, momentum=0.9, kind=kind,
+                        capturable=graph)
         for _ in range(3):
             ds.step()
         if graph and not ds.capture():
@@ -111,7 +93,8 @@ def bench_torch(name, steps):
     torch.backends.cudnn.benchmark = True
     file, network, params, batch, loss = NETS[name]
     net = netlang.load(ROOT / "examples" / file, network=network, params=params)
-    data = {k: torch.from_numpy(np.asarray(v)).cuda() for k, v in _data(net, batch).items()}
+    data = {k: torch.from_numpy(np.asarray(v)).cuda()
+            for k, v in make_batch(net, batch, np).items()}
     twin = TorchTwin(net.graph, device="cuda")
     twin.materialize({k: data[k] for k in net.inputs})
     twin.load_netlang(net.init(0))
@@ -121,15 +104,7 @@ def bench_torch(name, steps):
     def step():
         opt.zero_grad(set_to_none=True)
         out = twin({k: data[k] for k in net.inputs})
-        if "label" in data:
-            total = torch.nn.functional.cross_entropy(out["logits"], data["label"])
-        else:
-            p, t = out["mask"], data["target"]
-            inter = (p * t).sum(dim=(0, 2, 3))
-            union = p.sum(dim=(0, 2, 3)) + t.sum(dim=(0, 2, 3))
-            total = torch.nn.functional.binary_cross_entropy(p, t) + \
-                1 - ((2 * inter + 1) / (union + 1)).mean()
-        total.backward()
+        torch_loss(torch, out, data).backward()
         opt.step()
 
     for _ in range(5):

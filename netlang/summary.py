@@ -33,9 +33,7 @@ class Summary:
     total_macs: int
 
     def to_json(self) -> dict:
-        d = asdict(self)
-        d["inputs"] = {}
-        return d
+        return asdict(self)
 
 
 def summarize(net: Network, batch: int = 1) -> Summary:

@@ -27,10 +27,6 @@ class Node:
     def __repr__(self) -> str:
         return f"%{self.id}:{self.op}({self.name})"
 
-    @property
-    def is_param(self) -> bool:
-        return self.op == "param"
-
 
 @dataclass(frozen=True)
 class ShapeAssertion:
@@ -109,12 +105,6 @@ class Graph:
                 if n not in result[src.id]:
                     result[src.id].append(n)
         return result
-
-    def node(self, name: str) -> Node:
-        for n in self.nodes:
-            if n.name == name:
-                return n
-        raise KeyError(name)
 
     def ancestors(self, node: Node) -> list[Node]:
         """All nodes `node` depends on, in topological order, `node` included."""

@@ -12,10 +12,6 @@ import numpy as np
 from netlang.config import Call
 
 
-def _spatial(sample: np.ndarray) -> tuple[int, ...]:
-    return tuple(range(1, sample.ndim))
-
-
 def apply(calls: tuple[Call, ...], batch: dict[str, np.ndarray], image_keys: list[str],
           mask_keys: list[str], rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Augment a batch: every sample gets its own random transform, shared by its image

@@ -113,6 +113,26 @@ def test_convolutions_through_gemm_match_numpy(backend, file, params, monkeypatc
     _check(backend, file, network, params, 2, 1e-4)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_capturable_program_has_no_cublas_and_matches_numpy(backend, monkeypatch):
+    """For CUDA graphs, GEMMs (dense layers, large convolutions) become generated tiled
+    kernels; results stay those of the NumPy backend."""
+    from netlang.backends.cuda.runtime import Runner
+
+    monkeypatch.setattr(R, "GEMM_CONV_MACS", 0)
+    net, w, x, t, loss = _case("lenet5.net", None, {}, 3)
+    prog = net.program_for(True, loss)
+    runner = Runner(prog, backend, capturable=True)
+    assert not any(isinstance(s, R.Gemm) for s in runner.cprog.steps)
+    assert any(s.tiles is not None for s in runner.cprog.steps)
+    feeds, n = prog._feeds(w, x | t)
+    roots, _ = runner.execute(feeds, n)
+    v0, g0 = net.value_and_grad(w, x | t, loss=loss)
+    assert float(roots[prog.graph.loss.id]) == pytest.approx(v0, rel=1e-5)
+    for k, node in prog.graph.grads.items():
+        assert grad_error(roots[node.id], g0[k]) <= 1e-4, k
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("file,network,params,batch", SMALL[1:],

@@ -38,7 +38,6 @@ from importlib import resources
 from netlang.ir.graph import Graph, Node
 from netlang.ir.types import TensorType
 from netlang.passes.fusion import Fusion, Group
-from netlang.passes.shape_infer import data_inputs
 
 BLOCK = 256
 # Convolutions with at least this many multiply-adds per sample go through im2col and a
@@ -65,6 +64,8 @@ class Launch:
     batched: bool
     reduce: bool
     nodes: tuple[int, ...]
+    # For GEMM kernels: (rows, cols, batches), -1 standing for N; one block a 16x16 tile.
+    tiles: tuple[int, int, int] | None = None
 
 
 @dataclass
@@ -97,10 +98,6 @@ class CudaProgram:
     updates: dict[str, str]                  # update key -> param name (batchnorm stats)
     kernels: list[KernelInfo]
     outputs: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def launch_count(self) -> int:
-        return len(self.steps)
 
 
 def prelude() -> str:
@@ -157,9 +154,11 @@ def _decompose(shape: tuple[int, ...], var: str, prefix: str) -> list[str]:
 # -- the renderer ----------------------------------------------------------------------------
 
 class Renderer:
-    def __init__(self, g: Graph, fusion: Fusion, gemm_conv_macs: int | None = None):
+    def __init__(self, g: Graph, fusion: Fusion, gemm_conv_macs: int | None = None,
+                 capturable: bool = False):
         self.g = g
         self.fusion = fusion
+        self.capturable = capturable
         self.gemm_conv_macs = GEMM_CONV_MACS if gemm_conv_macs is None else gemm_conv_macs
         self.kernels: list[str] = []
         self.steps: list[Launch | Gemm] = []
@@ -269,6 +268,63 @@ class Renderer:
                                  tuple(n.id for n in nodes)))
         self._info(name, nodes, "reduce")
 
+    def add_gemm(self, gemm: Gemm) -> None:
+        """A GEMM: cuBLAS through cupy.matmul, or, in a capturable program (CUDA graphs;
+        CuPy refuses cuBLAS during capture), a generated shared-memory tiled kernel."""
+        if not self.capturable:
+            self.steps.append(gemm)
+            return
+        name = self._name("gemm")
+
+        def dims(view):   # (batch, rows, cols) with -1 for N
+            return (1,) + tuple(view) if len(view) == 2 else tuple(view)
+
+        ba, ra, ca = dims(gemm.a_view)
+        bb, rb, cb = dims(gemm.b_view)
+        bo, m, nc = dims(gemm.out_view)
+        kdim = ra if gemm.trans_a else ca
+
+        def e(v):
+            return "N" if v == -1 else str(v)
+
+        def elem(key, b, r, c, trans, i, j):
+            # element (i, j) of op(X) for batch item bb: X is [b?, r, c], row-major
+            row, col = (j, i) if trans else (i, j)
+            base = f"(long long)bb * {e(r)} * {e(c)} + " if b != 1 else ""
+            return f"{key}[{base}(long long)({row}) * {e(c)} + ({col})]"
+
+        a_at = elem("A", ba, ra, ca, gemm.trans_a, "ar", "ak")
+        b_at = elem("B", bb, rb, cb, gemm.trans_b, "bk", "bc")
+        src = f"""// tiled GEMM (capturable: no cuBLAS), {gemm.out} = op({gemm.a}) @ op({gemm.b})
+extern "C" __global__ void {name}(const float* __restrict__ A, const float* __restrict__ B,
+                                  float* __restrict__ C, int N) {{
+    __shared__ float As[16][17];
+    __shared__ float Bs[16][17];
+    int M = {e(m)}, NC = {e(nc)}, KD = {e(kdim)};
+    int tm = (M + 15) / 16, tn = (NC + 15) / 16;
+    int t = blockIdx.x;
+    int bb = t / (tm * tn); t %= tm * tn;
+    int row0 = (t / tn) * 16, col0 = (t % tn) * 16;
+    int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+    float acc = 0.0f;
+    for (int k0 = 0; k0 < KD; k0 += 16) {{
+        int ar = row0 + ty, ak = k0 + tx;
+        As[ty][tx] = (ar < M && ak < KD) ? {a_at} : 0.0f;
+        int bk = k0 + ty, bc = col0 + tx;
+        Bs[ty][tx] = (bk < KD && bc < NC) ? {b_at} : 0.0f;
+        __syncthreads();
+        for (int q = 0; q < 16; ++q) acc += As[ty][q] * Bs[q][tx];
+        __syncthreads();
+    }}
+    int r = row0 + ty, c = col0 + tx;
+    if (r < M && c < NC) C[(long long)bb * M * NC + (long long)r * NC + c] = acc;
+}}"""
+        self.kernels.append(src)
+        args = [Arg("const float*", gemm.a), Arg("const float*", gemm.b),
+                Arg("float*", gemm.out), Arg("int", "N")]
+        self.steps.append(Launch(name, args, 0, False, True, gemm.nodes, (m, nc, bo)))
+        self.infos.append(KernelInfo(name, (), (), "gemm-kernel"))
+
     # -- programs --------------------------------------------------------------------------
     def render(self) -> CudaProgram:
         for grp in self.fusion.groups:
@@ -372,7 +428,7 @@ class Renderer:
         cout = dy.type.shape[0]
         cols, K, P = self._im2col(n, x, tuple(n.attrs["kernel"]), dy.type.shape[1:])
         per = self.new_scratch(cout * K, True)
-        self.steps.append(Gemm(self.key(dy), cols, per, (-1, cout, P), (-1, K, P),
+        self.add_gemm(Gemm(self.key(dy), cols, per, (-1, cout, P), (-1, K, P),
                                (-1, cout, K), False, True, (n.id,)))
         self._info(f"gemm:{n.name}", [n], "gemm")
         size = cout * K
@@ -395,7 +451,7 @@ class Renderer:
         kk, P = math.prod(k), math.prod(out_sp)
         K = cin * kk
         dcols = self.new_scratch(K * P, True)
-        self.steps.append(Gemm(self.key(w), self.key(dy), dcols, (cout, K), (-1, cout, P),
+        self.add_gemm(Gemm(self.key(w), self.key(dy), dcols, (cout, K), (-1, cout, P),
                                (-1, K, P), True, False, (n.id,)))
         self._info(f"gemm:{n.name}", [n], "gemm")
         body, ind = ["float acc = 0.0f;"], ""
@@ -578,12 +634,12 @@ class Renderer:
     def _gemm_then(self, grp: Group, gemm: Gemm, tmp_t: TensorType, bias: Node | None) -> None:
         if bias is None and not grp.epilogue:
             gemm.out = self.key(grp.output)
-            self.steps.append(gemm)
+            self.add_gemm(gemm)
             self._info(f"gemm:{grp.anchor.name}", grp.nodes, "gemm")
             return
         tmp = self.new_scratch(tmp_t.size, tmp_t.batched)
         gemm.out = tmp
-        self.steps.append(gemm)
+        self.add_gemm(gemm)
         self._info(f"gemm:{grp.anchor.name}", [grp.anchor], "gemm")
         inputs = {tmp: "const float*"}
         body = [f"float v = {_at(tmp_t, tmp, self.coords(tmp_t))};"]
@@ -614,7 +670,7 @@ class Renderer:
         o, k = n.type.shape
         gemm = Gemm(self.key(dy), self.key(x), self.key(n), (-1, o), (-1, k), (o, k), True,
                     False, (n.id,))
-        self.steps.append(gemm)
+        self.add_gemm(gemm)
         self._info(f"gemm:{n.name}", [n], "gemm")
 
     # -- pooling and resampling -----------------------------------------------------------
@@ -1204,36 +1260,26 @@ class Renderer:
         self.finish_map(grp, grp.name, {parts: "const float*", self.key(t): "const float*",
                                         self.key(g): "const float*"}, body)
 
-    def op_mse_grad(self, grp: Group) -> None:
-        n = grp.anchor
-        p, t, g = n.inputs
-        coords = self.coords(n.type)
-        body = [f"float v = ({_at(p.type, self.key(p), coords)} - "
-                f"{_at(t.type, self.key(t), coords)}) * ({self.key(g)}[0] * "
-                f"(2.0f / (float)((long long)N * {p.type.size})));"]
-        self.finish_map(grp, grp.name, {self.key(p): "const float*", self.key(t): "const float*",
-                                        self.key(g): "const float*"}, body)
-
-    def op_bce_grad(self, grp: Group) -> None:
+    def _pointwise_loss_grad(self, grp: Group, expr: str) -> None:
+        """Gradient of a mean-reduced pointwise loss: expr(p, t) times g / count."""
         n = grp.anchor
         p, t, g = n.inputs
         coords = self.coords(n.type)
         pv, tv = _at(p.type, self.key(p), coords), _at(t.type, self.key(t), coords)
-        body = [f"float pp = {pv};",
-                f"float v = (pp - {tv}) / fmaxf(pp * (1.0f - pp), 1e-12f) * ({self.key(g)}[0] / "
+        body = [f"float pp = {pv}; float tt = {tv};",
+                f"float v = ({expr}) * ({self.key(g)}[0] / "
                 f"(float)((long long)N * {p.type.size}));"]
         self.finish_map(grp, grp.name, {self.key(p): "const float*", self.key(t): "const float*",
                                         self.key(g): "const float*"}, body)
 
+    def op_mse_grad(self, grp: Group) -> None:
+        self._pointwise_loss_grad(grp, "2.0f * (pp - tt)")
+
+    def op_bce_grad(self, grp: Group) -> None:
+        self._pointwise_loss_grad(grp, "(pp - tt) / fmaxf(pp * (1.0f - pp), 1e-12f)")
+
     def op_bce_logits_grad(self, grp: Group) -> None:
-        n = grp.anchor
-        z, t, g = n.inputs
-        coords = self.coords(n.type)
-        body = [f"float v = (nl_sigmoid({_at(z.type, self.key(z), coords)}) - "
-                f"{_at(t.type, self.key(t), coords)}) * ({self.key(g)}[0] / "
-                f"(float)((long long)N * {z.type.size}));"]
-        self.finish_map(grp, grp.name, {self.key(z): "const float*", self.key(t): "const float*",
-                                        self.key(g): "const float*"}, body)
+        self._pointwise_loss_grad(grp, "nl_sigmoid(pp) - tt")
 
     def op_cross_entropy_grad(self, grp: Group) -> None:
         n = grp.anchor
@@ -1293,14 +1339,15 @@ def _expr(e: Node, v: str, loads: dict[int, str]) -> str:
     return text.format(**fmt)
 
 
-def render(g: Graph, gemm_conv_macs: int | None = None) -> CudaProgram:
-    """CUDA source and launch plan for a compiled program (its graph must be fused)."""
+def render(g: Graph, gemm_conv_macs: int | None = None, capturable: bool = False
+           ) -> CudaProgram:
+    """CUDA source and launch plan for a compiled program (its graph must be fused).
+    `capturable`: no cuBLAS calls (GEMMs as generated kernels), for CUDA graphs."""
     if g.fusion is None:
         raise AssertionError("render needs a fused program")
-    prog = Renderer(g, g.fusion, gemm_conv_macs).render()
+    prog = Renderer(g, g.fusion, gemm_conv_macs, capturable).render()
     prog.outputs = {k: f"v{n.id}" for k, n in g.outputs.items()}
     return prog
 
 
-__all__ = ["CudaProgram", "Gemm", "KernelInfo", "Launch", "Unsupported", "render",
-           "data_inputs"]
+__all__ = ["CudaProgram", "Gemm", "KernelInfo", "Launch", "Unsupported", "render"]

@@ -147,13 +147,14 @@ class Runner:
 
     program: object            # netlang.program.Program
     kind: str
+    capturable: bool = False   # no cuBLAS calls: GEMMs as kernels, for CUDA graphs
     cprog: R.CudaProgram = field(init=False)
     device: Device = field(init=False)
 
     def __post_init__(self):
         g = self.program.graph
         try:
-            self.cprog = R.render(g)
+            self.cprog = R.render(g, capturable=self.capturable)
         except R.Unsupported as exc:
             raise error("E064", f"no CUDA kernel for {exc}", None,
                         help="use --backend numpy for this network") from None
@@ -191,8 +192,12 @@ class Runner:
                 xp.matmul(xp.swapaxes(a, -1, -2) if st.trans_a else a,
                           xp.swapaxes(b, -1, -2) if st.trans_b else b, out=out)
                 continue
-            total = st.count * (batch if st.batched else 1)
-            grid = total if st.reduce else math.ceil(total / BLOCK)
+            if st.tiles is not None:
+                m, nc, b = (batch if d == -1 else d for d in st.tiles)
+                grid = math.ceil(m / 16) * math.ceil(nc / 16) * b
+            else:
+                total = st.count * (batch if st.batched else 1)
+                grid = total if st.reduce else math.ceil(total / BLOCK)
             args = []
             for a in st.args:
                 if a.key == "N":
@@ -232,9 +237,10 @@ class DeviceStep:
     dropout masks (a captured seed would repeat the same mask every step)."""
 
     def __init__(self, net, loss: str, weights: dict[str, np.ndarray], batch: dict,
-                 lr: float = 0.01, momentum: float = 0.9, kind: str = "cuda"):
+                 lr: float = 0.01, momentum: float = 0.9, kind: str = "cuda",
+                 capturable: bool = False):
         prog = net.program_for(True, loss)
-        self.runner = Runner(prog, kind)
+        self.runner = Runner(prog, kind, capturable)
         self.dev = self.runner.device
         self.upd = Device(kind, UPDATE_KERNELS) if kind == "cuda-emu" else None
         if kind == "cuda":
