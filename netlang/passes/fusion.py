@@ -69,6 +69,11 @@ class Fusion:
     groups: list[Group]
     refusals: list[tuple[Node, Node, str]]    # (producer, consumer, reason)
     group_of: dict[int, Group]
+    # Concats whose inputs' kernels write straight into the concatenated buffer (no copy):
+    # concat id -> input ids; keeps_own[input id]: the input also keeps its own buffer
+    # (other users read it).
+    inplace: dict[int, list[int]] = field(default_factory=dict)
+    keeps_own: dict[int, bool] = field(default_factory=dict)
 
     def explain(self) -> str:
         lines = [f"{len(self.groups)} kernels for {sum(len(g.nodes) for g in self.groups)} "
@@ -76,6 +81,9 @@ class Fusion:
         for g in self.groups:
             if g.epilogue:
                 lines.append(f"fused: {' + '.join(n.name for n in g.nodes)}")
+        for cid, xs in self.inplace.items():
+            lines.append(f"in place: {self.group_of[cid].anchor.name} is written by the "
+                         f"kernels of {', '.join(self.group_of[x].output.name for x in xs)}")
         for p, c, why in self.refusals:
             lines.append(f"not fused: {p.name} ({p.op}) -> {c.name} ({c.op}): {why}")
         return "\n".join(lines)
@@ -120,7 +128,48 @@ def fuse(g: Graph, enabled: bool = True) -> Fusion:
             grp = Group(n)
             groups.append(grp)
             group_of[n.id] = grp
-    return Fusion(groups, refusals, group_of)
+    fusion = Fusion(groups, refusals, group_of)
+    if enabled:
+        _concats_in_place(g, fusion, users, roots)
+    return fusion
+
+
+# Anchors whose kernels compute one output element per thread, so that each element can
+# also be stored into a concat's buffer.
+ELEMENTWISE_WRITERS = (FusionKind.ELEMWISE, FusionKind.BROADCAST, FusionKind.INJECTIVE,
+                       FusionKind.OUT_ELEMWISE_FUSABLE)
+WRITER_OPS = {"maxpool", "avgpool", "softmax", "upsample"}
+
+
+def _concats_in_place(g: Graph, fusion: Fusion, users, roots) -> None:
+    taken: set[int] = set()
+    for n in g.nodes:
+        if n.op != "concat":
+            continue
+        ids = [x.id for x in n.inputs]
+        why = None
+        if len(set(ids)) != len(ids):
+            why = "an input appears twice"
+        for x in n.inputs:
+            grp = fusion.group_of.get(x.id)
+            if why:
+                break
+            if grp is None or x.op in ("input", "param"):
+                why = f"{x.name} is an input of the program"
+            elif grp.output is not x:
+                why = f"{x.name} is inside a kernel"
+            elif _kind(grp.anchor) not in ELEMENTWISE_WRITERS and grp.anchor.op not in \
+                    WRITER_OPS:
+                why = f"{x.name} is made by a reduction"
+            elif x.id in taken:
+                why = f"{x.name} is written in place into another concat"
+        if why:
+            fusion.refusals.append((n.inputs[0], n, f"concat not in place: {why}"))
+            continue
+        fusion.inplace[n.id] = ids
+        for x in n.inputs:
+            taken.add(x.id)
+            fusion.keeps_own[x.id] = len(users[x.id]) > 1 or x.id in roots
 
 
 def _trivial(n: Node) -> bool:

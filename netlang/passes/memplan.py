@@ -45,23 +45,43 @@ def _align(n: int) -> int:
 
 def plan_memory(g: Graph, batch: int, by_kernel: bool = False) -> MemoryPlan:
     """Plan per node (the NumPy backend runs node by node), or per fused kernel
-    (`by_kernel`): a kernel writes only its group's output, at the group's first step, and
-    reads every outside input of the group there."""
+    (`by_kernel`): a kernel writes its group's output at the group's first step and reads
+    every outside input of the group there; a concat written in place by its producers is
+    allocated when its first producer runs, and its own step disappears."""
+    steps: list[tuple[list, list]] = []
     if by_kernel and g.fusion is not None:
-        steps = [(grp.output, [i for n in grp.nodes for i in n.inputs
-                               if i.id not in {m.id for m in grp.nodes}])
-                 for grp in g.fusion.groups]
+        fusion = g.fusion
+        slot_of = {x: c for c, xs in fusion.inplace.items() for x in xs}
+        started: set[int] = set()
+        by_id = {n.id: n for n in g.nodes}
+        for grp in fusion.groups:
+            if grp.anchor.id in fusion.inplace:
+                continue   # written by its producers
+            out = grp.output
+            defines = [] if out.id in slot_of and not fusion.keeps_own[out.id] else [out]
+            cat = slot_of.get(out.id)
+            if cat is not None and cat not in started:
+                started.add(cat)
+                defines.append(by_id[cat])
+            members = {m.id for m in grp.nodes}
+            reads = [i for n in grp.nodes for i in n.inputs if i.id not in members]
+            steps.append((defines, reads))
     else:
-        steps = [(n, n.inputs) for n in g.nodes if n.op not in ("input", "param")]
-    index = {n.id: i for i, (n, _) in enumerate(steps)}
+        steps = [([n], n.inputs) for n in g.nodes if n.op not in ("input", "param")]
+    index: dict[int, int] = {}
+    for i, (defs, _) in enumerate(steps):
+        for n in defs:
+            index.setdefault(n.id, i)
+    defined = {n.id: n for defs, _ in steps for n in defs}
     end = len(steps)
     keep = {n.id for n in g.roots()}
-    last: dict[int, int] = {n.id: (end if n.id in keep else i) for i, (n, _) in enumerate(steps)}
+    last: dict[int, int] = {nid: (end if nid in keep else i) for nid, i in index.items()}
     for i, (_, reads) in enumerate(steps):
         for src in reads:
             if src.id in index and last[src.id] < end:
                 last[src.id] = max(last[src.id], i)
-    sizes = {n.id: _align(n.type.nbytes * (batch if n.type.batched else 1)) for n, _ in steps}
+    sizes = {nid: _align(n.type.nbytes * (batch if n.type.batched else 1))
+             for nid, n in defined.items()}
 
     free: list[tuple[int, int]] = []   # (offset, size), sorted by offset
     arena = 0
@@ -70,25 +90,28 @@ def plan_memory(g: Graph, batch: int, by_kernel: bool = False) -> MemoryPlan:
     for nid, li in last.items():
         if li < end:
             dying[li].append(nid)
-    for i, (n, _) in enumerate(steps):
-        size = sizes[n.id]
-        best = None
-        for j, (_, sz) in enumerate(free):
-            if sz >= size and (best is None or sz < free[best][1]):
-                best = j
-        if best is None:
-            # Grow the arena, reusing a free block at its end if there is one.
-            if free and free[-1][0] + free[-1][1] == arena:
-                off, sz = free.pop()
-                arena = off + size
+    for i, (defs, _) in enumerate(steps):
+        for n in defs:
+            if n.id in offsets:
+                continue
+            size = sizes[n.id]
+            best = None
+            for j, (_, sz) in enumerate(free):
+                if sz >= size and (best is None or sz < free[best][1]):
+                    best = j
+            if best is None:
+                # Grow the arena, reusing a free block at its end if there is one.
+                if free and free[-1][0] + free[-1][1] == arena:
+                    off, sz = free.pop()
+                    arena = off + size
+                else:
+                    off = arena
+                    arena += size
             else:
-                off = arena
-                arena += size
-        else:
-            off, sz = free.pop(best)
-            if sz > size:
-                free.append((off + size, sz - size))
-        offsets[n.id] = off
+                off, sz = free.pop(best)
+                if sz > size:
+                    free.append((off + size, sz - size))
+            offsets[n.id] = off
         for nid in dying[i]:
             free.append((offsets[nid], sizes[nid]))
         free = _coalesce(free)

@@ -205,16 +205,18 @@ def test_golden_cuda_source(file, training):
 
 
 def test_unet_inference_kernel_count():
-    """Every activation and bias fuses into its conv: one kernel per conv layer, plus the
-    pools, up-convolutions and concats (concats are still copies, see RESULTS.md)."""
-    net = netlang.load(EXAMPLES / "unet.net")
+    """Every activation and bias fuses into its conv and every concat is written in place:
+    one kernel per conv layer plus the pools and up-convolutions (direct kernels; with
+    the GEMM path a large conv is im2col + GEMM + its epilogue kernel instead)."""
+    net = netlang.load(EXAMPLES / "unet.net", params={"base": 8, "size": 64})
     prog = build_program(net, training=False)
     ops = [n.op for n in prog.graph.nodes]
-    groups = prog.graph.fusion.groups
-    convs = ops.count("conv")
-    assert len(groups) == convs + ops.count("maxpool") + ops.count("conv_transpose") + \
-        ops.count("concat")
-    assert all(g.anchor.op != "relu" for g in groups)
+    fusion = prog.graph.fusion
+    assert len(fusion.inplace) == ops.count("concat") == 4
+    launches = [s for s in R.render(prog.graph, gemm_conv_macs=1 << 62).steps]
+    assert len(launches) == ops.count("conv") + ops.count("maxpool") + \
+        ops.count("conv_transpose")
+    assert all(g.anchor.op != "relu" for g in fusion.groups)
 
 
 def test_explain_fusion_says_why():

@@ -40,7 +40,7 @@ extern "C" __global__ void k0_conv_relu(const float* __restrict__ v0, const floa
 }
 
 // e1.double_conv.conv1, e1.double_conv.relu1
-extern "C" __global__ void k1_conv_relu(const float* __restrict__ v4, const float* __restrict__ v5, const float* __restrict__ v6, float* __restrict__ out, int N) {
+extern "C" __global__ void k1_conv_relu(const float* __restrict__ v4, const float* __restrict__ v5, const float* __restrict__ v6, float* __restrict__ cat, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 4096) return;
     int n = (int)(i / 4096); long long r = i % 4096;
@@ -63,6 +63,7 @@ extern "C" __global__ void k1_conv_relu(const float* __restrict__ v4, const floa
     float v = acc + v6[o0];
     v = fmaxf(v, 0.0f);  // relu
     out[i] = v;
+    cat[(long long)n * 8192 + 0 + (i - (long long)n * 4096)] = v;
 }
 
 // e2.maxpool0
@@ -115,7 +116,7 @@ extern "C" __global__ void k3_conv_relu(const float* __restrict__ v9, const floa
 }
 
 // e2.double_conv.conv1, e2.double_conv.relu1
-extern "C" __global__ void k4_conv_relu(const float* __restrict__ v13, const float* __restrict__ v14, const float* __restrict__ v15, float* __restrict__ out, int N) {
+extern "C" __global__ void k4_conv_relu(const float* __restrict__ v13, const float* __restrict__ v14, const float* __restrict__ v15, float* __restrict__ cat, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 2048) return;
     int n = (int)(i / 2048); long long r = i % 2048;
@@ -138,6 +139,7 @@ extern "C" __global__ void k4_conv_relu(const float* __restrict__ v13, const flo
     float v = acc + v15[o0];
     v = fmaxf(v, 0.0f);  // relu
     out[i] = v;
+    cat[(long long)n * 4096 + 0 + (i - (long long)n * 2048)] = v;
 }
 
 // e3.maxpool0
@@ -190,7 +192,7 @@ extern "C" __global__ void k6_conv_relu(const float* __restrict__ v18, const flo
 }
 
 // e3.double_conv.conv1, e3.double_conv.relu1
-extern "C" __global__ void k7_conv_relu(const float* __restrict__ v22, const float* __restrict__ v23, const float* __restrict__ v24, float* __restrict__ out, int N) {
+extern "C" __global__ void k7_conv_relu(const float* __restrict__ v22, const float* __restrict__ v23, const float* __restrict__ v24, float* __restrict__ cat, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 1024) return;
     int n = (int)(i / 1024); long long r = i % 1024;
@@ -213,6 +215,7 @@ extern "C" __global__ void k7_conv_relu(const float* __restrict__ v22, const flo
     float v = acc + v24[o0];
     v = fmaxf(v, 0.0f);  // relu
     out[i] = v;
+    cat[(long long)n * 2048 + 0 + (i - (long long)n * 1024)] = v;
 }
 
 // e4.maxpool0
@@ -265,7 +268,7 @@ extern "C" __global__ void k9_conv_relu(const float* __restrict__ v27, const flo
 }
 
 // e4.double_conv.conv1, e4.double_conv.relu1
-extern "C" __global__ void k10_conv_relu(const float* __restrict__ v31, const float* __restrict__ v32, const float* __restrict__ v33, float* __restrict__ out, int N) {
+extern "C" __global__ void k10_conv_relu(const float* __restrict__ v31, const float* __restrict__ v32, const float* __restrict__ v33, float* __restrict__ cat, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 512) return;
     int n = (int)(i / 512); long long r = i % 512;
@@ -288,6 +291,7 @@ extern "C" __global__ void k10_conv_relu(const float* __restrict__ v31, const fl
     float v = acc + v33[o0];
     v = fmaxf(v, 0.0f);  // relu
     out[i] = v;
+    cat[(long long)n * 1024 + 0 + (i - (long long)n * 512)] = v;
 }
 
 // mid.maxpool0
@@ -366,7 +370,7 @@ extern "C" __global__ void k13_conv_relu(const float* __restrict__ v40, const fl
 }
 
 // d4.up.conv_transpose0
-extern "C" __global__ void k14_conv_transpose(const float* __restrict__ v44, const float* __restrict__ v45, const float* __restrict__ v46, float* __restrict__ out, int N) {
+extern "C" __global__ void k14_conv_transpose(const float* __restrict__ v44, const float* __restrict__ v45, const float* __restrict__ v46, float* __restrict__ cat, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 512) return;
     int n = (int)(i / 512); long long r = i % 512;
@@ -392,25 +396,11 @@ extern "C" __global__ void k14_conv_transpose(const float* __restrict__ v44, con
         }
     }
     float v = acc + v46[o0];
-    out[i] = v;
-}
-
-// d4.up.concat0
-extern "C" __global__ void k15_concat(const float* __restrict__ v35, const float* __restrict__ v47, float* __restrict__ out, int N) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long long)N * 1024) return;
-    int n = (int)(i / 1024); long long r = i % 1024;
-    int o0 = (int)(r / 16); r %= 16;
-    int o1 = (int)(r / 4); r %= 4;
-    int o2 = (int)(r);
-    float v;
-    if (o0 < 32) v = v35[(long long)n * 512 + (o0 - 0) * 16 + o1 * 4 + o2];
-    else if (o0 < 64) v = v47[(long long)n * 512 + (o0 - 32) * 16 + o1 * 4 + o2];
-    out[i] = v;
+    cat[(long long)n * 1024 + 512 + (i - (long long)n * 512)] = v;
 }
 
 // d4.up.double_conv.conv0, d4.up.double_conv.relu0
-extern "C" __global__ void k16_conv_relu(const float* __restrict__ v48, const float* __restrict__ v49, const float* __restrict__ v50, float* __restrict__ out, int N) {
+extern "C" __global__ void k15_conv_relu(const float* __restrict__ v48, const float* __restrict__ v49, const float* __restrict__ v50, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 512) return;
     int n = (int)(i / 512); long long r = i % 512;
@@ -436,7 +426,7 @@ extern "C" __global__ void k16_conv_relu(const float* __restrict__ v48, const fl
 }
 
 // d4.up.double_conv.conv1, d4.up.double_conv.relu1
-extern "C" __global__ void k17_conv_relu(const float* __restrict__ v52, const float* __restrict__ v53, const float* __restrict__ v54, float* __restrict__ out, int N) {
+extern "C" __global__ void k16_conv_relu(const float* __restrict__ v52, const float* __restrict__ v53, const float* __restrict__ v54, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 512) return;
     int n = (int)(i / 512); long long r = i % 512;
@@ -462,7 +452,7 @@ extern "C" __global__ void k17_conv_relu(const float* __restrict__ v52, const fl
 }
 
 // d3.up.conv_transpose0
-extern "C" __global__ void k18_conv_transpose(const float* __restrict__ v56, const float* __restrict__ v57, const float* __restrict__ v58, float* __restrict__ out, int N) {
+extern "C" __global__ void k17_conv_transpose(const float* __restrict__ v56, const float* __restrict__ v57, const float* __restrict__ v58, float* __restrict__ cat, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 1024) return;
     int n = (int)(i / 1024); long long r = i % 1024;
@@ -488,25 +478,11 @@ extern "C" __global__ void k18_conv_transpose(const float* __restrict__ v56, con
         }
     }
     float v = acc + v58[o0];
-    out[i] = v;
-}
-
-// d3.up.concat0
-extern "C" __global__ void k19_concat(const float* __restrict__ v26, const float* __restrict__ v59, float* __restrict__ out, int N) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long long)N * 2048) return;
-    int n = (int)(i / 2048); long long r = i % 2048;
-    int o0 = (int)(r / 64); r %= 64;
-    int o1 = (int)(r / 8); r %= 8;
-    int o2 = (int)(r);
-    float v;
-    if (o0 < 16) v = v26[(long long)n * 1024 + (o0 - 0) * 64 + o1 * 8 + o2];
-    else if (o0 < 32) v = v59[(long long)n * 1024 + (o0 - 16) * 64 + o1 * 8 + o2];
-    out[i] = v;
+    cat[(long long)n * 2048 + 1024 + (i - (long long)n * 1024)] = v;
 }
 
 // d3.up.double_conv.conv0, d3.up.double_conv.relu0
-extern "C" __global__ void k20_conv_relu(const float* __restrict__ v60, const float* __restrict__ v61, const float* __restrict__ v62, float* __restrict__ out, int N) {
+extern "C" __global__ void k18_conv_relu(const float* __restrict__ v60, const float* __restrict__ v61, const float* __restrict__ v62, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 1024) return;
     int n = (int)(i / 1024); long long r = i % 1024;
@@ -532,7 +508,7 @@ extern "C" __global__ void k20_conv_relu(const float* __restrict__ v60, const fl
 }
 
 // d3.up.double_conv.conv1, d3.up.double_conv.relu1
-extern "C" __global__ void k21_conv_relu(const float* __restrict__ v64, const float* __restrict__ v65, const float* __restrict__ v66, float* __restrict__ out, int N) {
+extern "C" __global__ void k19_conv_relu(const float* __restrict__ v64, const float* __restrict__ v65, const float* __restrict__ v66, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 1024) return;
     int n = (int)(i / 1024); long long r = i % 1024;
@@ -558,7 +534,7 @@ extern "C" __global__ void k21_conv_relu(const float* __restrict__ v64, const fl
 }
 
 // d2.up.conv_transpose0
-extern "C" __global__ void k22_conv_transpose(const float* __restrict__ v68, const float* __restrict__ v69, const float* __restrict__ v70, float* __restrict__ out, int N) {
+extern "C" __global__ void k20_conv_transpose(const float* __restrict__ v68, const float* __restrict__ v69, const float* __restrict__ v70, float* __restrict__ cat, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 2048) return;
     int n = (int)(i / 2048); long long r = i % 2048;
@@ -584,25 +560,11 @@ extern "C" __global__ void k22_conv_transpose(const float* __restrict__ v68, con
         }
     }
     float v = acc + v70[o0];
-    out[i] = v;
-}
-
-// d2.up.concat0
-extern "C" __global__ void k23_concat(const float* __restrict__ v17, const float* __restrict__ v71, float* __restrict__ out, int N) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long long)N * 4096) return;
-    int n = (int)(i / 4096); long long r = i % 4096;
-    int o0 = (int)(r / 256); r %= 256;
-    int o1 = (int)(r / 16); r %= 16;
-    int o2 = (int)(r);
-    float v;
-    if (o0 < 8) v = v17[(long long)n * 2048 + (o0 - 0) * 256 + o1 * 16 + o2];
-    else if (o0 < 16) v = v71[(long long)n * 2048 + (o0 - 8) * 256 + o1 * 16 + o2];
-    out[i] = v;
+    cat[(long long)n * 4096 + 2048 + (i - (long long)n * 2048)] = v;
 }
 
 // d2.up.double_conv.conv0, d2.up.double_conv.relu0
-extern "C" __global__ void k24_conv_relu(const float* __restrict__ v72, const float* __restrict__ v73, const float* __restrict__ v74, float* __restrict__ out, int N) {
+extern "C" __global__ void k21_conv_relu(const float* __restrict__ v72, const float* __restrict__ v73, const float* __restrict__ v74, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 2048) return;
     int n = (int)(i / 2048); long long r = i % 2048;
@@ -628,7 +590,7 @@ extern "C" __global__ void k24_conv_relu(const float* __restrict__ v72, const fl
 }
 
 // d2.up.double_conv.conv1, d2.up.double_conv.relu1
-extern "C" __global__ void k25_conv_relu(const float* __restrict__ v76, const float* __restrict__ v77, const float* __restrict__ v78, float* __restrict__ out, int N) {
+extern "C" __global__ void k22_conv_relu(const float* __restrict__ v76, const float* __restrict__ v77, const float* __restrict__ v78, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 2048) return;
     int n = (int)(i / 2048); long long r = i % 2048;
@@ -654,7 +616,7 @@ extern "C" __global__ void k25_conv_relu(const float* __restrict__ v76, const fl
 }
 
 // d1.up.conv_transpose0
-extern "C" __global__ void k26_conv_transpose(const float* __restrict__ v80, const float* __restrict__ v81, const float* __restrict__ v82, float* __restrict__ out, int N) {
+extern "C" __global__ void k23_conv_transpose(const float* __restrict__ v80, const float* __restrict__ v81, const float* __restrict__ v82, float* __restrict__ cat, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 4096) return;
     int n = (int)(i / 4096); long long r = i % 4096;
@@ -680,25 +642,11 @@ extern "C" __global__ void k26_conv_transpose(const float* __restrict__ v80, con
         }
     }
     float v = acc + v82[o0];
-    out[i] = v;
-}
-
-// d1.up.concat0
-extern "C" __global__ void k27_concat(const float* __restrict__ v8, const float* __restrict__ v83, float* __restrict__ out, int N) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long long)N * 8192) return;
-    int n = (int)(i / 8192); long long r = i % 8192;
-    int o0 = (int)(r / 1024); r %= 1024;
-    int o1 = (int)(r / 32); r %= 32;
-    int o2 = (int)(r);
-    float v;
-    if (o0 < 4) v = v8[(long long)n * 4096 + (o0 - 0) * 1024 + o1 * 32 + o2];
-    else if (o0 < 8) v = v83[(long long)n * 4096 + (o0 - 4) * 1024 + o1 * 32 + o2];
-    out[i] = v;
+    cat[(long long)n * 8192 + 4096 + (i - (long long)n * 4096)] = v;
 }
 
 // d1.up.double_conv.conv0, d1.up.double_conv.relu0
-extern "C" __global__ void k28_conv_relu(const float* __restrict__ v84, const float* __restrict__ v85, const float* __restrict__ v86, float* __restrict__ out, int N) {
+extern "C" __global__ void k24_conv_relu(const float* __restrict__ v84, const float* __restrict__ v85, const float* __restrict__ v86, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 4096) return;
     int n = (int)(i / 4096); long long r = i % 4096;
@@ -724,7 +672,7 @@ extern "C" __global__ void k28_conv_relu(const float* __restrict__ v84, const fl
 }
 
 // d1.up.double_conv.conv1, d1.up.double_conv.relu1
-extern "C" __global__ void k29_conv_relu(const float* __restrict__ v88, const float* __restrict__ v89, const float* __restrict__ v90, float* __restrict__ out, int N) {
+extern "C" __global__ void k25_conv_relu(const float* __restrict__ v88, const float* __restrict__ v89, const float* __restrict__ v90, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 4096) return;
     int n = (int)(i / 4096); long long r = i % 4096;
@@ -750,7 +698,7 @@ extern "C" __global__ void k29_conv_relu(const float* __restrict__ v88, const fl
 }
 
 // mask.conv0, mask.sigmoid0
-extern "C" __global__ void k30_conv_sigmoid(const float* __restrict__ v92, const float* __restrict__ v93, const float* __restrict__ v94, float* __restrict__ out, int N) {
+extern "C" __global__ void k26_conv_sigmoid(const float* __restrict__ v92, const float* __restrict__ v93, const float* __restrict__ v94, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 1024) return;
     int n = (int)(i / 1024); long long r = i % 1024;

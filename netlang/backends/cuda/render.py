@@ -159,6 +159,19 @@ class Renderer:
         self.g = g
         self.fusion = fusion
         self.capturable = capturable
+        # Values written straight into a concat's buffer: out key -> (concat key, channel
+        # offset * positions, per-sample sizes of concat and value, keeps its own buffer).
+        self.cat_slot: dict[str, tuple[str, int, int, int, bool]] = {}
+        by_id = {n.id: n for n in g.nodes}
+        for cid, xs in fusion.inplace.items():
+            c = by_id[cid]
+            start = 0
+            per = math.prod(c.type.shape[1:])
+            for xid in xs:
+                x = by_id[xid]
+                self.cat_slot[f"v{xid}"] = (f"v{cid}", start * per, c.type.size, x.type.size,
+                                            fusion.keeps_own[xid])
+                start += x.type.shape[0]
         self.gemm_conv_macs = GEMM_CONV_MACS if gemm_conv_macs is None else gemm_conv_macs
         self.kernels: list[str] = []
         self.steps: list[Launch | Gemm] = []
@@ -197,8 +210,21 @@ class Renderer:
         for a in extra:
             params.append(f"{a.ctype} {a.key}")
             args.append(a)
-        params += ["float* __restrict__ out", "int N"]
-        args += [Arg("float*", out_key), Arg("int", "N")]
+        stores = ["out[i] = v;"]
+        slot = self.cat_slot.get(out_key)
+        if slot is not None:   # concat in place: also (or only) store into the concat
+            cat_key, offset, cat_size, own_size, keep_own = slot
+            if not keep_own:
+                stores = []
+            params.append("float* __restrict__ cat")
+            args.append(Arg("float*", cat_key))
+            stores.append(f"cat[(long long)n * {cat_size} + {offset} + (i - (long long)n * "
+                          f"{own_size})] = v;")
+        if slot is None or slot[4]:
+            params.append("float* __restrict__ out")
+            args.append(Arg("float*", out_key))
+        params.append("int N")
+        args.append(Arg("int", "N"))
         total = f"(long long)N * {out_t.size}" if out_t.batched else f"{out_t.size}LL"
         src = [f"// {', '.join(n.name for n in nodes)}",
                f'extern "C" __global__ void {name}({", ".join(params)}) {{',
@@ -211,7 +237,7 @@ class Renderer:
         if out_t.shape:
             src += ["    " + x for x in _decompose(out_t.shape, "r", "o")]
         src += ["    " + x for x in body]
-        src += ["    out[i] = v;", "}"]
+        src += ["    " + x for x in stores] + ["}"]
         self.kernels.append("\n".join(src))
         self.steps.append(Launch(name, args, out_t.size, out_t.batched, False,
                                  tuple(n.id for n in nodes)))
@@ -224,6 +250,8 @@ class Renderer:
         """A reduce kernel: one block per output element o (coords n, o0..); threads loop
         r over `red_shape_expr` elements, `term` lines add to `acc_v`; `final` maps the
         sum v to the stored value."""
+        if out_key in self.cat_slot:
+            raise AssertionError(f"{out_key}: a reduction cannot write a concat in place")
         name = self._name(label)
         params, args = [], []
         for key, ctype in inputs.items():
@@ -632,7 +660,8 @@ extern "C" __global__ void {name}(const float* __restrict__ A, const float* __re
 
     # -- dense (GEMM through cuBLAS) -----------------------------------------------------
     def _gemm_then(self, grp: Group, gemm: Gemm, tmp_t: TensorType, bias: Node | None) -> None:
-        if bias is None and not grp.epilogue:
+        in_concat = self.key(grp.output) in self.cat_slot   # needs the map kernel's store
+        if bias is None and not grp.epilogue and not in_concat:
             gemm.out = self.key(grp.output)
             self.add_gemm(gemm)
             self._info(f"gemm:{grp.anchor.name}", grp.nodes, "gemm")
@@ -902,6 +931,8 @@ extern "C" __global__ void {name}(const float* __restrict__ A, const float* __re
     # -- data movement ---------------------------------------------------------------------
     def op_concat(self, grp: Group) -> None:
         n = grp.anchor
+        if n.id in self.fusion.inplace:
+            return   # its inputs' kernels wrote it
         inputs, body = {}, ["float v;"]
         start = 0
         coords = self.coords(n.type)
