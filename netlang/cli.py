@@ -129,8 +129,8 @@ def cmd_compile(args) -> int:
     macs = summarize(net, args.batch).total_macs
     report = [f"network {net.name} ({'training step, loss ' + loss if loss else 'inference'})",
               f"ops: {sum(1 for n in prog.graph.nodes if n.op not in ('input', 'param'))}; "
-              f"kernels after fusion: {len(fusion.groups)} (without fusion: "
-              f"{len(unfused.graph.fusion.groups)})",
+              f"kernels after fusion: {fusion.kernel_count} (without fusion: "
+              f"{unfused.graph.fusion.kernel_count})",
               f"memory plan at batch {args.batch}: arena {human_bytes(plan.arena_bytes)}, "
               f"all values {human_bytes(plan.total_bytes)} "
               f"({plan.arena_bytes / max(plan.total_bytes, 1):.0%} after buffer reuse)",

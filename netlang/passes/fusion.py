@@ -75,8 +75,13 @@ class Fusion:
     inplace: dict[int, list[int]] = field(default_factory=dict)
     keeps_own: dict[int, bool] = field(default_factory=dict)
 
+    @property
+    def kernel_count(self) -> int:
+        """Groups that run as kernels (a concat written in place runs none)."""
+        return len(self.groups) - len(self.inplace)
+
     def explain(self) -> str:
-        lines = [f"{len(self.groups)} kernels for {sum(len(g.nodes) for g in self.groups)} "
+        lines = [f"{self.kernel_count} kernels for {sum(len(g.nodes) for g in self.groups)} "
                  "ops"]
         for g in self.groups:
             if g.epilogue:
