@@ -234,6 +234,10 @@ def cmd_train(args) -> int:
     _print_warnings(net)
     cfg = _train_config(net, args)
     out = _run_dir(net, args.out, args.resume)
+    if args.tf32:
+        from netlang.backends.cuda.runtime import use_tf32
+
+        use_tf32(True)
     trainer = Trainer(net, cfg, out, resume=Path(args.resume) if args.resume else None,
                       progress=None if not args.no_progress else False, backend=args.backend)
     print(f"training {net.name} ({net.param_count():,} parameters) on {cfg.data.name}: "
@@ -419,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="run folder (default runs/NETWORK)")
     sp.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
     sp.add_argument("--backend", default="numpy", choices=["numpy", "cuda", "cuda-emu"])
+    sp.add_argument("--tf32", action="store_true", help="with --backend cuda: let cuBLAS GEMMs "
+                    "use TF32 tensor cores (faster, 10-bit mantissa); off by default")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.set_defaults(func=cmd_train)
 

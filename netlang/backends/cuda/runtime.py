@@ -22,6 +22,33 @@ from netlang.diagnostics import error
 
 BLOCK = R.BLOCK
 
+# cuBLAS GEMMs (dense layers, large convolutions) in float32 by default; `use_tf32(True)`
+# (`netlang train --tf32`) lets them use TF32 tensor cores. Generated kernels are float32.
+_TF32 = False
+
+
+def use_tf32(flag: bool) -> None:
+    global _TF32
+    _TF32 = bool(flag)
+    import sys
+
+    if "cupy" in sys.modules:
+        _apply_tf32(sys.modules["cupy"])
+
+
+def _apply_tf32(cp) -> None:
+    """CuPy keeps one compute type per dtype for its GEMMs; set float32's explicitly so an
+    inherited CUPY_TF32 environment variable cannot change netlang's numerics."""
+    try:
+        from cupy._core import _routines_linalg as linalg
+
+        mode = linalg.COMPUTE_TYPE_TF32 if _TF32 else linalg.COMPUTE_TYPE_DEFAULT
+        linalg.set_compute_type(np.float32, mode)
+    except (ImportError, AttributeError):   # another CuPy layout: the documented variable
+        import os
+
+        os.environ["CUPY_TF32"] = "1" if _TF32 else "0"
+
 UPDATE_KERNELS = r'''
 extern "C" __global__ void nl_sgd_update(float* __restrict__ w, const float* __restrict__ g,
                                          float* __restrict__ buf, float lr, float momentum,
@@ -73,6 +100,7 @@ class Device:
             self.module = EmuModule(source)
         else:
             cp = _cupy()
+            _apply_tf32(cp)
             self.xp = cp
             self.module = _compile_cupy(cp, source)
             self.functions: dict = {}
@@ -230,21 +258,23 @@ def _view(v: tuple[int, int], batch: int) -> tuple[int, int]:
 
 
 class DeviceStep:
-    """A training step that stays on the device: forward, loss, backward and the fused
-    SGD-momentum update kernels, optionally captured once as a CUDA graph and replayed.
+    """A training step that stays on the device: forward, loss, backward and one fused
+    optimizer kernel per parameter (SGD with momentum, Adam, AdamW: the parameter and its
+    moments updated together), optionally captured once as a CUDA graph and replayed.
 
-    CUDA graphs are refused (with the reason in `graph_refusal`) when the program draws
-    dropout masks (a captured seed would repeat the same mask every step)."""
+    CUDA graphs are refused, with the reason in `graph_refusal`, when the program draws
+    dropout masks (a captured seed would repeat the same mask every step) or the optimizer
+    is Adam (its bias correction changes every step, and a graph replays fixed arguments)."""
 
     def __init__(self, net, loss: str, weights: dict[str, np.ndarray], batch: dict,
-                 lr: float = 0.01, momentum: float = 0.9, kind: str = "cuda",
-                 capturable: bool = False):
+                 optimizer=None, kind: str = "cuda", capturable: bool = False):
+        from netlang.config import Call
+
         prog = net.program_for(True, loss)
         self.runner = Runner(prog, kind, capturable)
         self.dev = self.runner.device
-        self.upd = Device(kind, UPDATE_KERNELS) if kind == "cuda-emu" else None
-        if kind == "cuda":
-            self.upd_mod = _compile_cupy(self.dev.xp, UPDATE_KERNELS)
+        self.upd = Device(kind, UPDATE_KERNELS)
+        self.opt = optimizer or Call("sgd", (("lr", 0.01), ("momentum", 0.9)))
         feeds, n = prog._feeds(weights, batch)
         self.batch = n
         self.bufs = self.runner.buffers(feeds, n)
@@ -255,8 +285,9 @@ class DeviceStep:
         self.inputs = {**{k: f"v{v.id}" for k, v in g.inputs.items()},
                        **{k: f"v{v.id}" for k, v in g.targets.items()}}
         xp = self.dev.xp
-        self.state = {k: xp.zeros_like(self.bufs[b]) for k, b in self.params.items()}
-        self.lr, self.momentum = lr, momentum
+        slots = 1 if self.opt.name == "sgd" else 2
+        self.state = [{k: xp.zeros_like(self.bufs[b]) for k, b in self.params.items()}
+                      for _ in range(slots)]
         self.steps = 0
         self.loss_key = f"v{g.loss.id}"
         self.graph = None
@@ -264,21 +295,29 @@ class DeviceStep:
         if any(n_.op == "dropout_mask" for n_ in g.nodes):
             self.graph_refusal = "the program draws dropout masks: a captured step would " \
                                  "reuse one mask forever"
+        elif self.opt.name != "sgd":
+            self.graph_refusal = f"{self.opt.name}'s bias correction changes every step; a " \
+                                 "graph replays fixed kernel arguments"
 
     def _update(self) -> None:
-        first = 1 if self.steps == 0 else 0
+        o = self.opt
+        lr = float(o.get("lr", 0.01 if o.name == "sgd" else 1e-3))
+        wd = float(o.get("weight_decay", 0.0))
+        t = self.steps + 1
         for k, wkey in self.params.items():
-            w, gr, buf = self.bufs[wkey], self.bufs[self.grads[k]], self.state[k]
+            w, gr = self.bufs[wkey], self.bufs[self.grads[k]]
             n = w.size
-            args = [w, gr, buf, float(self.lr), float(self.momentum), 0.0, 0, first, n]
             grid = math.ceil(n / BLOCK)
-            if self.upd is not None:
+            if o.name == "sgd":
+                args = [w, gr, self.state[0][k], lr, float(o.get("momentum", 0.0)), wd,
+                        int(bool(o.get("nesterov", False))), int(t == 1), n]
                 self.upd.launch("nl_sgd_update", grid, BLOCK, args)
             else:
-                f = self.upd_mod.get_function("nl_sgd_update")
-                f((grid,), (BLOCK,), (w, gr, buf, np.float32(self.lr),
-                                      np.float32(self.momentum), np.float32(0.0), np.int32(0),
-                                      np.int32(first), np.int32(n)))
+                b1, b2 = float(o.get("beta1", 0.9)), float(o.get("beta2", 0.999))
+                args = [w, gr, self.state[0][k], self.state[1][k], lr, b1, b2,
+                        float(o.get("eps", 1e-8)), wd, int(o.name == "adamw"),
+                        1.0 - b1 ** t, 1.0 - b2 ** t, n]
+                self.upd.launch("nl_adam_update", grid, BLOCK, args)
 
     def step(self, batch: dict | None = None) -> None:
         """One step; `batch` (host arrays) is copied into the step's input buffers."""
