@@ -106,10 +106,10 @@ class Graph:
                     result[src.id].append(n)
         return result
 
-    def ancestors(self, node: Node) -> list[Node]:
-        """All nodes `node` depends on, in topological order, `node` included."""
+    def ancestors(self, *nodes: Node) -> list[Node]:
+        """All nodes the given nodes depend on, in topological order, themselves included."""
         seen: set[int] = set()
-        stack = [node]
+        stack = list(nodes)
         while stack:
             n = stack.pop()
             if n.id in seen:

@@ -11,14 +11,7 @@ _IMPURE = {"dropout_mask", "input", "param"}
 def dce(g: Graph) -> None:
     """Remove nodes that no output, loss or gradient depends on (inputs and parameters stay,
     so a program always takes the same weights)."""
-    live: set[int] = set()
-    stack = g.roots()
-    while stack:
-        n = stack.pop()
-        if n.id in live:
-            continue
-        live.add(n.id)
-        stack.extend(n.inputs)
+    live = {n.id for n in g.ancestors(*g.roots())}
     g.remove([n for n in g.nodes if n.id not in live and n.op not in ("input", "param")])
 
 

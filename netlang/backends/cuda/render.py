@@ -151,6 +151,24 @@ def _decompose(shape: tuple[int, ...], var: str, prefix: str) -> list[str]:
     return lines
 
 
+def _head(name: str, nodes, params: list[str], index: str, out_t: TensorType, rest: str,
+          shared: str | None = None) -> list[str]:
+    """A kernel's signature, bounds check, and output coordinates n, o0, o1.. of `i`."""
+    total = f"(long long)N * {out_t.size}" if out_t.batched else f"{out_t.size}LL"
+    src = [f"// {', '.join(n.name for n in nodes)}",
+           f'extern "C" __global__ void {name}({", ".join(params)}) {{']
+    if shared:
+        src.append(shared)
+    src += [f"    long long i = {index};", f"    if (i >= {total}) return;"]
+    if out_t.batched:
+        src.append(f"    int n = (int)(i / {out_t.size}); long long {rest} = i % {out_t.size};")
+    else:
+        src.append(f"    int n = 0; long long {rest} = i;")
+    if out_t.shape:
+        src += ["    " + x for x in _decompose(out_t.shape, rest, "o")]
+    return src
+
+
 # -- the renderer ----------------------------------------------------------------------------
 
 class Renderer:
@@ -225,17 +243,8 @@ class Renderer:
             args.append(Arg("float*", out_key))
         params.append("int N")
         args.append(Arg("int", "N"))
-        total = f"(long long)N * {out_t.size}" if out_t.batched else f"{out_t.size}LL"
-        src = [f"// {', '.join(n.name for n in nodes)}",
-               f'extern "C" __global__ void {name}({", ".join(params)}) {{',
-               "    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;",
-               f"    if (i >= {total}) return;"]
-        if out_t.batched:
-            src.append(f"    int n = (int)(i / {out_t.size}); long long r = i % {out_t.size};")
-        else:
-            src.append("    int n = 0; long long r = i;")
-        if out_t.shape:
-            src += ["    " + x for x in _decompose(out_t.shape, "r", "o")]
+        src = _head(name, nodes, params, "(long long)blockIdx.x * blockDim.x + threadIdx.x",
+                    out_t, "r")
         src += ["    " + x for x in body]
         src += ["    " + x for x in stores] + ["}"]
         self.kernels.append("\n".join(src))
@@ -262,18 +271,8 @@ class Renderer:
             args.append(a)
         params += ["float* __restrict__ out", "int N"]
         args += [Arg("float*", out_key), Arg("int", "N")]
-        total = f"(long long)N * {out_t.size}" if out_t.batched else f"{out_t.size}LL"
-        src = [f"// {', '.join(n.name for n in nodes)}",
-               f'extern "C" __global__ void {name}({", ".join(params)}) {{',
-               f"    __shared__ {acc} sh[{BLOCK}];",
-               "    long long i = blockIdx.x;",
-               f"    if (i >= {total}) return;"]
-        if out_t.batched:
-            src.append(f"    int n = (int)(i / {out_t.size}); long long q = i % {out_t.size};")
-        else:
-            src.append("    int n = 0; long long q = i;")
-        if out_t.shape:
-            src += ["    " + x for x in _decompose(out_t.shape, "q", "o")]
+        src = _head(name, nodes, params, "blockIdx.x", out_t, "q",
+                    shared=f"    __shared__ {acc} sh[{BLOCK}];")
         src += ["    " + x for x in setup]
         src += [f"    {acc} acc_v = 0;",
                 f"    long long R = {red_shape_expr};",
