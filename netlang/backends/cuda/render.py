@@ -151,6 +151,11 @@ def _decompose(shape: tuple[int, ...], var: str, prefix: str) -> list[str]:
     return lines
 
 
+def _offsets_of(var: str, dims) -> str:
+    """" + var0 * stride0 + var1 * stride1 ...": a row-major offset over `dims`."""
+    return "".join(f" + {var}{j} * {math.prod(dims[j + 1:])}" for j in range(len(dims)))
+
+
 def _head(name: str, nodes, params: list[str], index: str, out_t: TensorType, rest: str,
           shared: str | None = None) -> list[str]:
     """A kernel's signature, bounds check, and output coordinates n, o0, o1.. of `i`."""
@@ -523,16 +528,19 @@ extern "C" __global__ void {name}(const float* __restrict__ A, const float* __re
             body.append(ind + f"if (i{j} < 0 || i{j} >= {sp_in[j]}) continue;")
         xi = "(long long)n * {} + (long long)(gbase + ci) * {}".format(x.type.size,
                                                                         math.prod(sp_in))
-        for j in range(nd):
-            xi += f" + i{j} * {math.prod(sp_in[j + 1:])}"
+        xi += _offsets_of("i", sp_in)
         wi = f"(o0 * {cg} + ci) * {math.prod(k)}"
-        for j in range(nd):
-            wi += f" + k{j} * {math.prod(k[j + 1:])}"
+        wi += _offsets_of("k", k)
         body.append(ind + f"acc += {self.key(x)}[{xi}] * {self.key(w)}[{wi}];")
         for _ in range(nd + 1):
             ind = ind[:-4]
             body.append(ind + "}")
-        if at["bias"]:
+        self._bias_and_finish(grp, inputs, body)
+
+    def _bias_and_finish(self, grp: Group, inputs: dict[str, str], body: list[str]) -> None:
+        """`v = acc (+ bias[o0])`, then the group's epilogue and the store."""
+        n = grp.anchor
+        if n.attrs["bias"]:
             b = n.inputs[2]
             inputs[self.key(b)] = "const float*"
             body.append(f"float v = acc + {self.key(b)}[o0];")
@@ -563,13 +571,11 @@ extern "C" __global__ void {name}(const float* __restrict__ A, const float* __re
             body.append(ind + f"int i{j} = t{j} / {s[j]};")
             body.append(ind + f"if (i{j} >= {sp_x[j]}) continue;")
         xi = f"(long long)n * {x.type.size} + (long long)cx * {math.prod(sp_x)}"
-        for j in range(nd):
-            xi += f" + i{j} * {math.prod(sp_x[j + 1:])}"
+        xi += _offsets_of("i", sp_x)
         # conv_transpose weights are [Cin, Cout/g, *k] and conv_grad_input reads conv's
         # [Cout, Cin/g, *k]: in both, the first axis is the side being gathered from (cx).
         wi = f"(cx * {gy} + oc) * {math.prod(k)}"
-        for j in range(nd):
-            wi += f" + k{j} * {math.prod(k[j + 1:])}"
+        wi += _offsets_of("k", k)
         body.append(ind + f"acc += {self.key(x)}[{xi}] * {self.key(w)}[{wi}];")
         for _ in range(nd + 1):
             ind = ind[:-4]
@@ -580,13 +586,7 @@ extern "C" __global__ void {name}(const float* __restrict__ A, const float* __re
         n = grp.anchor
         inputs: dict[str, str] = {}
         body = self._transposed_body(n.inputs[0], n.inputs[1], n.type, n.attrs, inputs)
-        if n.attrs["bias"]:
-            b = n.inputs[2]
-            inputs[self.key(b)] = "const float*"
-            body.append(f"float v = acc + {self.key(b)}[o0];")
-        else:
-            body.append("float v = acc;")
-        self.finish_map(grp, grp.name, inputs, body)
+        self._bias_and_finish(grp, inputs, body)
 
     def op_conv_grad_input(self, grp: Group) -> None:
         # dx = transposed conv of dy with w [Cout, Cin/g, *k]: w[co, ci_local, k], where the
@@ -627,11 +627,9 @@ extern "C" __global__ void {name}(const float* __restrict__ A, const float* __re
             term.append(f"int b{j} = p{j} * {s[j]} - {p[2 * j]} + o{j + 2} * {d[j]};")
             cond.append(f"b{j} >= 0 && b{j} < {sp_big[j]}")
         si = f"(long long)nn * {small.type.size} + (long long)cs * {per}"
-        for j in range(nd):
-            si += f" + p{j} * {math.prod(sp_small[j + 1:])}"
+        si += _offsets_of("p", sp_small)
         bi = f"(long long)nn * {big.type.size} + (long long)cb * {math.prod(sp_big)}"
-        for j in range(nd):
-            bi += f" + b{j} * {math.prod(sp_big[j + 1:])}"
+        bi += _offsets_of("b", sp_big)
         term.append(f"if ({' && '.join(cond) or '1'}) acc_v += "
                     f"{self.key(small)}[{si}] * {self.key(big)}[{bi}];")
         inputs = {self.key(dy): "const float*", self.key(x): "const float*"}
@@ -772,8 +770,7 @@ extern "C" __global__ void {name}(const float* __restrict__ A, const float* __re
             loops.append(ind2 + "}")
         body += loops
         dyi = f"(long long)n * {dy.type.size} + (long long)o0 * {math.prod(sp_out)}"
-        for j in range(nd):
-            dyi += f" + w{j} * {math.prod(sp_out[j + 1:])}"
+        dyi += _offsets_of("w", sp_out)
         body.append(ind + f"if (is_me) acc += {self.key(dy)}[{dyi}];")
         for _ in range(nd):
             ind = ind[:-4]
@@ -826,8 +823,7 @@ extern "C" __global__ void {name}(const float* __restrict__ A, const float* __re
         body += [ind + x_ for x_ in self._avg_count(at, sp_in, nd,
                                                      [f"w{j}" for j in range(nd)])]
         dyi = f"(long long)n * {dy.type.size} + (long long)o0 * {math.prod(sp_out)}"
-        for j in range(nd):
-            dyi += f" + w{j} * {math.prod(sp_out[j + 1:])}"
+        dyi += _offsets_of("w", sp_out)
         body.append(ind + f"acc += {self.key(dy)}[{dyi}] / (float)cnt;")
         for _ in range(nd):
             ind = ind[:-4]
@@ -917,8 +913,7 @@ extern "C" __global__ void {name}(const float* __restrict__ A, const float* __re
                                f"(b{j} == o{j + 1} ? l{j} : 0.0f);"]
             body.append(ind + f"if (w{j} == 0.0f) continue;")
         dyi = f"(long long)n * {dy.type.size} + (long long)o0 * {math.prod(sp_out)}"
-        for j in range(nd):
-            dyi += f" + d{j} * {math.prod(sp_out[j + 1:])}"
+        dyi += _offsets_of("d", sp_out)
         body.append(ind + f"acc += {' * '.join(f'w{j}' for j in range(nd))} * "
                           f"{self.key(dy)}[{dyi}];")
         for _ in range(nd):
