@@ -23,6 +23,7 @@ class Runtime:
 
     batch: int
     rng: np.random.Generator
+    dtype: type = np.float32        # the program's float type: constants take it too
     current: Node | None = None
     updates: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -42,7 +43,8 @@ class OpFailed(Exception):
 def execute(g: Graph, plan: MemoryPlan, feeds: Mapping[int, np.ndarray], batch: int,
             seed: int = 0) -> tuple[dict[int, np.ndarray], dict[str, np.ndarray]]:
     """Run every node; returns the root values (by node id) and buffer updates."""
-    rt = Runtime(batch, np.random.default_rng(seed))
+    floats = [a.dtype for a in feeds.values() if a.dtype.kind == "f"]
+    rt = Runtime(batch, np.random.default_rng(seed), floats[0].type if floats else np.float32)
     env: dict[int, np.ndarray] = dict(feeds)
     steps = [n for n in g.nodes if n.op not in ("input", "param")]
     ops = registry.all_ops()

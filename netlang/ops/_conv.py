@@ -68,21 +68,22 @@ def _row_tasks(n: int, out: tuple[int, ...]) -> list[tuple[slice, slice, int]]:
 
 
 def to_nhwc_padded(x: np.ndarray, pads: Pads) -> np.ndarray:
-    """[N, C, *S] -> zero-padded [N, *S_padded, C] (negative pads crop)."""
-    nd = x.ndim - 2
-    crop = (slice(None), slice(None)) + tuple(
-        slice(max(-lo, 0), x.shape[2 + i] - max(-hi, 0)) for i, (lo, hi) in enumerate(pads))
-    x = x[crop]
-    grow = [(max(lo, 0), max(hi, 0)) for lo, hi in pads]
+    """[N, C, *S] -> [N, *S_padded, C], S_padded = S + lo + hi: zero padding where a pad is
+    positive, cropping where it is negative (a pad may also exceed the extent it pads)."""
     moved = np.moveaxis(x, 1, -1)
-    if all(g == (0, 0) for g in grow):
+    if all(p == (0, 0) for p in pads):
         return np.ascontiguousarray(moved)
-    shape = (x.shape[0],) + tuple(x.shape[2 + i] + lo + hi for i, (lo, hi) in
-                                  enumerate(grow)) + (x.shape[1],)
-    xp = np.zeros(shape, dtype=x.dtype)
-    xp[(slice(None),) + tuple(slice(lo, lo + x.shape[2 + i]) for i, (lo, _) in
-                              enumerate(grow))] = moved
-    del nd
+    sizes = tuple(x.shape[2 + i] + lo + hi for i, (lo, hi) in enumerate(pads))
+    if min(sizes) < 0:
+        raise ValueError(f"padding {pads} crops more than the input {x.shape[2:]}")
+    xp = np.zeros((x.shape[0],) + sizes + (x.shape[1],), dtype=x.dtype)
+    dst, src = [slice(None)], [slice(None)]
+    for i, (lo, _) in enumerate(pads):
+        d0, s0 = max(lo, 0), max(-lo, 0)
+        count = max(min(x.shape[2 + i] - s0, sizes[i] - d0), 0)
+        dst.append(slice(d0, d0 + count))
+        src.append(slice(s0, s0 + count))
+    xp[tuple(dst)] = moved[tuple(src)]
     return xp
 
 
@@ -317,6 +318,8 @@ def conv_transpose_grad_weight(dy: np.ndarray, x: np.ndarray, k: tuple[int, ...]
         nd = len(k)
         cout = dy.shape[1]
         sp = x.shape[2:]
+        # Rows of output padding past the last patch receive only the bias: crop them.
+        dy = dy[(slice(None), slice(None)) + tuple(slice(0, s * kk) for s, kk in zip(sp, k))]
         # dy [N, O, S0*k0, ...] -> [N, *S, O, *k] rows, then x^T @ rows.
         v = dy.reshape((n, cout) + tuple(d for s, kk in zip(sp, k) for d in (s, kk)))
         order = (0,) + tuple(2 + 2 * i for i in range(nd)) + (1,) + \

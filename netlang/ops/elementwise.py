@@ -96,7 +96,7 @@ register(OpDef(
 
 register(OpDef(
     name="scale", attrs=(Attr("factor", "float"),), shape=_same, kind=FusionKind.ELEMWISE,
-    forward=lambda xs, a, rt: (xs[0] * np.float32(a["factor"])).astype(xs[0].dtype, copy=False),
+    forward=lambda xs, a, rt: xs[0] * xs[0].dtype.type(a["factor"]),
     vjp=lambda b, node, dy: [b.emit("scale", [dy], factor=node.attrs["factor"])],
     user=False, doc="Multiply by a constant."))
 
@@ -117,7 +117,7 @@ register(OpDef(
 
 def _leaky(xs, a, rt):
     x = xs[0]
-    return np.where(x > 0, x, x * np.float32(a["alpha"])).astype(x.dtype)
+    return np.where(x > 0, x, x * x.dtype.type(a["alpha"]))
 
 
 register(OpDef(
@@ -131,7 +131,7 @@ register(OpDef(
     name="leaky_relu_grad", attrs=(Attr("alpha", "float"),), shape=_same,
     kind=FusionKind.ELEMWISE, min_inputs=2, max_inputs=2,
     forward=lambda xs, a, rt: np.where(xs[1] > 0, xs[0],
-                                       xs[0] * np.float32(a["alpha"])).astype(xs[0].dtype),
+                                       xs[0] * xs[0].dtype.type(a["alpha"])),
     user=False, doc="Gradient of leaky_relu given its input."))
 
 
@@ -191,7 +191,7 @@ register(OpDef(
 
 def _constant(xs, a, rt):
     ty = TensorType(tuple(a["shape"]), a["batched"])
-    return np.full(ty.full_shape(rt.batch if ty.batched else 0), a["value"], dtype=np.float32)
+    return np.full(ty.full_shape(rt.batch if ty.batched else 0), a["value"], dtype=rt.dtype)
 
 
 register(OpDef(

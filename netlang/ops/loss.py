@@ -114,7 +114,7 @@ def _bce(xs, a, rt):
 
 def _bce_grad(xs, a, rt):
     p, t, g = xs
-    return (p - t) / np.maximum(p * (1 - p), np.float32(1e-12)) * (g / p.size)
+    return (p - t) / np.maximum(p * (1 - p), p.dtype.type(1e-12)) * (g / p.size)
 
 
 _loss("bce", _bce, _bce_grad,

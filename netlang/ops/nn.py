@@ -186,9 +186,14 @@ def _convt_vjp(b, node, dy):
     x, w = node.inputs[:2]
     a = node.attrs
     common = dict(stride=a["stride"], pad=a["pad"], dilation=a["dilation"], groups=a["groups"])
-    grads = [b.emit("conv", [dy, w], channels=x.type.shape[0], kernel=a["kernel"], bias=False,
-                    **common),
-             b.emit("conv_transpose_grad_weight", [dy, x], kernel=a["kernel"], **common)]
+    dx = b.emit("conv", [dy, w], channels=x.type.shape[0], kernel=a["kernel"], bias=False,
+                **common)
+    # With output_padding >= stride (allowed when the dilation is larger), the convolution
+    # of dy reads floor(output_padding / stride) windows past the input: crop them off.
+    extra = [o - i for o, i in zip(dx.type.shape[1:], x.type.shape[1:])]
+    if any(extra):
+        dx = b.emit("crop", [dx], box=tuple(v for e in extra for v in (0, e)))
+    grads = [dx, b.emit("conv_transpose_grad_weight", [dy, x], kernel=a["kernel"], **common)]
     if a["bias"]:
         grads.append(b.emit("bias_grad", [dy]))
     return grads
@@ -325,7 +330,7 @@ def _bn_forward(xs, a, rt):
         unbiased = var * (n / max(n - 1, 1))
         rt.buffer_update(rt.current.inputs[-2], ((1 - m) * rm + m * mean).astype(rm.dtype))
         rt.buffer_update(rt.current.inputs[-1], ((1 - m) * rv + m * unbiased).astype(rv.dtype))
-    inv = (1.0 / np.sqrt(var + np.float32(a["eps"]))).astype(x.dtype)
+    inv = (1.0 / np.sqrt(var + x.dtype.type(a["eps"]))).astype(x.dtype)
     y = (x - _bc(mean, x)) * _bc(inv, x)
     if w is not None:
         y = y * _bc(w, x) + _bc(b, x)
@@ -360,7 +365,7 @@ def _bn_grad_input(xs, a, rt):
     dy, x, rm, rv = xs[:4]
     w = xs[4] if a["affine"] else None
     mean, var = _bn_stats(x, rm, rv, a)
-    inv = (1.0 / np.sqrt(var + np.float32(a["eps"]))).astype(x.dtype)
+    inv = (1.0 / np.sqrt(var + x.dtype.type(a["eps"]))).astype(x.dtype)
     g = dy * _bc(w, x) if w is not None else dy
     if not a["training"]:
         return g * _bc(inv, x)
@@ -375,7 +380,7 @@ def _bn_grad_input(xs, a, rt):
 def _bn_grad_weight(xs, a, rt):
     dy, x, rm, rv = xs
     mean, var = _bn_stats(x, rm, rv, a)
-    inv = (1.0 / np.sqrt(var + np.float32(a["eps"]))).astype(x.dtype)
+    inv = (1.0 / np.sqrt(var + x.dtype.type(a["eps"]))).astype(x.dtype)
     return (dy * (x - _bc(mean, x)) * _bc(inv, x)).sum(axis=_bn_axes(x))
 
 
@@ -413,7 +418,7 @@ def _dropout_shape(ctx: ShapeCtx) -> TensorType:
 def _dropout_mask(xs, a, rt):
     x = xs[0]
     keep = 1.0 - a["p"]
-    return ((rt.rng.random(x.shape) < keep) / np.float32(keep)).astype(x.dtype)
+    return ((rt.rng.random(x.shape) < keep) / x.dtype.type(keep)).astype(x.dtype)
 
 
 register(OpDef(

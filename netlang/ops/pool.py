@@ -12,7 +12,7 @@ import numpy as np
 
 from netlang.ir.types import TensorType
 from netlang.ops.registry import (
-    Attr, FusionKind, OpDef, ShapeCtx, ShapeError, per_dim, register, resolve_pad,
+    DIM_NAMES, Attr, FusionKind, OpDef, ShapeCtx, ShapeError, per_dim, register, resolve_pad,
     sliding_out, spatial_rank,
 )
 
@@ -39,6 +39,14 @@ def _pool_shape(ctx: ShapeCtx) -> TensorType:
             raise ShapeError("E012", f"{op}: padding {max(lo, hi)} is more than half the "
                              f"kernel ({ki})", help="PyTorch and ONNX require pad <= kernel / 2")
     out = sliding_out(ctx, op, spatial, keff, s, pads, ceil=ctx.attrs["ceil"])
+    for i, (h, o, ki, si, di, (lo, _)) in enumerate(zip(spatial, out, k, s, d, pads)):
+        for w in range(o):   # a window of padding only has no maximum (or a 0 divisor)
+            if not any(0 <= w * si - lo + j * di < h for j in range(ki)):
+                dim = DIM_NAMES[nd][i]
+                raise ShapeError(
+                    "E021", f"{op}: window {w + 1} along {dim} lies entirely in the padding "
+                    f"({dim} = {h}, kernel {ki}, dilation {di}, padding {lo} before)",
+                    help="use less padding or dilation, or a larger input")
     ctx.attrs.update(kernel=k, stride=s, pad=tuple(v for p in pads for v in p))
     if "dilation" in ctx.attrs:
         ctx.attrs["dilation"] = d
@@ -95,6 +103,8 @@ def _tiles(x, a, out):
     nd = len(k)
     if k != s or any(a["pad"]) or any(d != 1 for d in a.get("dilation", (1,) * nd)):
         return None
+    if any(o * kk > h for o, kk, h in zip(out, k, x.shape[2:])):
+        return None   # ceil mode: a last partial window, which the general path handles
     xl = nhwc(x)[(slice(None),) + tuple(slice(0, o * kk) for o, kk in zip(out, k))]
     return xl.reshape((x.shape[0],) + tuple(v for o, kk in zip(out, k) for v in (o, kk))
                       + (x.shape[1],))
@@ -266,7 +276,7 @@ register(OpDef(
     name="global_avgpool_grad", attrs=(Attr("in_shape", "ints"),),
     shape=lambda ctx: TensorType(tuple(ctx.attrs["in_shape"])), kind=FusionKind.BROADCAST,
     forward=lambda xs, a, rt: np.broadcast_to(
-        (xs[0] / np.float32(math.prod(a["in_shape"][1:]))).reshape(
+        (xs[0] / xs[0].dtype.type(math.prod(a["in_shape"][1:]))).reshape(
             xs[0].shape + (1,) * (len(a["in_shape"]) - 1)),
         (xs[0].shape[0],) + tuple(a["in_shape"])).copy(),
     user=False, doc="dy / (H W), broadcast over the spatial axes."))
@@ -289,13 +299,20 @@ def _up_shape(ctx: ShapeCtx) -> TensorType:
         raise ShapeError("E012", f"mode `{mode}` needs a different input rank",
                          help=f"for a {nd}-D input use `nearest` or `{linear}`")
     out = tuple(int(math.floor(h * s)) for h, s in zip(ctx.x.shape[1:], scales))
+    for i, (h, o, sc) in enumerate(zip(ctx.x.shape[1:], out, scales)):
+        if o < 1:
+            dim = DIM_NAMES[nd][i]
+            raise ShapeError("E021", f"upsample: {dim} = {h} times scale {sc:g} is "
+                             f"{h * sc:g}, which floors to {o}",
+                             help=f"the scale must be at least {1 / h:g} for this input")
     ctx.attrs["scale"] = tuple(float(s) for s in scales)
     return TensorType((ctx.x.shape[0],) + out)
 
 
-def interp_matrix(n_in: int, n_out: int, scale: float, mode: str) -> np.ndarray:
+def interp_matrix(n_in: int, n_out: int, scale: float, mode: str,
+                  dtype=np.float32) -> np.ndarray:
     """[n_out, n_in] weights of 1-D nearest or linear (half-pixel) resampling, as PyTorch."""
-    m = np.zeros((n_out, n_in), dtype=np.float32)
+    m = np.zeros((n_out, n_in), dtype=dtype)
     dst = np.arange(n_out)
     if mode == "nearest":
         src = np.minimum(np.floor(dst / scale).astype(int), n_in - 1)
@@ -304,7 +321,7 @@ def interp_matrix(n_in: int, n_out: int, scale: float, mode: str) -> np.ndarray:
     src = np.maximum((dst + 0.5) / scale - 0.5, 0)
     i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
-    lam = (src - i0).astype(np.float32)
+    lam = (src - i0).astype(dtype)
     np.add.at(m, (dst, i0), 1 - lam)
     np.add.at(m, (dst, i1), lam)
     return m
@@ -333,7 +350,8 @@ def _up_forward(xs, a, rt):
         for axis in range(1, x.ndim - 1):
             y = np.repeat(y, k, axis=axis)
         return nchw(y)
-    mats = [interp_matrix(x.shape[2 + i], int(math.floor(x.shape[2 + i] * s)), s, a["mode"])
+    mats = [interp_matrix(x.shape[2 + i], int(math.floor(x.shape[2 + i] * s)), s, a["mode"],
+                          x.dtype)
             for i, s in enumerate(a["scale"])]
     return _resample(x, mats)
 
@@ -349,7 +367,7 @@ def _up_grad(xs, a, rt):
             shape += (h, k)
         shape += (dy.shape[1],)
         return nchw(g.reshape(shape).sum(axis=tuple(range(2, 2 + 2 * len(in_sp), 2))))
-    mats = [interp_matrix(in_sp[i], dy.shape[2 + i], s, a["mode"]).T
+    mats = [interp_matrix(in_sp[i], dy.shape[2 + i], s, a["mode"], dy.dtype).T
             for i, s in enumerate(a["scale"])]
     return _resample(dy, mats)
 

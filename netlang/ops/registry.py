@@ -103,6 +103,10 @@ def coerce_attr(attr: Attr, value: Any) -> Any:
                 raise AttrError(f"`{attr.name}` must be `same`, `valid`, an integer or a list, "
                                 f"got `{value.name}`")
             return value.name
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if _number(v) and v < 0:
+                raise AttrError(f"`{attr.name}` must not be negative, got {_show(v)}")
         if isinstance(value, list):
             return tuple(as_int(v) for v in value)
         return as_int(value)
@@ -112,6 +116,10 @@ def coerce_attr(attr: Attr, value: Any) -> Any:
             raise AttrError(f"`{attr.name}` must be one of {opts}, got {_show(value)}")
         return value.name
     raise AssertionError(f"unknown attribute kind {kind}")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _show(v: Any) -> str:
