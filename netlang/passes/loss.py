@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from netlang.config import LossTerm
 from netlang.diagnostics import error
-from netlang.ir.graph import Graph
+from netlang.ir.graph import Graph, Node
 from netlang.ir.types import fmt_shape
 from netlang.ops.loss import target_type
 from netlang.passes.shape_infer import infer_node
@@ -54,10 +54,51 @@ def attach_loss(g: Graph, terms: tuple[LossTerm, ...]) -> None:
     g.loss = total
 
 
+# Which activation turns logits into the probabilities a loss reads.
+_PROBABILITY = {"bce": "sigmoid", "cross_entropy": "softmax"}
+
+
+def _probability_source(pred: Node, op: str) -> Node | None:
+    """The sigmoid/softmax node whose probabilities `pred` is, looking through dropout
+    with p = 0 (the identity); None if `pred` is not such a probability.
+
+    Dropout with p > 0 between the activation and the loss is refused: in training it
+    zeroes probabilities (an infinite cross-entropy) and rescales the rest above 1, so no
+    reading of the loss means the same thing in training and in inference."""
+    node = pred
+    while node.op == "dropout":
+        if node.attrs["p"] > 0:
+            act = node.inputs[0]
+            while act.op == "dropout":
+                act = act.inputs[0]
+            if act.op == _PROBABILITY[op]:
+                raise error("E033", f"`{op}` reads the output of `{act.op}` through dropout "
+                            f"(p = {node.attrs['p']:g})", node.span,
+                            notes=[f"in training, dropout zeroes some {act.op} "
+                                   "probabilities and scales the others by 1 / (1 - p), so "
+                                   "the loss would read values that are not probabilities"],
+                            help=f"apply dropout before the layer that feeds `{act.op}`")
+            return None
+        node = node.inputs[0]
+    return node if node.op == _PROBABILITY[op] else None
+
+
+def check_probability_losses(g: Graph, terms: tuple[LossTerm, ...]) -> None:
+    """Refuse a probability loss fed through dropout (checked with the network)."""
+    for term in terms:
+        if term.op in _PROBABILITY and term.pred in g.outputs:
+            _probability_source(g.outputs[term.pred], term.op)
+
+
 def stable_losses(g: Graph) -> None:
+    """Runs before `specialize`, on the graph both modes share, so that training and
+    inference fold the same activations."""
     for n in g.nodes:
-        if n.op == "bce" and n.inputs[0].op == "sigmoid":
+        if n.op not in _PROBABILITY:
+            continue
+        act = _probability_source(n.inputs[0], n.op)
+        if act is None:
+            continue
+        if n.op == "bce":
             n.op = "bce_logits"
-            n.inputs[0] = n.inputs[0].inputs[0]
-        elif n.op == "cross_entropy" and n.inputs[0].op == "softmax":
-            n.inputs[0] = n.inputs[0].inputs[0]
+        n.inputs[0] = act.inputs[0]
