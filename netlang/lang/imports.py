@@ -37,12 +37,17 @@ def _collect(prog: Program, module: ast.Module, base_dir: Path, stack: list[str]
             chain = " -> ".join(Path(s).name for s in stack[stack.index(str(path)):])
             raise error("E003", f"import cycle: {chain} -> {path.name}", imp.span,
                         help="move the shared blocks into a file that imports neither")
+        if path.suffix != ".net":
+            # Only network sources: a syntax error in any other file would quote its text.
+            raise error("E003", f'cannot import "{imp.path}": only `.net` files can be '
+                        "imported", imp.span, help="import a file of blocks, e.g. "
+                        '`import "blocks.net"`')
         if not path.is_file():
             raise error("E003", f'cannot import "{imp.path}": no such file', imp.span,
                         notes=[f"looked for {path}"],
                         help="import paths are relative to the importing file")
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
             raise error("E003", f'cannot read "{imp.path}": {exc}', imp.span) from None
         shown = _display(path)

@@ -33,6 +33,7 @@ class Tensor:
 
 Value = Union[Tensor, int, float, bool, str, Symbol, list]
 MAX_NODES = 100_000
+MAX_BLOCK_DEPTH = 50   # blocks calling blocks; each level costs Python stack
 
 
 def _kind(v: Value) -> str:
@@ -555,6 +556,12 @@ class Lowerer:
                 inner.values[n] = t
         else:
             inner.implicit_input = tensors[0]
+        if len(self.block_stack) >= MAX_BLOCK_DEPTH:
+            raise error("E007", f"blocks call each other more than {MAX_BLOCK_DEPTH} levels "
+                        "deep", call.span,
+                        notes=["calls: " + " -> ".join(self.block_stack[:4] + ["..."] +
+                                                      self.block_stack[-2:] + [block.name])],
+                        help="flatten the chain of blocks, or use `repeat`")
         self.block_stack.append(block.name)
         try:
             result = self._run_body(block.body, inner, is_block=True)

@@ -8,10 +8,11 @@ installed wheel. Syntax errors are classified into a handful of human messages
 from __future__ import annotations
 
 import functools
+import math
 from importlib import resources
 
-from lark import Lark, Token, Transformer, Tree, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
+from lark import Lark, Token, Transformer_NonRecursive, Tree, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, VisitError
 
 from netlang.diagnostics import NetlangError, SourceSpan, did_you_mean, error
 from netlang.lang import ast
@@ -47,7 +48,7 @@ def _tok_span(file: str, tok: Token) -> SourceSpan:
     return SourceSpan(file, tok.line, tok.column, end_line, end_col)
 
 
-class _ToAst(Transformer):
+class _ToAst(Transformer_NonRecursive):   # iterative: deep trees need no deep stack
     def __init__(self, file: str):
         super().__init__()
         self.file = file
@@ -62,6 +63,9 @@ class _ToAst(Transformer):
         value: int | float
         if any(c in text for c in ".eE"):
             value = float(text)
+            if not math.isfinite(value):
+                raise error("E026", f"the number `{text}` is too large (no finite float)",
+                            self._s(meta))
         else:
             value = int(text)
         return ast.Number(value, self._s(meta))
@@ -196,13 +200,33 @@ class _ToAst(Transformer):
         return children
 
 
+# Limits that keep absurd input from exhausting time, memory or the stack. Real networks
+# are far below them: the largest example is 4 KB and nests 12 levels deep.
+MAX_SOURCE_BYTES = 1 << 20
+MAX_DEPTH = 100
+
+
 def parse(text: str, file: str = "<string>") -> ast.Module:
-    """Parse one `.net` source; raises NetlangError (E001/E002) on a syntax error."""
+    """Parse one `.net` source; raises NetlangError (E001/E002) on a syntax error and E007
+    on a source over the size or nesting limits."""
+    text = text.removeprefix("\ufeff")   # a UTF-8 byte-order mark is not part of the text
+    if len(text) > MAX_SOURCE_BYTES:
+        raise error("E007", f"the source is {len(text) / 2**20:.1f} MB; netlang reads `.net` "
+                    f"sources of up to {MAX_SOURCE_BYTES // 2**20} MB",
+                    SourceSpan(file, 1, 1, 1, 2),
+                    help="a network description is a few kilobytes: use `block` and "
+                         "`repeat` instead of generated repetition")
     try:
         tree = _parser().parse(text)
     except UnexpectedInput as exc:
         raise _syntax_error(exc, text, file) from None
-    items = _ToAst(file).transform(tree)
+    _check_depth(tree, file)
+    try:
+        items = _ToAst(file).transform(tree)
+    except VisitError as exc:   # a diagnostic raised while building the AST
+        if isinstance(exc.orig_exc, NetlangError):
+            raise exc.orig_exc from None
+        raise
     if isinstance(items, Tree):  # pragma: no cover - defensive, start always transforms
         raise AssertionError("untransformed parse tree")
     return ast.Module(
@@ -212,6 +236,20 @@ def parse(text: str, file: str = "<string>") -> ast.Module:
         networks=tuple(i for i in items if isinstance(i, ast.NetworkDef)),
         trains=tuple(i for i in items if isinstance(i, ast.TrainDef)),
     )
+
+
+def _check_depth(tree: Tree, file: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH (iteratively: the check itself needs no stack)."""
+    todo = [(tree, 1)]
+    while todo:
+        node, depth = todo.pop()
+        if depth > MAX_DEPTH:
+            meta = node.meta
+            span = SourceSpan(file, meta.line, meta.column, meta.line, meta.column + 1) \
+                if not meta.empty else None
+            raise error("E007", f"the source nests more than {MAX_DEPTH} levels deep here",
+                        span, help="split the expression into named values, or use `repeat`")
+        todo.extend((c, depth + 1) for c in node.children if isinstance(c, Tree))
 
 
 # -- syntax error classification ----------------------------------------------------

@@ -27,6 +27,17 @@ from netlang.ops.registry import ShapeCtx, ShapeError
 REQUIRES = ("lowered graph: input nodes typed, attributes checked against the schema",)
 ENSURES = ("every node typed; params typed with init attributes; attributes canonical",)
 PROBE_SECONDS = 1.0  # time allowed for finding valid input sizes on an error path
+# No tensor (an activation per sample, or a parameter) may hold more elements than this:
+# 2^31 float32 values are 8 GiB, beyond any network that trains on one machine, and far
+# beyond what a typo (`conv(99999999999, 3)`) should be allowed to allocate.
+MAX_ELEMENTS = 2 ** 31
+
+
+def check_size(ty: TensorType, what: str) -> None:
+    if ty.size > MAX_ELEMENTS:
+        raise ShapeError("E029", f"{what} {fmt_shape(ty.shape)} would hold {ty.size:,} "
+                         f"elements; the limit is {MAX_ELEMENTS:,} (8 GiB of float32)",
+                         help="check the channel counts, units and input size for a typo")
 
 
 @dataclass
@@ -51,6 +62,7 @@ def infer_node(node: Node, info: ShapeInfo | None = None) -> TensorType:
     if any(t is None for t in ctx.inputs):
         raise AssertionError(f"{node!r}: input without a type")
     out = op.shape(ctx)
+    check_size(out, f"the output of {node.op}" + (" per sample" if out.batched else ""))
     node.attrs = ctx.attrs
     node.type = out
     if info is not None:
@@ -66,6 +78,7 @@ def infer_node(node: Node, info: ShapeInfo | None = None) -> TensorType:
                 continue
             spec = specs[p.attrs["role"]]
             ptype = TensorType(spec.shape, batched=False)
+            check_size(ptype, f"the {p.attrs['role']} of {node.op}")
             if p.type is None:
                 p.type = ptype
                 p.attrs.update(init=spec.init, bound=spec.bound, trainable=spec.trainable)
@@ -80,6 +93,12 @@ def infer_shapes(graph: Graph) -> ShapeInfo:
     info = ShapeInfo()
     for node in graph.nodes:
         if node.op in ("input", "param", "target"):
+            if node.op == "input" and node.type is not None:
+                try:
+                    check_size(node.type, f"input `{node.name}`")
+                except ShapeError as exc:
+                    raise NetlangError(Diagnostic(exc.code, exc.message, node.span,
+                                                  help=exc.help)) from None
             continue
         try:
             infer_node(node, info)
