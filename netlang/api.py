@@ -17,12 +17,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from netlang.config import TrainConfig, train_config
+from netlang.config import TrainConfig, resolve_data_paths, train_config
 from netlang.diagnostics import Diagnostic, NetlangError, SourceMap, error
 from netlang.ir.graph import Graph, Node
 from netlang.ir.types import TensorType
 from netlang.lang.imports import Program, read_program
 from netlang.lang.lower import Value, lower, parse_override
+from netlang.passes.loss import check_probability_losses
 from netlang.passes.shape_infer import infer_shapes
 
 
@@ -34,6 +35,8 @@ class Network:
     program: Program
     file: str
     train: TrainConfig | None = None
+    # The network parameters given at load time (`--set`), as given: runs record them.
+    overrides: dict[str, str] = field(default_factory=dict)
     _compiled: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     # -- what the network is -------------------------------------------------------------
@@ -170,6 +173,9 @@ def loads(text: str, network: str | None = None, params: Mapping[str, Any] | Non
         outputs = list(graph.outputs)
         trains = [t for t in prog.main.trains if t.network in (None, graph.name)]
         cfg = train_config(trains[0], outputs, text) if trains else None
+        if cfg is not None:
+            check_probability_losses(graph, cfg.loss)
+            cfg = resolve_data_paths(cfg, base_dir or Path("."))
         if len(trains) > 1:
             raise error("E030", f"network `{graph.name}` has two train sections", trains[1].span)
         for t in prog.main.trains:
@@ -178,12 +184,12 @@ def loads(text: str, network: str | None = None, params: Mapping[str, Any] | Non
     except NetlangError as exc:
         exc.sources = sources  # type: ignore[attr-defined]
         raise
-    return Network(graph, prog, file, cfg)
+    return Network(graph, prog, file, cfg, {k: str(v) for k, v in (params or {}).items()})
 
 
 def _read(path: str | Path) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise error("E004", f"no such file: {path}", None) from None
     except (OSError, UnicodeDecodeError) as exc:

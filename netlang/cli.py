@@ -77,9 +77,10 @@ def cmd_viz(args) -> int:
         g = build_program(net, training=False).graph
         clusters = {f"k{i}: {grp.name}": grp.nodes for i, grp in enumerate(g.fusion.groups)
                     if grp.epilogue}
-        dot_path.write_text(to_dot(g, clusters), encoding="utf-8")
+        dot_path.write_text(to_dot(g, clusters, rankdir=args.rankdir), encoding="utf-8")
     else:
-        dot_path.write_text(to_dot(net.graph), encoding="utf-8")
+        dot_path.write_text(to_dot(net.graph, rankdir=args.rankdir, collapse=args.collapse),
+                            encoding="utf-8")
     print(f"wrote {dot_path}")
     if out.suffix == ".dot":
         return 0
@@ -88,10 +89,10 @@ def cmd_viz(args) -> int:
         raise error("E005", f"cannot render `.{fmt}`", None, help="use .svg, .png, .pdf or .dot")
     dot = shutil.which("dot")
     if dot is None:
-        print("note: the `dot` program is not installed, so only the .dot file was written; "
-              "install Graphviz (`apt-get install graphviz`, `brew install graphviz`) to render "
-              f"{out.name}", file=sys.stderr)
-        return 0
+        raise error("E005", f"{out} was not written: the Graphviz `dot` program is not "
+                    "installed", None, notes=[f"the diagram is in {dot_path}"],
+                    help="install Graphviz (`apt-get install graphviz`, `brew install "
+                         "graphviz`), or render the .dot file elsewhere")
     res = subprocess.run([dot, f"-T{fmt}", str(dot_path), "-o", str(out)],
                          capture_output=True, text=True)
     if res.returncode != 0:
@@ -103,17 +104,28 @@ def cmd_viz(args) -> int:
 def cmd_compile(args) -> int:
     from netlang.backends.cuda import render as R
     from netlang.ir.printer import format_graph
-    from netlang.passes.pipeline import PASS_NAMES, build_program
+    from netlang.passes.pipeline import PASS_NAMES, build_program, pass_names
     from netlang.summary import human_bytes, human_count, summarize
 
     net = _load(args)
-    dumps = tuple(PASS_NAMES) if "all" in args.dump_after else tuple(args.dump_after)
+    loss = None
+    if args.train:
+        loss = args.loss or (net.train.loss_text if net.train else None)
+        if not loss:
+            raise error("E030", "`compile --train` needs a loss, and the file's train section "
+                        "names none", None,
+                        help='pass one, e.g. --loss "cross_entropy(logits, label)", or add '
+                             "`loss = ...` to a train section")
+    names = pass_names(args.train, args.train)
+    dumps = tuple(names) if "all" in args.dump_after else tuple(args.dump_after)
     for d in dumps:
-        if d not in PASS_NAMES:
+        if d in PASS_NAMES and d not in names:
+            raise error("E006", f"pass `{d}` runs only when compiling the training step", None,
+                        help="add --train")
+        if d not in names:
             raise error("E006", f"unknown pass `{d}`", None,
-                        notes=["passes: " + ", ".join(PASS_NAMES)],
-                        help=did_you_mean(d, PASS_NAMES))
-    loss = net._loss_text(args.loss) if args.train else None
+                        notes=["passes: " + ", ".join(names) + ", all"],
+                        help=did_you_mean(d, names + ["all"]))
     prog = build_program(net, training=args.train, loss=loss, dump_after=dumps,
                          fuse=not args.no_fuse)
     unfused = build_program(net, training=args.train, loss=loss, fuse=False)
@@ -146,7 +158,7 @@ def cmd_compile(args) -> int:
     if args.explain == "fusion":
         print(fusion.explain())
     if args.output is None:
-        for name in [p for p in PASS_NAMES if p in prog.dumps]:
+        for name in [p for p in names if p in prog.dumps]:
             print(f"# after {name}")
             print(prog.dumps[name])
         print("\n".join(report))
@@ -187,10 +199,14 @@ def cmd_compile(args) -> int:
     return 0
 
 
-def _train_config(net: api.Network, args):
-    from netlang.config import TrainConfig, apply_overrides
+def _train_config(net: api.Network, args, recorded: dict | None = None):
+    """The file's train section (or, resuming, the run's recorded settings), then the
+    command line's values, all validated alike."""
+    from netlang.config import TrainConfig, apply_overrides, from_record, with_lr
 
     cfg = net.train or TrainConfig()
+    if recorded:
+        cfg = from_record(recorded, cfg, list(net.outputs))
     items: list[tuple[str, str]] = []
     for key in ("data", "loss", "epochs", "batch", "seed"):
         value = getattr(args, key, None)
@@ -204,12 +220,7 @@ def _train_config(net: api.Network, args):
         items.append((k.strip(), v.strip()))
     cfg = apply_overrides(cfg, items, list(net.outputs))
     if getattr(args, "lr", None) is not None:
-        from dataclasses import replace
-
-        from netlang.config import Call
-
-        args_ = dict(cfg.optimizer.args) | {"lr": float(args.lr)}
-        cfg = replace(cfg, optimizer=Call(cfg.optimizer.name, tuple(args_.items())))
+        cfg = with_lr(cfg, args.lr)
     return cfg
 
 
@@ -221,7 +232,7 @@ def _run_dir(net: api.Network, out: str | None, resume: str | None) -> Path:
         return p if p.is_dir() else p.parent
     base = Path("runs") / net.name
     path, k = base, 1
-    while (path / "last.safetensors").exists() or (path / "metrics.jsonl").exists():
+    while path.exists() and any(path.iterdir()):
         k += 1
         path = Path(f"{base}-{k}")
     return path
@@ -230,18 +241,25 @@ def _run_dir(net: api.Network, out: str | None, resume: str | None) -> Path:
 def cmd_train(args) -> int:
     from netlang.train.loop import Trainer, TrainingStopped
 
-    net = _load(args)
+    recorded = None
+    if args.resume:   # the run's network settings and training settings continue
+        net, ck = _load_recorded(args, args.resume, prefer="last")
+        recorded = ck.state.get("config")
+    else:
+        net = _load(args)
     _print_warnings(net)
-    cfg = _train_config(net, args)
+    cfg = _train_config(net, args, recorded)
     out = _run_dir(net, args.out, args.resume)
     if args.tf32:
         from netlang.backends.cuda.runtime import use_tf32
 
         use_tf32(True)
     trainer = Trainer(net, cfg, out, resume=Path(args.resume) if args.resume else None,
-                      progress=None if not args.no_progress else False, backend=args.backend)
+                      progress=None if not args.no_progress else False, backend=args.backend,
+                      overwrite=args.overwrite)
+    d = trainer.data
     print(f"training {net.name} ({net.param_count():,} parameters) on {cfg.data.name}: "
-          f"{len(trainer.data.train)} training and {len(trainer.data.val)} validation "
+          f"{len(d.train)} training, {len(d.val)} validation and {len(d.test)} test "
           f"samples, batch {cfg.batch}, {cfg.epochs} epochs; run folder {out}")
     try:
         result = trainer.run()
@@ -252,26 +270,59 @@ def cmd_train(args) -> int:
     shown = {k: v for k, v in best.items() if k.startswith("val_") and k.count("_") == 1}
     print(f"{result.reason}; best epoch {best.get('epoch', '-')}: "
           + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+    if result.test is not None:
+        print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in result.test.items()
+                                   if k.count("_") == 0)
+              + f"  ({len(d.test)} samples never used in training)")
     print(f"checkpoints: {out / 'best.safetensors'}, {out / 'last.safetensors'}; "
           f"log {out / 'metrics.jsonl'}; curves {out / 'curves.png'}")
     return 130 if result.reason.startswith("interrupted") else 0
 
 
-def _weights_for(net: api.Network, path: str):
+def _load_recorded(args, weights: str, prefer: str = "best"):
+    """The network as the run that made `weights` was configured: its recorded `--set`
+    values (given ones must agree), and its checkpoint, checked against the network."""
     from netlang.train import checkpoint
 
-    ck = checkpoint.load(path, prefer="best")
-    checkpoint.check_compatible(ck, net, path)
-    return ck.weights
+    ck = checkpoint.load(weights, prefer=prefer)
+    rec = ck.state.get("config", {}) or {}
+    recorded = {k: str(v) for k, v in (rec.get("set") or {}).items()}
+    given = _sets(args.set)
+    differ = [f"{k}={recorded[k]} (given {v})" for k, v in given.items()
+              if k in recorded and recorded[k] != v]
+    if differ:
+        raise error("E051", f"{weights} was trained with --set " + ", ".join(differ), None,
+                    help="leave out --set: the run's own values are used")
+    if recorded and not given:
+        print("using the run's settings: " + " ".join(f"--set {k}={v}"
+                                                       for k, v in recorded.items()),
+              file=sys.stderr)
+    network = args.network
+    if network is None and rec.get("network") in api.network_names(args.file):
+        network = rec["network"]
+    net = api.load(args.file, network=network, params=recorded | given)
+    checkpoint.check_compatible(ck, net, weights)
+    return net, ck
 
 
 def cmd_eval(args) -> int:
-    from netlang.train import data as data_mod
-    from netlang.train.metrics import Metrics, kind_of
+    from dataclasses import replace
 
-    net = _load(args)
+    from netlang.config import Call, apply_overrides
+    from netlang.train import data as data_mod
+    from netlang.train.loop import evaluate
+    from netlang.train.metrics import kind_of
+
+    net, ck = _load_recorded(args, args.weights)
+    rec = ck.state.get("config", {}) or {}
     cfg = _train_config(net, args)
-    weights = _weights_for(net, args.weights)
+    if args.data is None and rec.get("data"):   # the run's data, unless told otherwise
+        name, kw = rec["data"]
+        cfg = replace(cfg, data=Call(name, tuple(kw.items())),
+                      val_split=rec.get("val_split", cfg.val_split),
+                      test_split=rec.get("test_split", cfg.test_split))
+    if args.loss is None and rec.get("loss") and rec["loss"] != cfg.loss_text:
+        cfg = apply_overrides(cfg, [("loss", rec["loss"])], list(net.outputs))
     if cfg.data is None:
         raise error("E032", "no data: pass --data or set `data = ...` in the train section",
                     None)
@@ -279,14 +330,20 @@ def cmd_eval(args) -> int:
         raise error("E030", "no loss: pass --loss or set `loss = ...` in the train section",
                     None)
     targets = list(dict.fromkeys(t.target for t in cfg.loss))
-    ds = data_mod.bind(data_mod.from_config(cfg.data, cfg.val_split, cfg.seed), net, targets)
-    m = Metrics(kind_of(net))
-    out_name = next(iter(net.outputs))
-    for batch in ds.batches("val", 64):
-        loss, outs = net.evaluate(weights, batch, loss=cfg.loss_text)
-        m.add(loss, outs[out_name], batch[targets[0]], len(batch[targets[0]]))
-    print(f"{cfg.data.name}: {len(ds.val)} samples (the validation/test split)")
-    for k, v in m.result().items():
+    user_file = args.data is not None and cfg.data.name in ("npz", "folder")
+    ds = data_mod.bind(data_mod.from_config(cfg.data, cfg.val_split, cfg.test_split,
+                                            whole_file=user_file), net, targets)
+    for note in ds.notes:
+        print(note, file=sys.stderr)
+    split = "test" if user_file else args.split
+    if not len(ds.split(split)):
+        raise error("E032", f"the {split} split of `{ds.name}` is empty", None,
+                    help="choose another with --split, or give a file with --data")
+    m = evaluate(net, ck.weights, ds, split, cfg, kind_of(net, cfg.loss))
+    what = (f"all {len(ds.test)} samples of {args.data}" if user_file else
+            f"the {split} split, {len(ds.split(split))} samples")
+    print(f"{ds.name}: {what}; weights of epoch {ck.state.get('epoch', '?')}")
+    for k, v in m.items():
         print(f"{k} {v:.4f}")
     return 0
 
@@ -296,7 +353,7 @@ def _read_inputs(paths: list[str], shape: tuple[int, ...]):
 
     from netlang.train.data import IMAGE_SUFFIXES, _read_image
 
-    arrays, names = [], []
+    arrays, files = [], []
     for p in paths:
         path = Path(p)
         if not path.is_file():
@@ -304,8 +361,14 @@ def _read_inputs(paths: list[str], shape: tuple[int, ...]):
         if path.suffix == ".npy":
             try:
                 a = np.load(path, allow_pickle=False)
-            except ValueError as exc:
-                raise error("E032", f"{p}: {exc}", None) from None
+            except (ValueError, EOFError, OSError) as exc:
+                raise error("E032", f"{p} is not a readable .npy file of numbers: "
+                            f"{exc or 'empty file'}", None,
+                            help="write it with numpy.save from a numeric array") from None
+            if a.dtype.kind not in "fiub":
+                raise error("E032", f"{p} holds {a.dtype} values; expected numbers", None)
+            if not a.size:
+                raise error("E032", f"{p} holds no values (shape {list(a.shape)})", None)
         elif path.suffix.lower() in IMAGE_SUFFIXES:
             a = _read_image(path, gray=shape[0] == 1)
         else:
@@ -316,9 +379,31 @@ def _read_inputs(paths: list[str], shape: tuple[int, ...]):
         if a.shape[1:] != shape:
             raise error("E032", f"{p} is {fmt_shape(a.shape)}; the network takes "
                         f"{fmt_shape(shape)} per sample", None)
+        if not np.isfinite(a).all():
+            raise error("E032", f"{p} holds NaN or infinite values", None)
         arrays.append(a)
-        names += [path.stem] if len(a) == 1 else [f"{path.stem}_{i}" for i in range(len(a))]
-    return np.concatenate(arrays), names
+        files.append((path, len(a)))
+    return np.concatenate(arrays), _unique_names(files)
+
+
+def _unique_names(files: list[tuple[Path, int]]) -> list[str]:
+    """One output name per sample: the file's stem, qualified by its folders when two
+    inputs share a stem (a/x.npy, b/x.npy -> a_x, b_x), numbered within a file."""
+    stems = [f.stem for f, _ in files]
+    names: list[str] = []
+    for f, count in files:
+        base = f.stem
+        if stems.count(base) > 1:
+            base = "_".join(p for p in f.with_suffix("").parts[-3:] if p not in ("/", ".."))
+        names += [base] if count == 1 else [f"{base}_{i}" for i in range(count)]
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):   # anything still equal gets a counter
+        if n in seen:
+            seen[n] += 1
+            names[i] = f"{n}-{seen[n]}"
+        else:
+            seen[n] = 1
+    return names
 
 
 def cmd_predict(args) -> int:
@@ -326,8 +411,8 @@ def cmd_predict(args) -> int:
 
     from netlang.ops.elementwise import softmax
 
-    net = _load(args)
-    weights = _weights_for(net, args.weights)
+    net, ck = _load_recorded(args, args.weights)
+    weights = ck.weights
     if len(net.inputs) != 1:
         raise error("E040", "predict feeds networks with one input", None)
     in_name, in_type = next(iter(net.inputs.items()))
@@ -389,6 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "(a .dot file is always written)")
     sp.add_argument("--after", choices=["fusion"], help="draw the compiled inference program "
                     "with each fused kernel as a cluster")
+    sp.add_argument("--rankdir", choices=["TB", "LR", "BT", "RL"], default="TB",
+                    help="direction of the diagram: TB top to bottom (default), LR left to "
+                         "right (for tall networks)")
+    sp.add_argument("--collapse", action="store_true",
+                    help="draw each block instance as one node")
     sp.set_defaults(func=cmd_viz)
 
     sp = sub.add_parser("compile", help="run the compiler passes; dump IR and the memory plan")
@@ -420,7 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch", type=int)
     sp.add_argument("--lr", type=float, help="learning rate of the optimizer")
     sp.add_argument("--seed", type=int)
-    sp.add_argument("--out", help="run folder (default runs/NETWORK)")
+    sp.add_argument("--out", help="run folder (default runs/NETWORK, or runs/NETWORK-2, ... "
+                    "when that holds a run)")
+    sp.add_argument("--overwrite", action="store_true",
+                    help="start over in a run folder that holds a run")
     sp.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
     sp.add_argument("--backend", default="numpy", choices=["numpy", "cuda", "cuda-emu"])
     sp.add_argument("--tf32", action="store_true", help="with --backend cuda: let cuBLAS GEMMs "
@@ -432,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     run_options(sp)
     sp.add_argument("--weights", required=True, help="a checkpoint or run folder")
+    sp.add_argument("--split", choices=["test", "val", "train"], default="test",
+                    help="which split of the run's data to score (default: test); a file "
+                         "given with --data is scored whole")
     sp.set_defaults(func=cmd_eval)
 
     sp = sub.add_parser("predict", help="outputs for new inputs (.npy or images)")

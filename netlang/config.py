@@ -7,6 +7,7 @@ The command line overrides the file through the same validation (`apply_override
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -45,6 +46,7 @@ class TrainConfig:
     epochs: int = 10
     seed: int = 0
     val_split: float = 0.2
+    test_split: float = 0.2
     early_stop: Call | None = None
     augment: tuple[Call, ...] = ()
     metrics: tuple[str, ...] = ()
@@ -57,9 +59,9 @@ NUM, INT, BOOL, STR, NAME = "number", "integer", "boolean", "string", "name"
 DATA = {
     "digits": {"test_fraction": NUM},
     "shapes": {"size": INT, "count": INT, "classes": INT, "noise": NUM, "seed": INT},
-    "npz": {"path": STR, "val": STR},
+    "npz": {"path": STR, "val": STR, "test": STR},
     "folder": {"images": STR, "masks": STR, "val_images": STR, "val_masks": STR,
-               "size": INT, "gray": BOOL},
+               "test_images": STR, "test_masks": STR, "gray": BOOL},
 }
 OPTIMIZERS = {
     "sgd": {"lr": NUM, "momentum": NUM, "nesterov": BOOL, "weight_decay": NUM},
@@ -82,10 +84,33 @@ AUGMENTS = {
     "elastic": {"alpha": NUM, "sigma": NUM},
 }
 EARLY_STOP = {"patience": INT, "monitor": NAME, "min_delta": NUM, "mode": NAME}
+# Value ranges, checked wherever a value comes from (the file, --opt, --lr): name -> (test,
+# the range in words). A learning rate of -1, NaN or infinity is refused before training.
+RANGES: dict[str, tuple[Any, str]] = {
+    "lr": (lambda v: 0 < v < math.inf, "a positive, finite number"),
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "eps": (lambda v: 0 < v < math.inf, "a positive, finite number"),
+    "weight_decay": (lambda v: 0 <= v < math.inf, "zero or positive"),
+    "gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "factor": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "min_lr": (lambda v: 0 <= v < math.inf, "zero or positive"),
+    "step_size": (lambda v: v >= 1, "at least 1"),
+    "patience": (lambda v: v >= 0, "zero or positive"),
+    "min_delta": (lambda v: 0 <= v < math.inf, "zero or positive"),
+    "epochs": (lambda v: v >= 1, "at least 1"),
+    "degrees": (lambda v: 0 <= v <= 180, "in [0, 180]"),
+    "fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "test_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "noise": (lambda v: 0 <= v < math.inf, "zero or positive"),
+    "size": (lambda v: v >= 1, "at least 1"),
+    "count": (lambda v: v >= 1, "at least 1"),
+}
 LOSS_OPS = ("mse", "cross_entropy", "bce", "dice")
 METRICS = ("loss", "accuracy", "top5", "dice", "iou")
 KEYS = ("data", "loss", "optimizer", "schedule", "batch", "epochs", "seed", "val_split",
-        "early_stop", "augment", "metrics", "checkpoint_every")
+        "test_split", "early_stop", "augment", "metrics", "checkpoint_every")
 
 
 def _num(v: Any) -> bool:
@@ -118,10 +143,14 @@ def _literal(e: ast.Expr) -> Any:
 
 
 def _check_kind(key: str, kind: str, v: Any, span: SourceSpan) -> Any:
-    ok = {NUM: _num(v), INT: _num(v) and int(v) == v, BOOL: isinstance(v, bool),
+    finite = _num(v) and math.isfinite(v)
+    ok = {NUM: finite, INT: finite and int(v) == v, BOOL: isinstance(v, bool),
           STR: isinstance(v, str), NAME: isinstance(v, Symbol)}[kind]
     if not ok:
-        raise error("E030", f"`{key}` must be a {kind}", span)
+        what = "finite number" if kind == NUM and _num(v) else kind
+        raise error("E030", f"`{key}` must be a {what}, got {v}", span)
+    if kind in (NUM, INT) and key in RANGES and not RANGES[key][0](v):
+        raise error("E030", f"`{key}` must be {RANGES[key][1]}, got {v}", span)
     if kind == INT:
         return int(v)
     if kind == NAME:
@@ -261,12 +290,60 @@ def _set(cfg: TrainConfig, key: str, e: ast.Expr, outputs: list[str],
         if v < (0 if key == "seed" else 1):
             raise error("E030", f"`{key}` must be positive", e.span)
         return replace(cfg, **{key: v})
-    if key == "val_split":
+    if key in ("val_split", "test_split"):
         v = _check_kind(key, NUM, v, e.span)
         if not 0 <= v < 1:
-            raise error("E030", "`val_split` must be in [0, 1)", e.span)
-        return replace(cfg, val_split=float(v))
+            raise error("E030", f"`{key}` must be in [0, 1), got {v:g}", e.span)
+        return replace(cfg, **{key: float(v)})
     raise AssertionError(key)
+
+
+PATH_ARGS = ("path", "val", "test", "images", "masks", "val_images", "val_masks",
+             "test_images", "test_masks")
+
+
+def resolve_data_paths(cfg: TrainConfig, base_dir) -> TrainConfig:
+    """Paths in a file's `data = ...` are relative to that file (as imports are)."""
+    from pathlib import Path
+
+    if cfg.data is None:
+        return cfg
+    args = tuple((k, str(Path(base_dir) / v) if k in PATH_ARGS and isinstance(v, str)
+                  and not Path(v).is_absolute() else v) for k, v in cfg.data.args)
+    return replace(cfg, data=Call(cfg.data.name, args))
+
+
+def from_record(rec: dict, base: TrainConfig, outputs: list[str]) -> TrainConfig:
+    """The settings a run recorded (its checkpoint's `config`), over `base`: what a resumed
+    run continues with unless the command line changes it."""
+    def call(v) -> Call:
+        return Call(v[0], tuple(v[1].items()))
+
+    cfg = base
+    if rec.get("data"):
+        cfg = replace(cfg, data=call(rec["data"]))
+    if rec.get("loss"):
+        cfg = replace(cfg, loss=parse_loss(rec["loss"], outputs), loss_text=rec["loss"])
+    for key in ("optimizer", "schedule"):
+        if rec.get(key):
+            cfg = replace(cfg, **{key: call(rec[key])})
+    for key in ("batch", "epochs", "seed", "val_split", "test_split", "checkpoint_every"):
+        if key in rec:
+            cfg = replace(cfg, **{key: rec[key]})
+    if "augment" in rec:
+        cfg = replace(cfg, augment=tuple(call(a) for a in rec["augment"]))
+    if "early_stop" in rec:
+        es = rec["early_stop"]
+        cfg = replace(cfg, early_stop=Call("early_stop", tuple(es.items())) if es is not None
+                      else None)
+    return cfg
+
+
+def with_lr(cfg: TrainConfig, lr: float) -> TrainConfig:
+    """The optimizer with another learning rate (`--lr`), range-checked like the file's."""
+    value = _check_kind("lr", NUM, lr, None)
+    args = dict(cfg.optimizer.args) | {"lr": float(value)}
+    return replace(cfg, optimizer=Call(cfg.optimizer.name, tuple(args.items())))
 
 
 def apply_overrides(cfg: TrainConfig, items: list[tuple[str, str]], outputs: list[str]

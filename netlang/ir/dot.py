@@ -40,10 +40,26 @@ def _esc(s: str) -> str:
     return s.replace('"', '\\"')
 
 
-def to_dot(g: Graph, clusters: dict[str, list[Node]] | None = None) -> str:
-    """DOT text. `clusters` optionally groups nodes (fused kernels) instead of blocks."""
+RANKDIRS = ("TB", "LR", "BT", "RL")
+
+
+def _block_of(n: Node) -> str | None:
+    """The outermost block instance a node belongs to (`d1.up` for `d1.up.conv0`)."""
+    parts = n.name.split(".")
+    return ".".join(parts[:2]) if len(parts) >= 3 else None
+
+
+def to_dot(g: Graph, clusters: dict[str, list[Node]] | None = None, rankdir: str = "TB",
+           collapse: bool = False) -> str:
+    """DOT text. `clusters` optionally groups nodes (fused kernels) instead of blocks;
+    `collapse` draws each block instance as one node (tall networks become readable);
+    `rankdir` is Graphviz's direction (TB top to bottom, LR left to right)."""
+    if rankdir not in RANKDIRS:
+        raise ValueError(f"rankdir {rankdir!r}")
+    if collapse:
+        return _collapsed(g, rankdir)
     nodes = [n for n in g.nodes if n.op != "param"]
-    lines = [f'digraph "{_esc(g.name)}" {{', "  rankdir=TB;",
+    lines = [f'digraph "{_esc(g.name)}" {{', f"  rankdir={rankdir};",
              '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
              '  edge [fontname="Helvetica", fontsize=9, color="#555555"];']
 
@@ -100,5 +116,46 @@ def to_dot(g: Graph, clusters: dict[str, list[Node]] | None = None) -> str:
         lines.append(f'  out_{_esc(name)} [label="{_esc(name)}\\n{fmt_shape(n.type.shape)}", '
                      'shape=ellipse, style=filled, fillcolor="#eeeeee"];')
         lines.append(f"  n{n.id} -> out_{_esc(name)};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _collapsed(g: Graph, rankdir: str) -> str:
+    nodes = [n for n in g.nodes if n.op != "param"]
+    rep: dict[int, str] = {}
+    groups: dict[str, list[Node]] = {}
+    for n in nodes:
+        block = _block_of(n)
+        rep[n.id] = f"n{n.id}" if block is None else f"b{len(groups)}" if block not in groups \
+            else rep[groups[block][0].id]
+        if block is not None:
+            groups.setdefault(block, []).append(n)
+    lines = [f'digraph "{_esc(g.name)}" {{', f"  rankdir={rankdir};",
+             '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
+             '  edge [fontname="Helvetica", fontsize=9, color="#555555"];']
+    for block, members in groups.items():
+        value, name = block.split(".")
+        last = members[-1]
+        label = f"{name}\\n{value}  {fmt_shape(last.type.shape)}"
+        lines.append(f'  {rep[members[0].id]} [label="{_esc(label)}", fillcolor="#e8e8f8", '
+                     'style="rounded,filled,bold"];')
+    for n in nodes:
+        if _block_of(n) is None:
+            color = _COLORS.get(n.op, "#ffffff")
+            shape = ', shape=ellipse' if n.op == "input" else ""
+            lines.append(f'  n{n.id} [label="{_esc(_label(n))}", fillcolor="{color}"{shape}];')
+    seen: set[tuple[str, str]] = set()
+    for n in nodes:
+        for src in n.inputs:
+            if src.op == "param":
+                continue
+            a, b = rep[src.id], rep[n.id]
+            if a != b and (a, b) not in seen:
+                seen.add((a, b))
+                lines.append(f'  {a} -> {b} [label="{fmt_shape(src.type.shape)}"];')
+    for name, n in g.outputs.items():
+        lines.append(f'  out_{_esc(name)} [label="{_esc(name)}\\n{fmt_shape(n.type.shape)}", '
+                     'shape=ellipse, style=filled, fillcolor="#eeeeee"];')
+        lines.append(f"  {rep[n.id]} -> out_{_esc(name)};")
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -46,9 +46,10 @@ def apply(calls: tuple[Call, ...], batch: dict[str, np.ndarray], image_keys: lis
                 coords = _coords(call.name, a, size, rng)
                 for k, order in keys:
                     arr = out[k][i]
-                    for c in range(arr.shape[0]):
-                        arr[c] = ndimage.map_coordinates(arr[c], coords, order=order,
-                                                         mode="reflect")
+                    planes = arr[None] if arr.ndim == 2 else arr   # class-index masks [H, W]
+                    for c in range(planes.shape[0]):
+                        planes[c] = ndimage.map_coordinates(planes[c], coords, order=order,
+                                                            mode="reflect")
     return out
 
 

@@ -64,12 +64,25 @@ def save(path: Path, ckpt: Checkpoint) -> None:
             tmp.unlink()
 
 
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files of writes that a killed process never finished (each
+    as large as a checkpoint); called when a run starts, before it writes anything."""
+    stale = sorted(Path(folder).glob(".*.safetensors.tmp-*"))
+    for f in stale:
+        f.unlink(missing_ok=True)
+    return stale
+
+
 def load(path: str | Path, prefer: str = "last") -> Checkpoint:
     """A checkpoint file, or a run folder's `last` (to resume) or `best` (to use)."""
     from safetensors import SafetensorError, safe_open
 
     p = Path(path)
     if p.is_dir():
+        if not any(p.glob("*.safetensors")) and (p / "config.json").exists():
+            raise error("E050", f"the run in {path} stopped before its first checkpoint was "
+                        "written, so it has no weights to resume or use", None,
+                        help=f"start it again: `--out {path} --overwrite`")
         p = p / f"{prefer}.safetensors"
     if not p.is_file():
         raise error("E050", f"no checkpoint at {path}", None,
@@ -92,6 +105,11 @@ def load(path: str | Path, prefer: str = "last") -> Checkpoint:
             state = json.loads(meta["state"])
     except (SafetensorError, OSError, ValueError, KeyError) as exc:
         raise error("E050", f"{p} is damaged or not a checkpoint: {exc}", None) from None
+    bad = [k for k, v in weights.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+    if bad:
+        raise error("E050", f"{p} holds NaN or infinite weights ({len(bad)} of {len(weights)} "
+                    "tensors, e.g. " + ", ".join(bad[:3]) + ")", None,
+                    help="use an earlier checkpoint; training keeps the last good one")
     return Checkpoint(weights, opt, state)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -19,14 +20,28 @@ from pathlib import Path
 import numpy as np
 
 from netlang.config import TrainConfig
-from netlang.diagnostics import error
+from netlang.diagnostics import did_you_mean, error
 from netlang.ir.types import fmt_shape
 from netlang.train import augment, checkpoint
 from netlang.train import data as data_mod
-from netlang.train.metrics import Metrics, kind_of
+from netlang.train.metrics import KIND_METRICS, MAXIMIZE, Metrics, kind_of
 from netlang.train.optim import Optimizer, Schedule
 
-MAXIMIZE = ("accuracy", "top5", "dice", "iou")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux: MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 class TrainingStopped(Exception):
@@ -41,6 +56,7 @@ class Result:
     reason: str
     out: Path
     weights: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    test: dict | None = None       # metrics of the selected weights on the test split
 
 
 def _rng(*keys: int) -> np.random.Generator:
@@ -70,15 +86,33 @@ def _stop_on_signals(flag: dict):
             signal.signal(s, h)
 
 
+# What a run folder holds; a new run refuses a folder with any of them (E055).
+RUN_FILES = ("metrics.jsonl", "last.safetensors", "best.safetensors", "config.json",
+             "test.json", "curves.png")
+
+
+def evaluate(net, weights, data, split: str, cfg: TrainConfig, kind: str, batch: int = 64,
+             backend: str = "numpy") -> dict[str, float]:
+    """Loss and task metrics of `weights` on one split (inference mode)."""
+    out_name, target = cfg.loss[0].pred, cfg.loss[0].target
+    shape = net.outputs[out_name].shape
+    m = Metrics(kind, shape[0] if shape else 0)
+    for b in data.batches(split, batch):
+        loss, outs = net.evaluate(weights, b, loss=cfg.loss_text, backend=backend)
+        m.add(loss, outs[out_name], b[target], len(b[target]))
+    return m.result()
+
+
 class Trainer:
     def __init__(self, net, cfg: TrainConfig, out: Path, resume: Path | None = None,
                  progress: bool | None = None, log=print, stop_after_steps: int | None = None,
-                 backend: str = "numpy"):
+                 backend: str = "numpy", overwrite: bool = False):
         self.net = net
         self.backend = backend
         self.cfg = cfg
         self.out = Path(out)
         self.resume = resume
+        self.overwrite = overwrite
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.log = log
         self.stop_after_steps = stop_after_steps   # tests: simulate an interruption
@@ -90,16 +124,39 @@ class Trainer:
                         "pass --data", cfg.span,
                         help="built-in sets: `digits`, `shapes(size = 64, count = 512)`")
         self.targets = list(dict.fromkeys(t.target for t in cfg.loss))
-        self.kind = kind_of(net)
-        ds = data_mod.from_config(cfg.data, cfg.val_split, cfg.seed)
+        self.out_name = cfg.loss[0].pred   # the output that metrics and selection follow
+        self.kind = kind_of(net, cfg.loss)
+        ds = data_mod.from_config(cfg.data, cfg.val_split, cfg.test_split)
         self.data = data_mod.bind(ds, net, self.targets)
+        self._check_splits()
         self._check_targets()
         monitor = cfg.early_stop.get("monitor", "val_loss") if cfg.early_stop else "val_loss"
         if not monitor.startswith("val_"):
             monitor = "val_" + monitor
+        allowed = ("loss",) + KIND_METRICS[self.kind]
+        if monitor[4:] not in allowed:
+            raise error("E030", f"early stopping monitors `{monitor[4:]}`, which a "
+                        f"{self.kind} network does not report", cfg.span,
+                        notes=["metrics: " + ", ".join(allowed)],
+                        help=did_you_mean(monitor[4:], allowed) or "monitor `loss`")
+        if not len(self.data.val):   # val_split = 0: select on the training loss
+            monitor = "loss"
         self.monitor = monitor
-        self.maximize = monitor[4:] in MAXIMIZE or (cfg.early_stop is not None and
-                                                    cfg.early_stop.get("mode") == "max")
+        self.maximize = monitor.removeprefix("val_") in MAXIMIZE or (
+            cfg.early_stop is not None and cfg.early_stop.get("mode") == "max")
+        self._check_memory()
+
+    def _check_splits(self) -> None:
+        d, cfg = self.data, self.cfg
+        n = len(d.train) + len(d.val) + len(d.test)
+        if not len(d.train):
+            raise error("E032", f"the data set `{d.name}` leaves no training samples "
+                        f"({n} in all)", cfg.span, help="use more data")
+        if not len(d.val) and cfg.val_split > 0:
+            raise error("E032", f"the validation split of `{d.name}` is empty ({n} samples "
+                        f"in all, val_split {cfg.val_split:g})", cfg.span,
+                        help="use more data, give validation data (`val = ...`), or set "
+                             "`val_split = 0` to train without validation")
 
     def _check_targets(self) -> None:
         prog = self.net.program_for(True, self.cfg.loss_text)
@@ -112,6 +169,27 @@ class Trainer:
                             help="cross_entropy takes class indices; bce, dice and mse take "
                                  "targets shaped like the output")
 
+    def _check_memory(self) -> None:
+        """Refuse, before the first step, a step that cannot fit in this machine's memory."""
+        avail = available_memory()
+        if avail is None or self.backend != "numpy":
+            return
+        prog = self.net.program_for(True, self.cfg.loss_text)
+        plan = prog.plan(self.cfg.batch)
+        weights = sum(t.nbytes for t in self.net.params.values())
+        slots = {"sgd": 1, "adam": 2, "adamw": 2}.get(self.cfg.optimizer.name, 2)
+        # Weights, gradients, optimizer slots and the best-weights copy, plus the step's
+        # values (the arena of the memory plan).
+        need = plan.arena_bytes + weights * (3 + slots)
+        if need > avail:
+            raise error("E054", f"a training step at batch {self.cfg.batch} needs about "
+                        f"{need / 2**30:.1f} GiB; this machine has {avail / 2**30:.1f} GiB "
+                        "available", self.cfg.span,
+                        notes=[f"weights {weights / 2**30:.2f} GiB (x{3 + slots} with "
+                               f"gradients and optimizer state), values of one step "
+                               f"{plan.arena_bytes / 2**30:.2f} GiB"],
+                        help="lower the batch (--batch) or the network's size (--set)")
+
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> Result:
         cfg, net = self.cfg, self.net
@@ -123,8 +201,13 @@ class Trainer:
         best_weights: dict[str, np.ndarray] | None = None
         if self.resume is not None:
             weights, opt, sched, state, best_weights = self._restore(opt, sched)
+        else:
+            self._prepare_out()
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(json.dumps(self._describe(), indent=1))
+        checkpoint.remove_stale_temporaries(self.out)
+        for note in self.data.notes:
+            self.log(note)
+        self._write_config()
         flag: dict = {}
         n_train = len(self.data.train)
         steps = math.ceil(n_train / cfg.batch)
@@ -178,7 +261,8 @@ class Trainer:
                 # End of epoch: validation, logs, schedule, early stopping, checkpoints.
                 row = {"epoch": epoch + 1, "lr": lr,
                        "loss": state["loss_sum"] / max(state["loss_n"], 1)}
-                row.update({f"val_{k}": v for k, v in self.validate(weights).items()})
+                if len(self.data.val):
+                    row.update({f"val_{k}": v for k, v in self.validate(weights).items()})
                 row["seconds"] = round(time.perf_counter() - t0, 3)
                 state["history"].append(row)
                 self._log_epoch(row)
@@ -201,7 +285,8 @@ class Trainer:
                 if epoch % 5 == 0 or epoch == cfg.epochs:   # plotting costs ~0.2 s
                     self._plot(state["history"])
                 patience = cfg.early_stop.get("patience", 5) if cfg.early_stop else None
-                if patience is not None and state["bad_epochs"] > patience:
+                # As Keras: stop after `patience` epochs in a row without improvement.
+                if patience is not None and state["bad_epochs"] >= max(patience, 1):
                     reason = f"early stop: no better {self.monitor} for {patience} epochs"
                     break
                 if flag.get("signal"):
@@ -213,8 +298,19 @@ class Trainer:
             self._plot(state["history"])
         if cfg.early_stop is not None and best_weights is not None:
             weights = best_weights   # early stopping restores the best weights
+        test = None
+        if len(self.data.test) and state["history"] and not reason.startswith("interrupted"):
+            # The weights `netlang eval RUN` uses: the best checkpoint, selected on the
+            # validation split; the test split has played no part in training.
+            test = self.validate(best_weights if best_weights is not None else weights,
+                                 "test")
+            best_epoch = state["best"]["epoch"] if state["best"] else state["epoch"]
+            (self.out / "test.json").write_text(json.dumps(
+                {"epoch": best_epoch, "samples": len(self.data.test), **test}, indent=1))
+            self.log(f"test ({len(self.data.test)} samples, weights of epoch {best_epoch}): "
+                     + "  ".join(f"{k} {v:.4f}" for k, v in test.items() if k.count("_") < 1))
         return Result(state["epoch"], state["history"], state["best"], reason, self.out,
-                      weights)
+                      weights, test)
 
     def _min_delta(self) -> float:
         return self.cfg.early_stop.get("min_delta", 0.0) if self.cfg.early_stop else 0.0
@@ -226,15 +322,9 @@ class Trainer:
         masks = [t for t in self.targets if batch[t].ndim >= 3]
         return augment.apply(self.cfg.augment, batch, images, masks, rng)
 
-    def validate(self, weights) -> dict[str, float]:
-        m = Metrics(self.kind)
-        out_name = next(iter(self.net.outputs))
-        target = self.targets[0]
-        for batch in self.data.batches("val", max(self.cfg.batch, 32)):
-            loss, outs = self.net.evaluate(weights, batch, loss=self.cfg.loss_text,
-                                           backend=self.backend)
-            m.add(loss, outs[out_name], batch[target], len(batch[target]))
-        return m.result()
+    def validate(self, weights, split: str = "val") -> dict[str, float]:
+        return evaluate(self.net, weights, self.data, split, self.cfg, self.kind,
+                        max(self.cfg.batch, 32), self.backend)
 
     # -- output --------------------------------------------------------------------------
     def _bar(self, epoch: int, steps: int, start: int):
@@ -283,14 +373,49 @@ class Trainer:
         fig.savefig(self.out / "curves.png", dpi=80)
         plt.close(fig)
 
+    def _prepare_out(self) -> None:
+        """A new run never mixes with an old one in the same folder."""
+        old = [f for f in RUN_FILES if (self.out / f).exists()]
+        if not old:
+            return
+        if not self.overwrite:
+            raise error("E055", f"the run folder {self.out} already holds a run "
+                        f"({', '.join(old)})", None,
+                        help=f"continue it with `--resume {self.out}`, start over with "
+                             "`--overwrite`, or choose another `--out`")
+        for f in old:
+            (self.out / f).unlink()
+
+    def _write_config(self) -> None:
+        """config.json: the effective settings, and each deliberate change on resume."""
+        path = self.out / "config.json"
+        now = self._describe()
+        changes: list = []
+        if self.resume is not None and path.exists():
+            try:
+                before = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                before = {}
+            changes = before.get("changes", [])
+            diff = {k: [before.get(k), v] for k, v in now.items()
+                    if k not in ("changes",) and before.get(k) not in (None, v)}
+            if diff:
+                changes.append({"at_epoch": self._resumed_at, "changed": diff})
+                self.log("resuming with changed settings (recorded in config.json): "
+                         + "; ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items()))
+        path.write_text(json.dumps(now | {"changes": changes}, indent=1), encoding="utf-8")
+
     def _describe(self) -> dict:
         c = self.cfg
-        return {"network": self.net.name, "file": self.net.file, "loss": c.loss_text,
+        return {"network": self.net.name, "file": self.net.file, "set": self.net.overrides,
+                "loss": c.loss_text, "val_split": c.val_split, "test_split": c.test_split,
                 "data": [c.data.name, dict(c.data.args)], "optimizer": [c.optimizer.name,
                                                                        dict(c.optimizer.args)],
                 "schedule": [c.schedule.name, dict(c.schedule.args)], "batch": c.batch,
                 "epochs": c.epochs, "seed": c.seed,
-                "augment": [[a.name, dict(a.args)] for a in c.augment]}
+                "augment": [[a.name, dict(a.args)] for a in c.augment],
+                "early_stop": dict(c.early_stop.args) if c.early_stop else None,
+                "checkpoint_every": c.checkpoint_every}
 
     # -- checkpoints ---------------------------------------------------------------------
     def _save(self, which: str, weights, opt: Optimizer, sched: Schedule, state: dict) -> None:
@@ -325,6 +450,13 @@ class Trainer:
             best = {k: np.array(v) for k, v in checkpoint.load(best_path).weights.items()}
         state = {k: st[k] for k in ("epoch", "step", "loss_sum", "loss_n", "history", "best",
                                     "bad_epochs", "global_step")}
+        was = st.get("config", {})
+        if state["step"] and was.get("batch") not in (None, self.cfg.batch):
+            raise error("E051", f"checkpoint {self.resume} stopped in the middle of an epoch "
+                        f"at batch {was['batch']}; this run asks for batch {self.cfg.batch}",
+                        None, help="resume with the same --batch; change it when a run "
+                                   "resumes from the end of an epoch")
+        self._resumed_at = state["epoch"] + 1
         if Path(self.resume).resolve() != self.out.resolve():
             self.out.mkdir(parents=True, exist_ok=True)
         self.log(f"resuming {self.net.name} at epoch {state['epoch'] + 1}, step "

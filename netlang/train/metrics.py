@@ -1,20 +1,38 @@
-"""Metrics: accuracy and top-k for classification; Dice and IoU per class for segmentation.
+"""Metrics that follow the task: accuracy (and top-5 with more than 5 classes) for
+classification, accuracy at threshold 0.5 for binary outputs, Dice and IoU per class for
+segmentation, MAE and R^2 for regression.
 
-Accumulated over batches as counts, so an epoch's metric is exact, not a mean of means.
+Accumulated over batches as counts and sums, so an epoch's metric is exact, not a mean of
+means.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+# The task of each kind, and the metrics it reports (besides the loss).
+KIND_METRICS = {
+    "classification": ("accuracy", "top5"),
+    "binary": ("accuracy",),
+    "segmentation": ("dice", "iou"),
+    "regression": ("mae", "r2"),
+}
+MAXIMIZE = ("accuracy", "top5", "dice", "iou", "r2")
+
 
 class Metrics:
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, classes: int = 0):
         self.kind = kind
+        self.classes = classes
         self.loss_sum = 0.0
         self.n = 0
         self.correct = 0
         self.top5 = 0
+        self.elements = 0
+        self.abs_err = 0.0
+        self.sq_err = 0.0
+        self.t_sum = 0.0
+        self.t_sq = 0.0
         self.inter: np.ndarray | None = None
         self.psum: np.ndarray | None = None
         self.tsum: np.ndarray | None = None
@@ -30,23 +48,43 @@ class Metrics:
             top = np.argsort(-pred, axis=1)
             self.correct += int((top[:, 0] == target).sum())
             self.top5 += int((top[:, :5] == target[:, None]).any(axis=1).sum())
+        elif self.kind == "binary":
+            self.correct += int(((pred >= 0.5) == (target >= 0.5)).sum())
+            self.elements += pred.size
+        elif self.kind == "regression":
+            err = pred.astype(np.float64) - target
+            self.abs_err += float(np.abs(err).sum())
+            self.sq_err += float((err * err).sum())
+            self.t_sum += float(target.sum(dtype=np.float64))
+            self.t_sq += float((target.astype(np.float64) ** 2).sum())
+            self.elements += pred.size
         elif self.kind == "segmentation":
             p, t = _masks(pred, target)
             axes = (0,) + tuple(range(2, p.ndim))
             inter = (p & t).sum(axis=axes)
-            self.inter = inter if self.inter is None else self.inter + inter
             ps, ts = p.sum(axis=axes), t.sum(axis=axes)
             un = (p | t).sum(axis=axes)
+            self.inter = inter if self.inter is None else self.inter + inter
             self.psum = ps if self.psum is None else self.psum + ps
             self.tsum = ts if self.tsum is None else self.tsum + ts
             self.union = un if self.union is None else self.union + un
 
     def result(self) -> dict[str, float]:
         out = {"loss": self.loss_sum / max(self.n, 1)}
-        if self.kind == "classification" and self.n:
+        if not self.n:
+            return out
+        if self.kind == "classification":
             out["accuracy"] = self.correct / self.n
-            out["top5"] = self.top5 / self.n
-        if self.kind == "segmentation" and self.inter is not None:
+            if self.classes > 5:   # top-5 of 5 or fewer classes is always 1
+                out["top5"] = self.top5 / self.n
+        elif self.kind == "binary" and self.elements:
+            out["accuracy"] = self.correct / self.elements
+        elif self.kind == "regression" and self.elements:
+            m = self.elements
+            out["mae"] = self.abs_err / m
+            total = self.t_sq - self.t_sum ** 2 / m
+            out["r2"] = 1 - self.sq_err / total if total > 0 else 0.0
+        elif self.kind == "segmentation" and self.inter is not None:
             dice = 2 * self.inter / np.maximum(self.psum + self.tsum, 1)
             iou = self.inter / np.maximum(self.union, 1)
             out["dice"] = float(dice.mean())
@@ -68,7 +106,16 @@ def _masks(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return p[:, None] == classes, t[:, None] == classes
 
 
-def kind_of(net) -> str:
-    """classification (a flat output) or segmentation (a spatial output)."""
-    out = next(iter(net.outputs.values()))
-    return "classification" if out.rank == 1 else "segmentation"
+def kind_of(net, terms=()) -> str:
+    """The task, from the loss's first term and the output it reads: regression (mse),
+    classification (cross_entropy of a flat output), binary (bce or dice of a flat
+    output), segmentation (a spatial output)."""
+    if terms:
+        out, op = net.outputs[terms[0].pred], terms[0].op
+    else:
+        out, op = next(iter(net.outputs.values())), "cross_entropy"
+    if op == "mse":
+        return "regression"
+    if out.rank == 1:
+        return "classification" if op == "cross_entropy" else "binary"
+    return "segmentation"
