@@ -34,3 +34,17 @@ def render_error(exc) -> str:
 
 requires_dot = pytest.mark.skipif(shutil.which("dot") is None,
                                   reason="the graphviz `dot` program is not installed")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-long", action="store_true",
+                     help="also run the long profiles (random architectures, fuzzing)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-long"):
+        return
+    skip = pytest.mark.skip(reason="long profile: run with --run-long")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)

@@ -35,10 +35,12 @@ def small_cfg(net, **changes):
     return dataclasses.replace(cfg, **changes)
 
 
-def test_digits_reaches_97_percent(tmp_path):
+def test_digits_reaches_97_percent_on_the_test_split(tmp_path):
     net = netlang.load(EXAMPLES / "lenet_digits.net")
     result = Trainer(net, net.train, tmp_path, progress=False, log=quiet).run()
-    assert result.best["val_accuracy"] >= 0.97, result.best
+    assert result.test["accuracy"] >= 0.97, result.test
+    saved = json.loads((tmp_path / "test.json").read_text())
+    assert saved["samples"] == 359 and saved["accuracy"] == result.test["accuracy"]
 
 
 @pytest.mark.slow
@@ -48,6 +50,7 @@ def test_unet_learns_shapes(tmp_path):
                                       ("epochs", "6")], list(net.outputs))
     result = Trainer(net, cfg, tmp_path, progress=False, log=quiet).run()
     assert result.best["val_dice"] >= 0.90, result.best
+    assert result.test["dice"] >= 0.88, result.test
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -109,16 +112,120 @@ def test_not_a_checkpoint(tmp_path):
         checkpoint.load(tmp_path / "missing")
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     net = digits_net()
+    # A learning rate that blows up stops training with the step where it happened.
     cfg = small_cfg(net, epochs=3, optimizer=Call("sgd", (("lr", 1e6),)))
     with pytest.raises(TrainingStopped) as ei:
-        Trainer(net, cfg, tmp_path, progress=False, log=quiet).run()
+        Trainer(net, cfg, tmp_path / "fresh", progress=False, log=quiet).run()
     assert "the loss is nan" in str(ei.value) or "the loss is inf" in str(ei.value)
     assert "step" in str(ei.value)
-    if (tmp_path / "last.safetensors").exists():
-        ck = checkpoint.load(tmp_path)
-        assert all(np.isfinite(v).all() for v in ck.weights.values())
+    # Two good epochs, then a NaN loss in epoch 3: the checkpoint of epoch 2 stays as it was.
+    Trainer(net, small_cfg(net, epochs=2), tmp_path, progress=False, log=quiet).run()
+    good = checkpoint.load(tmp_path)
+    assert good.state["epoch"] == 2
+    real = net.value_and_grad
+    calls = []
+
+    def nan_on_step_5(*args, **kwargs):
+        calls.append(1)
+        loss, *rest = real(*args, **kwargs)
+        return (float("nan") if len(calls) == 5 else loss, *rest)
+
+    monkeypatch.setattr(net, "value_and_grad", nan_on_step_5)
+    with pytest.raises(TrainingStopped) as ei:
+        Trainer(net, small_cfg(net, epochs=4), tmp_path, resume=tmp_path, progress=False,
+                log=quiet).run()
+    assert "the loss is nan at epoch 3, step 5" in str(ei.value)
+    assert str(tmp_path / "last.safetensors") in str(ei.value)
+    kept = checkpoint.load(tmp_path)
+    assert kept.state == good.state
+    assert all(np.array_equal(kept.weights[k], good.weights[k]) for k in good.weights)
+
+
+def test_patience_counts_epochs_without_improvement_as_keras(tmp_path):
+    net = digits_net()
+    # A learning rate of ~0 never improves after epoch 1: patience 2 stops after epoch 3.
+    cfg = small_cfg(net, epochs=10, optimizer=Call("sgd", (("lr", 1e-12),)),
+                    early_stop=Call("early_stop", (("patience", 2),)))
+    result = Trainer(net, cfg, tmp_path, progress=False, log=quiet).run()
+    assert result.epochs_run == 3 and result.reason.startswith("early stop"), result.reason
+
+
+def test_one_sample_is_refused_before_training(tmp_path):
+    net = digits_net()
+    p = tmp_path / "one.npz"
+    np.savez(p, image=np.zeros((1, 1, 8, 8), np.float32), label=np.zeros(1, np.int64))
+    cfg = small_cfg(net, data=Call("npz", (("path", str(p)),)))
+    with pytest.raises(NetlangError) as ei:
+        Trainer(net, cfg, tmp_path / "run", progress=False, log=quiet)
+    assert ei.value.diagnostics[0].code == "E032" and "validation split" in str(ei.value)
+
+
+def test_regression_reports_mae_and_r2(tmp_path):
+    net = netlang.loads("network reg { input x: [3]\n output y = x -> dense(8) -> relu "
+                        "-> dense(1) }\ntrain { loss = mse(y, t) }")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 3)).astype(np.float32)
+    np.savez(tmp_path / "r.npz", x=x, t=x[:, :1] * 2 + 1)
+    cfg = dataclasses.replace(net.train, data=Call("npz", (("path", str(tmp_path / "r.npz")),)),
+                              epochs=3, optimizer=Call("adam", (("lr", 0.05),)))
+    result = Trainer(net, cfg, tmp_path / "run", progress=False, log=quiet).run()
+    row = result.history[-1]
+    assert "val_mae" in row and "val_r2" in row and "val_accuracy" not in row
+    assert "mae" in result.test and row["val_r2"] > 0.5
+    with pytest.raises(NetlangError, match="does not report"):
+        Trainer(net, dataclasses.replace(cfg, early_stop=Call("early_stop",
+                                                              (("monitor", "accuracy"),))),
+                tmp_path / "run2", progress=False, log=quiet)
+
+
+def test_a_run_folder_is_never_mixed(tmp_path):
+    net = digits_net()
+    Trainer(net, small_cfg(net, epochs=1), tmp_path, progress=False, log=quiet).run()
+    with pytest.raises(NetlangError) as ei:
+        Trainer(net, small_cfg(net, epochs=1), tmp_path, progress=False, log=quiet).run()
+    assert ei.value.diagnostics[0].code == "E055" and "--overwrite" in ei.value.render()
+    Trainer(net, small_cfg(net, epochs=1), tmp_path, progress=False, log=quiet,
+            overwrite=True).run()
+    rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1]
+
+
+def test_stale_temporary_files_are_removed(tmp_path):
+    net = digits_net()
+    tmp_path.mkdir(exist_ok=True)
+    stale = tmp_path / ".last.safetensors.tmp-99999"
+    stale.write_bytes(b"x" * 1000)
+    Trainer(net, small_cfg(net, epochs=1), tmp_path, progress=False, log=quiet).run()
+    assert not stale.exists()
+
+
+def test_resume_before_the_first_checkpoint_says_so(tmp_path):
+    net = digits_net()
+    (tmp_path / "config.json").write_text("{}")   # what a run killed before step 1 leaves
+    with pytest.raises(NetlangError, match="stopped before its first checkpoint"):
+        Trainer(net, small_cfg(net), tmp_path, resume=tmp_path, progress=False,
+                log=quiet).run()
+
+
+def test_a_step_that_cannot_fit_in_memory_is_refused(tmp_path, monkeypatch):
+    from netlang.train import loop
+
+    net = digits_net()
+    monkeypatch.setattr(loop, "available_memory", lambda: 100_000)
+    with pytest.raises(NetlangError) as ei:
+        Trainer(net, small_cfg(net), tmp_path, progress=False, log=quiet)
+    text = ei.value.render()
+    assert "E054" in text and "at batch 64 needs about" in text and "--batch" in text
+
+
+def test_nan_checkpoint_is_refused(tmp_path):
+    net = digits_net()
+    w = {k: np.full(v.shape, np.nan, np.float32) for k, v in net.init(0).items()}
+    checkpoint.save(tmp_path / "bad.safetensors", checkpoint.Checkpoint(w, {}, {}))
+    with pytest.raises(NetlangError, match="NaN or infinite weights"):
+        checkpoint.load(tmp_path / "bad.safetensors")
 
 
 def test_early_stopping_restores_the_best_weights(tmp_path):
