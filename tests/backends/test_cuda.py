@@ -15,6 +15,7 @@ import pytest
 import netlang
 from netlang.backends.cuda import render as R
 from netlang.diagnostics import NetlangError
+from netlang.kernels import builder
 from netlang.passes.pipeline import build_program
 from tests.backends.test_torch_parity import grad_error
 from tests.conftest import EXAMPLES, ROOT
@@ -105,7 +106,7 @@ def test_whole_programs_match_numpy(backend, file, params):
                          ids=["lenet5", "resnet18_cifar"])
 def test_convolutions_through_gemm_match_numpy(backend, file, params, monkeypatch):
     """Every convolution through im2col + GEMM (large layers take this path)."""
-    monkeypatch.setattr(R, "GEMM_CONV_MACS", 0)
+    monkeypatch.setattr(builder, "GEMM_CONV_MACS", 0)
     network = "resnet18_cifar" if "resnet" in file else None
     net = netlang.load(EXAMPLES / file, network=network, params=params)
     prog = build_program(net, training=True, loss="mse(logits, t_logits)")
@@ -119,7 +120,7 @@ def test_capturable_program_has_no_cublas_and_matches_numpy(backend, monkeypatch
     kernels; results stay those of the NumPy backend."""
     from netlang.backends.cuda.runtime import Runner
 
-    monkeypatch.setattr(R, "GEMM_CONV_MACS", 0)
+    monkeypatch.setattr(builder, "GEMM_CONV_MACS", 0)
     net, w, x, t, loss = _case("lenet5.net", None, {}, 3)
     prog = net.program_for(True, loss)
     runner = Runner(prog, backend, capturable=True)

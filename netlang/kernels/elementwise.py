@@ -1,0 +1,132 @@
+"""Loop-level lowerings of the elementwise family (ops/elementwise.py).
+
+Most elementwise ops are one C expression each (EXPRESSIONS below): `{v}` is the value
+flowing through the fused chain, `{1}`, `{2}`.. the op's other inputs at the same output
+coordinates, `{name}` a numeric attribute. Such ops need no kernel of their own: they
+become a line of the epilogue of whatever kernel produces their input, or, standing alone,
+a map kernel of one line. Ops that read more than their own element (softmax over the
+channels, broadcasts, reductions) have lowerings here.
+"""
+
+from __future__ import annotations
+
+import math
+
+from netlang.ir.graph import Node
+from netlang.kernels.builder import KernelBuilder, _at, _decompose, _f, _strides
+from netlang.kernels.registry import expression, lowers
+from netlang.passes.fusion import Group
+
+# `{v}` is the flowing value, `{1}`.. the other inputs at the same coordinates (per-channel
+# vectors read at o0), `{alpha}`-style names the op's numeric attributes.
+EXPRESSIONS = {
+    "relu": "fmaxf({v}, 0.0f)",
+    "relu_grad": "({1} > 0.0f ? {v} : 0.0f)",
+    "leaky_relu": "({v} > 0.0f ? {v} : {v} * {alpha})",
+    "leaky_relu_grad": "({1} > 0.0f ? {v} : {v} * {alpha})",
+    "sigmoid": "nl_sigmoid({v})",
+    "sigmoid_grad": "({v} * {1} * (1.0f - {1}))",
+    "tanh": "tanhf({v})",
+    "tanh_grad": "({v} * (1.0f - {1} * {1}))",
+    "add": "({v} + {1})",
+    "mul": "({v} * {1})",
+    "scale": "({v} * {factor})",
+}
+for _op, _text in EXPRESSIONS.items():
+    expression(_op, _text)
+
+
+@lowers("broadcast_like")
+def lower_broadcast_like(r: KernelBuilder, grp: Group) -> None:
+    n = grp.anchor
+    x = n.inputs[0]
+    out_t = n.type
+    coords = r.coords(out_t)
+    if x.type.shape == () or (not x.type.batched and x.type.size == 1):
+        body = [f"float v = {r.key(x)}[0];"]
+    elif x.type.rank < out_t.rank:
+        body = [f"float v = {r.key(x)}[o0];"]
+    else:
+        body = [f"float v = {_at(x.type, r.key(x), coords)};"]
+    r.finish_map(grp, grp.name, {r.key(x): "const float*"}, body)
+
+
+@lowers("constant")
+def lower_constant(r: KernelBuilder, grp: Group) -> None:
+    r.finish_map(grp, grp.name, {}, [f"float v = {_f(grp.anchor.attrs['value'])};"])
+
+
+@lowers("sum_to")
+def lower_sum_to(r: KernelBuilder, grp: Group) -> None:
+    """Sum a broadcast gradient back: reduce over the batch (if the target is unbatched)
+    and over dims where the target has size 1."""
+    n = grp.anchor
+    x = n.inputs[0]
+    xs, ts = x.type.shape, n.type.shape
+    lead = len(xs) - len(ts)
+    red_dims = [j for j in range(len(xs)) if j < lead or ts[j - lead] == 1 and xs[j] != 1]
+    red_sizes = [xs[j] for j in red_dims]
+    batch_red = x.type.batched and not n.type.batched
+    R = math.prod(red_sizes)
+    term = []
+    if batch_red:
+        term.append(f"int nn = (int)(r / {R}); long long rr = r % {R};")
+    else:
+        term.append("int nn = n; long long rr = r;")
+    term += _decompose(tuple(red_sizes), "rr", "q") if red_sizes else []
+    idx, qk = [], 0
+    for j in range(len(xs)):
+        if j in red_dims:
+            idx.append(f"q{qk}")
+            qk += 1
+        else:
+            idx.append(f"o{j - lead}")
+    inner = " + ".join(f"{v} * {s}" for v, s in zip(idx, _strides(xs))) or "0"
+    base = f"(long long)nn * {x.type.size} + " if x.type.batched else ""
+    term.append(f"acc_v += {r.key(x)}[{base}{inner}];")
+    total = f"(long long)N * {R}" if batch_red else f"{R}"
+    r.emit_reduce(grp.name, grp.nodes, r.key(n), n.type,
+                     {r.key(x): "const float*"}, total, [], term)
+
+
+@lowers("sum")
+def lower_sum(r: KernelBuilder, grp: Group) -> None:
+    n = grp.anchor
+    x = n.inputs[0]
+    total = f"(long long)N * {x.type.size}" if x.type.batched else f"{x.type.size}"
+    r.emit_reduce(grp.name, grp.nodes, r.key(n), n.type, {r.key(x): "const float*"},
+                     total, [], [f"acc_v += {r.key(x)}[r];"], acc="double")
+
+
+def _chan_index(r: KernelBuilder, x: Node, chan: str) -> str:
+    t = x.type
+    per = math.prod(t.shape[1:])
+    rest = " + ".join(f"o{j + 1} * {math.prod(t.shape[j + 2:])}"
+                      for j in range(t.rank - 1)) or "0"
+    return f"{r.key(x)}[(long long)n * {t.size} + (long long)({chan}) * {per} + {rest}]"
+
+
+@lowers("softmax")
+def lower_softmax(r: KernelBuilder, grp: Group) -> None:
+    n = grp.anchor
+    x = n.inputs[0]
+    c = x.type.shape[0]
+    body = ["float m = -NL_INF;",
+            f"for (int c = 0; c < {c}; ++c) m = fmaxf(m, {_chan_index(r, x, 'c')});",
+            "float s = 0.0f;",
+            f"for (int c = 0; c < {c}; ++c) s += expf({_chan_index(r, x, 'c')} - m);",
+            f"float v = expf({_chan_index(r, x, 'o0')} - m) / s;"]
+    r.finish_map(grp, grp.name, {r.key(x): "const float*"}, body)
+
+
+@lowers("softmax_grad")
+def lower_softmax_grad(r: KernelBuilder, grp: Group) -> None:
+    n = grp.anchor
+    dy, y = n.inputs
+    c = y.type.shape[0]
+    body = ["float s = 0.0f;",
+            f"for (int c = 0; c < {c}; ++c) s += {_chan_index(r, dy, 'c')} * "
+            f"{_chan_index(r, y, 'c')};",
+            f"float v = {_chan_index(r, y, 'o0')} * ({_chan_index(r, dy, 'o0')} - s);"]
+    r.finish_map(grp, grp.name, {r.key(dy): "const float*", r.key(y): "const float*"},
+                    body)

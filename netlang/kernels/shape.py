@@ -1,0 +1,76 @@
+"""Loop-level lowerings of data movement (ops/shape.py): index remapping, no arithmetic.
+A concat that fusion writes in place runs no kernel (its producers store into it)."""
+
+from __future__ import annotations
+
+from netlang.kernels.builder import KernelBuilder, _at
+from netlang.kernels.registry import lowers
+from netlang.passes.fusion import Group
+
+
+@lowers("concat")
+def lower_concat(r: KernelBuilder, grp: Group) -> None:
+    n = grp.anchor
+    if n.id in r.fusion.inplace:
+        return   # its inputs' kernels wrote it
+    inputs, body = {}, ["float v;"]
+    start = 0
+    coords = r.coords(n.type)
+    for k, x in enumerate(n.inputs):
+        c = x.type.shape[0]
+        inputs[r.key(x)] = "const float*"
+        rest = [f"(o0 - {start})"] + coords[1:]
+        kw = "if" if k == 0 else "else if"
+        body.append(f"{kw} (o0 < {start + c}) v = {_at(x.type, r.key(x), rest)};")
+        start += c
+    r.finish_map(grp, grp.name, inputs, body)
+
+
+@lowers("slice_channels")
+def lower_slice_channels(r: KernelBuilder, grp: Group) -> None:
+    n = grp.anchor
+    x = n.inputs[0]
+    coords = [f"(o0 + {n.attrs['start']})"] + r.coords(n.type)[1:]
+    body = [f"float v = {_at(x.type, r.key(x), coords)};"]
+    r.finish_map(grp, grp.name, {r.key(x): "const float*"}, body)
+
+
+@lowers("crop")
+def lower_crop(r: KernelBuilder, grp: Group) -> None:
+    n = grp.anchor
+    x = n.inputs[0]
+    box = n.attrs["box"]
+    coords = ["o0"] + [f"(o{j + 1} + {box[2 * j]})" for j in range(x.type.rank - 1)]
+    body = [f"float v = {_at(x.type, r.key(x), coords)};"]
+    r.finish_map(grp, grp.name, {r.key(x): "const float*"}, body)
+
+
+@lowers("pad")
+def lower_pad(r: KernelBuilder, grp: Group) -> None:
+    n = grp.anchor
+    x = n.inputs[0]
+    box = n.attrs["box"]
+    nd = x.type.rank - 1
+    conds = [f"o{j + 1} >= {box[2 * j]} && o{j + 1} < {box[2 * j] + x.type.shape[j + 1]}"
+             for j in range(nd)]
+    coords = ["o0"] + [f"(o{j + 1} - {box[2 * j]})" for j in range(nd)]
+    body = [f"float v = ({' && '.join(conds)}) ? {_at(x.type, r.key(x), coords)} : 0.0f;"]
+    r.finish_map(grp, grp.name, {r.key(x): "const float*"}, body)
+
+
+def _copy(r: KernelBuilder, grp: Group) -> None:
+    n = grp.anchor
+    x = n.inputs[0]
+    if x.type.batched:
+        src = f"{r.key(x)}[(long long)n * {x.type.size} + r0]"
+    else:
+        src = f"{r.key(x)}[r0]"
+    body = ["long long r0 = i - (long long)n * " + str(n.type.size if n.type.batched else 0)
+            + ";", f"float v = {src};"]
+    r.finish_map(grp, grp.name, {r.key(x): "const float*"}, body)
+
+
+lowers("flatten")(_copy)
+
+
+lowers("reshape")(_copy)
