@@ -404,7 +404,7 @@ register(OpDef(
     name="dropout", attrs=(Attr("p", "float", 0.5, minimum=0),),
     shape=lambda ctx: _dropout_shape(ctx), kind=FusionKind.ELEMWISE,
     forward=lambda xs, a, rt: xs[0],
-    vjp=lambda b, node, dy: [dy],
+    vjp=lambda b, node, dy: [dy], rewritten=True,
     doc="Zeroes elements with probability p in training and scales the rest by 1/(1-p); "
         "the identity in inference. Training graphs rewrite it into `mul(x, dropout_mask(x))`."))
 

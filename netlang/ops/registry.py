@@ -185,6 +185,9 @@ class OpDef:
     forward: Callable[..., Any] | None = None
     vjp: Callable[..., Any] | None = None
     user: bool = True                # callable from `.net` files
+    # Replaced by a pass before any backend sees it (dropout: `specialize` removes it or
+    # rewrites it into mul(x, dropout_mask(x))), so it needs no kernel lowering.
+    rewritten: bool = False
     doc: str = ""
 
     def attr(self, name: str) -> Attr | None:
