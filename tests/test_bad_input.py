@@ -204,7 +204,7 @@ def test_eval_scores_a_whole_file(tmp_path, run, capsys):
 
 
 def test_predict_outputs_never_overwrite_each_other(tmp_path, capsys):
-    from netlang.cli import _unique_names
+    from netlang.cli.predict import _unique_names
 
     names = _unique_names([(Path("a/x.npy"), 1), (Path("b/x.npy"), 1), (Path("c/y.npy"), 2)])
     assert names == ["a_x", "b_x", "y_0", "y_1"]

@@ -48,7 +48,6 @@ class DataSet:
     train: Split
     val: Split
     test: Split
-    kind: str  # classification | segmentation | other
     notes: list[str] = field(default_factory=list)   # what loading detected, for the log
 
     def split(self, name: str) -> Split:
@@ -85,10 +84,10 @@ def split_arrays(arrays: dict[str, np.ndarray], val_fraction: float, test_fracti
     return train, val, test
 
 
-def whole(name: str, arrays: dict[str, np.ndarray], kind: str) -> DataSet:
+def whole(name: str, arrays: dict[str, np.ndarray]) -> DataSet:
     """Every sample in the test split (what `netlang eval --data FILE` scores)."""
     empty = Split({k: v[:0] for k, v in arrays.items()})
-    return DataSet(name, empty, empty, Split(arrays), kind)
+    return DataSet(name, empty, empty, Split(arrays))
 
 
 # -- built-in sets -----------------------------------------------------------------------
@@ -101,7 +100,7 @@ def digits(test_fraction: float = 0.2, val_fraction: float = 0.2) -> DataSet:
     labels = table[:, 64].astype(np.int64)
     train, val, test = split_arrays({"input": images, "target": labels}, val_fraction,
                                     test_fraction)
-    return DataSet("digits", train, val, test, "classification")
+    return DataSet("digits", train, val, test)
 
 
 def shapes(size: int = 64, count: int = 512, classes: int = 1, noise: float = 0.15,
@@ -122,8 +121,7 @@ def shapes(size: int = 64, count: int = 512, classes: int = 1, noise: float = 0.
 
     n_val = max(1, int(round(count * val_fraction))) if val_fraction > 0 else 0
     n_test = max(1, int(round(count * test_fraction))) if test_fraction > 0 else 0
-    return DataSet("shapes", make(count, 0), make(n_val, 100_003), make(n_test, 200_003),
-                   "segmentation")
+    return DataSet("shapes", make(count, 0), make(n_val, 100_003), make(n_test, 200_003))
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, scale: int) -> np.ndarray:
@@ -214,10 +212,10 @@ def npz(path: str, val: str | None = None, test: str | None = None,
         val_s = Split(_load_npz(val))
     if test:
         test_s = Split(_load_npz(test))
-    return DataSet(Path(path).stem, train, val_s, test_s, "other")
+    return DataSet(Path(path).stem, train, val_s, test_s)
 
 
-def _read_image(path: Path, gray: bool) -> np.ndarray:
+def read_image(path: Path, gray: bool) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -289,7 +287,7 @@ def _pairs(images: str, masks: str, gray: bool) -> tuple[dict[str, np.ndarray], 
         raise error("E032", f"{len(missing)} image(s) have no mask in {masks}: "
                     + ", ".join(missing[:3]), None,
                     help="masks are matched to images by file name (without extension)")
-    xs = [_read_image(f, gray) for f in imgs]
+    xs = [read_image(f, gray) for f in imgs]
     read = [_read_mask(msks[f.stem]) for f in imgs]
     shapes_ = {x.shape for x in xs}
     if len(shapes_) > 1:
@@ -318,7 +316,7 @@ def folder(images: str, masks: str, val_images: str | None = None,
     if test_images is not None:
         test_arrays, note = _pairs(test_images, test_masks or masks, gray)
         test, notes = Split(test_arrays), notes + [note]
-    return DataSet(Path(images).name, train, val, test, "segmentation", notes)
+    return DataSet(Path(images).name, train, val, test, notes)
 
 
 def from_config(call: Call, val_split: float, test_split: float,
@@ -333,12 +331,12 @@ def from_config(call: Call, val_split: float, test_split: float,
                       args.get("noise", 0.15), args.get("seed", 0), val_split, test_split)
     if call.name == "npz":
         if whole_file:
-            return whole(Path(args["path"]).stem, _load_npz(args["path"]), "other")
+            return whole(Path(args["path"]).stem, _load_npz(args["path"]))
         return npz(args["path"], args.get("val"), args.get("test"), val_split, test_split)
     if call.name == "folder":
         if whole_file:
             arrays, note = _pairs(args["images"], args["masks"], args.get("gray", True))
-            ds = whole(Path(args["images"]).name, arrays, "segmentation")
+            ds = whole(Path(args["images"]).name, arrays)
             ds.notes.append(note)
             return ds
         return folder(args["images"], args["masks"], args.get("val_images"),
@@ -360,8 +358,7 @@ def bind(ds: DataSet, net, targets: list[str]) -> DataSet:
             arr[targets[0]] = arr.pop("target")
         return Split(arr)
 
-    out = DataSet(ds.name, rename(ds.train), rename(ds.val), rename(ds.test), ds.kind,
-                  ds.notes)
+    out = DataSet(ds.name, rename(ds.train), rename(ds.val), rename(ds.test), ds.notes)
     names_of = {"train": "training", "val": "validation", "test": "test"}
     for split_name in SPLITS:
         split, label = out.split(split_name), names_of[split_name]

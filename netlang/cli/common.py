@@ -1,0 +1,81 @@
+"""What the commands share: `--set` values, loading a network, the train settings from
+the file, a run's record and the command line."""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from netlang import api
+from netlang.diagnostics import error, render
+
+
+def sets(values: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values or ():
+        if "=" not in item:
+            raise error("E016", f"`--set {item}` needs the form name=value", None,
+                        help="for example `--set base=32`")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def load(args) -> api.Network:
+    return api.load(args.file, network=args.network, params=sets(args.set))
+
+
+def print_warnings(net: api.Network) -> None:
+    for w in net.warnings:
+        print(render(w, net.sources), file=sys.stderr)
+
+
+def train_config(net: api.Network, args, recorded: dict | None = None):
+    """The file's train section (or, resuming, the run's recorded settings), then the
+    command line's values, all validated alike."""
+    from netlang.config import TrainConfig, apply_overrides, from_record, with_lr
+
+    cfg = net.train or TrainConfig()
+    if recorded:
+        cfg = from_record(recorded, cfg, list(net.outputs))
+    items: list[tuple[str, str]] = []
+    for key in ("data", "loss", "epochs", "batch", "seed"):
+        value = getattr(args, key, None)
+        if value is not None:
+            items.append((key, str(value)))
+    for item in getattr(args, "opt", None) or ():
+        if "=" not in item:
+            raise error("E030", f"`--opt {item}` needs the form key=value", None,
+                        help="for example `--opt 'schedule=cosine'`")
+        k, v = item.split("=", 1)
+        items.append((k.strip(), v.strip()))
+    cfg = apply_overrides(cfg, items, list(net.outputs))
+    if getattr(args, "lr", None) is not None:
+        cfg = with_lr(cfg, args.lr)
+    return cfg
+
+
+def load_recorded(args, weights: str, prefer: str = "best"):
+    """The network as the run that made `weights` was configured: its recorded `--set`
+    values (given ones must agree), and its checkpoint, checked against the network."""
+    from netlang.train import checkpoint
+
+    ck = checkpoint.load(weights, prefer=prefer)
+    rec = ck.state.get("config", {}) or {}
+    recorded = {k: str(v) for k, v in (rec.get("set") or {}).items()}
+    given = sets(args.set)
+    differ = [f"{k}={recorded[k]} (given {v})" for k, v in given.items()
+              if k in recorded and recorded[k] != v]
+    if differ:
+        raise error("E051", f"{weights} was trained with --set " + ", ".join(differ), None,
+                    help="leave out --set: the run's own values are used")
+    if recorded and not given:
+        print("using the run's settings: " + " ".join(f"--set {k}={v}"
+                                                       for k, v in recorded.items()),
+              file=sys.stderr)
+    network = args.network
+    if network is None and rec.get("network") in api.network_names(args.file):
+        network = rec["network"]
+    net = api.load(args.file, network=network, params=recorded | given)
+    checkpoint.check_compatible(ck, net, weights)
+    return net, ck

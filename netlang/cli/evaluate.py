@@ -1,0 +1,51 @@
+"""`netlang eval`: metrics of trained weights on a split of the run's data or on a file."""
+
+from __future__ import annotations
+
+import sys
+
+from netlang.cli.common import load_recorded, train_config
+from netlang.diagnostics import error
+
+def cmd_eval(args) -> int:
+    from netlang.train import data as data_mod
+    from netlang.train.loop import evaluate
+    from netlang.train.metrics import task_of
+
+    net, ck = load_recorded(args, args.weights)
+    # The run's data, loss and splits, unless the command line says otherwise.
+    cfg = train_config(net, args, ck.state.get("config"))
+    if cfg.data is None:
+        raise error("E032", "no data: pass --data or set `data = ...` in the train section",
+                    None)
+    if not cfg.loss_text:
+        raise error("E030", "no loss: pass --loss or set `loss = ...` in the train section",
+                    None)
+    targets = list(dict.fromkeys(t.target for t in cfg.loss))
+    user_file = args.data is not None and cfg.data.name in ("npz", "folder")
+    ds = data_mod.bind(data_mod.from_config(cfg.data, cfg.val_split, cfg.test_split,
+                                            whole_file=user_file), net, targets)
+    for note in ds.notes:
+        print(note, file=sys.stderr)
+    split = "test" if user_file else args.split
+    if not len(ds.split(split)):
+        raise error("E032", f"the {split} split of `{ds.name}` is empty", None,
+                    help="choose another with --split, or give a file with --data")
+    m = evaluate(net, ck.weights, ds, split, cfg, task_of(net, cfg.loss))
+    what = (f"all {len(ds.test)} samples of {args.data}" if user_file else
+            f"the {split} split, {len(ds.split(split))} samples")
+    print(f"{ds.name}: {what}; weights of epoch {ck.state.get('epoch', '?')}")
+    for k, v in m.items():
+        print(f"{k} {v:.4f}")
+    return 0
+
+
+def add_parser(sub, common, run_options) -> None:
+    sp = sub.add_parser("eval", help="metrics of trained weights on a data set")
+    common(sp)
+    run_options(sp)
+    sp.add_argument("--weights", required=True, help="a checkpoint or run folder")
+    sp.add_argument("--split", choices=["test", "val", "train"], default="test",
+                    help="which split of the run's data to score (default: test); a file "
+                         "given with --data is scored whole")
+    sp.set_defaults(func=cmd_eval)

@@ -1,0 +1,81 @@
+"""`netlang train`: the training loop over the public API, with the run folder."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from netlang import api
+from netlang.cli.common import load, load_recorded, print_warnings, train_config
+
+def _run_dir(net: api.Network, out: str | None, resume: str | None) -> Path:
+    if out:
+        return Path(out)
+    if resume:
+        p = Path(resume)
+        return p if p.is_dir() else p.parent
+    base = Path("runs") / net.name
+    path, k = base, 1
+    while path.exists() and any(path.iterdir()):
+        k += 1
+        path = Path(f"{base}-{k}")
+    return path
+
+
+def cmd_train(args) -> int:
+    from netlang.train.loop import Trainer, TrainingStopped
+
+    recorded = None
+    if args.resume:   # the run's network settings and training settings continue
+        net, ck = load_recorded(args, args.resume, prefer="last")
+        recorded = ck.state.get("config")
+    else:
+        net = load(args)
+    print_warnings(net)
+    cfg = train_config(net, args, recorded)
+    out = _run_dir(net, args.out, args.resume)
+    if args.tf32:
+        api.use_tf32(True)
+    trainer = Trainer(net, cfg, out, resume=Path(args.resume) if args.resume else None,
+                      progress=None if not args.no_progress else False, backend=args.backend,
+                      overwrite=args.overwrite)
+    d = trainer.data
+    print(f"training {net.name} ({net.param_count():,} parameters) on {cfg.data.name}: "
+          f"{len(d.train)} training, {len(d.val)} validation and {len(d.test)} test "
+          f"samples, batch {cfg.batch}, {cfg.epochs} epochs; run folder {out}")
+    try:
+        result = trainer.run()
+    except TrainingStopped as exc:
+        print(f"error[E053]: {exc}", file=sys.stderr)
+        return 2
+    best = result.best or {}
+    shown = {k: v for k, v in best.items() if k.startswith("val_") and k.count("_") == 1}
+    print(f"{result.reason}; best epoch {best.get('epoch', '-')}: "
+          + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+    if result.test is not None:
+        print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in result.test.items()
+                                   if k.count("_") == 0)
+              + f"  ({len(d.test)} samples never used in training)")
+    print(f"checkpoints: {out / 'best.safetensors'}, {out / 'last.safetensors'}; "
+          f"log {out / 'metrics.jsonl'}; curves {out / 'curves.png'}")
+    return 130 if result.reason.startswith("interrupted") else 0
+
+
+def add_parser(sub, common, run_options) -> None:
+    sp = sub.add_parser("train", help="train the network on the data of its train section")
+    common(sp)
+    run_options(sp)
+    sp.add_argument("--epochs", type=int)
+    sp.add_argument("--batch", type=int)
+    sp.add_argument("--lr", type=float, help="learning rate of the optimizer")
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--out", help="run folder (default runs/NETWORK, or runs/NETWORK-2, ... "
+                    "when that holds a run)")
+    sp.add_argument("--overwrite", action="store_true",
+                    help="start over in a run folder that holds a run")
+    sp.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
+    sp.add_argument("--backend", default="numpy", choices=["numpy", "cuda", "cuda-emu"])
+    sp.add_argument("--tf32", action="store_true", help="with --backend cuda: let cuBLAS GEMMs "
+                    "use TF32 tensor cores (faster, 10-bit mantissa); off by default")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_train)
