@@ -21,7 +21,7 @@ from netlang.config import TrainConfig, resolve_data_paths, train_config
 from netlang.diagnostics import Diagnostic, NetlangError, SourceMap, error
 from netlang.ir.graph import Graph, Node
 from netlang.ir.types import TensorType
-from netlang.lang.imports import Program, read_program
+from netlang.lang.imports import SourceTree, read_program
 from netlang.lang.lower import Value, lower, parse_override
 from netlang.passes.loss import check_probability_losses
 from netlang.passes.shape_infer import infer_shapes
@@ -32,7 +32,7 @@ class Network:
     """A checked network: its typed forward graph and everything needed to run it."""
 
     graph: Graph
-    program: Program
+    source: SourceTree             # the parsed file and the blocks it imports
     file: str
     train: TrainConfig | None = None
     # The network parameters given at load time (`--set`), as given: runs record them.
@@ -46,7 +46,7 @@ class Network:
 
     @property
     def sources(self) -> SourceMap:
-        return self.program.sources
+        return self.source.sources
 
     @property
     def warnings(self) -> list[Diagnostic]:
@@ -91,17 +91,33 @@ class Network:
         return out
 
     # -- running -------------------------------------------------------------------------
+    def compile(self, training: bool = False, loss: str | None = None, *,
+                wrt_inputs: bool = False, keep_outputs: bool = False,
+                differentiate: bool = True, fuse: bool = True,
+                dump_after: tuple[str, ...] = (), verify_each: bool = False):
+        """A compiled program (netlang.program.Program): inference, or with `loss` (the
+        train-section syntax, e.g. "bce(mask, target)") a training step. `dump_after`
+        keeps the IR text after those passes; `verify_each` checks the graph after every
+        pass."""
+        from netlang.config import parse_loss
+        from netlang.passes.pipeline import CompileOptions
+        from netlang.program import build_program
+
+        terms = parse_loss(loss, list(self.graph.outputs)) if loss else ()
+        opts = CompileOptions(training=training, loss=terms, wrt_inputs=wrt_inputs,
+                              keep_outputs=keep_outputs, differentiate=differentiate,
+                              fuse=fuse)
+        return build_program(self.graph, opts, dump_after, verify_each)
+
     def program_for(self, training: bool, loss: str | None = None, wrt_inputs: bool = False,
                     differentiate: bool = True):
         """The compiled program (cached) for inference, for a loss and its gradients, or
         (differentiate=False) for a loss and the outputs."""
-        from netlang.passes.pipeline import build_program
-
         key = (training, loss, wrt_inputs, differentiate)
         if key not in self._compiled:
-            self._compiled[key] = build_program(
-                self, training=training, loss=loss, wrt_inputs=wrt_inputs,
-                keep_outputs=not differentiate, differentiate=differentiate)
+            self._compiled[key] = self.compile(training, loss, wrt_inputs=wrt_inputs,
+                                               keep_outputs=not differentiate,
+                                               differentiate=differentiate)
         return self._compiled[key]
 
     def evaluate(self, weights: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray],
@@ -144,6 +160,29 @@ class Network:
             return value, grads, updates
         return value, grads
 
+    def probabilities(self, output: str, values: np.ndarray) -> np.ndarray:
+        """A flat output's values as class probabilities: as they are when the network
+        ends in softmax or sigmoid, else the softmax of the logits."""
+        if self.graph.outputs[output].op in ("softmax", "sigmoid"):
+            return values
+        from netlang.ops.elementwise import softmax
+
+        return softmax(values, 1)
+
+    # -- pictures ------------------------------------------------------------------------
+    def to_dot(self, rankdir: str = "TB", collapse: bool = False, fused: bool = False) -> str:
+        """Graphviz DOT text of the network: blocks as clusters (or, `collapse`, as one
+        node each); `fused`: the compiled inference program with each fused kernel as a
+        cluster."""
+        from netlang.ir.dot import to_dot
+
+        if not fused:
+            return to_dot(self.graph, rankdir=rankdir, collapse=collapse)
+        g = self.compile(training=False).graph
+        clusters = {f"k{i}: {grp.name}": grp.nodes for i, grp in enumerate(g.fusion.groups)
+                    if grp.epilogue}
+        return to_dot(g, clusters, rankdir=rankdir)
+
     def _loss_text(self, loss: str | None) -> str:
         if loss is not None:
             return loss
@@ -152,6 +191,13 @@ class Network:
         raise error("E030", "no loss given and the file's train section names none", None,
                     help='pass loss="cross_entropy(logits, label)" or add `loss = ...` to the '
                          "train section")
+
+
+def use_tf32(on: bool) -> None:
+    """Let the CUDA backend's cuBLAS GEMMs use TF32 tensor cores (10-bit mantissa)."""
+    from netlang.backends.cuda.runtime import use_tf32 as set_tf32
+
+    set_tf32(on)
 
 
 def _overrides(params: Mapping[str, Any] | None) -> dict[str, Value]:
@@ -164,7 +210,7 @@ def _overrides(params: Mapping[str, Any] | None) -> dict[str, Value]:
 def loads(text: str, network: str | None = None, params: Mapping[str, Any] | None = None,
           file: str = "<string>", base_dir: Path | None = None) -> Network:
     """Parse, lower and check a `.net` source text."""
-    prog: Program | None = None
+    prog: SourceTree | None = None
     sources = SourceMap()
     try:
         prog = read_program(text, file, base_dir, sources)
@@ -202,7 +248,7 @@ def load(path: str | Path, network: str | None = None,
     return loads(_read(path), network, params, file=str(path), base_dir=Path(path).parent)
 
 
-def read_file(path: str | Path) -> Program:
+def read_file(path: str | Path) -> SourceTree:
     """Parse a file and its imports without lowering any network."""
     sources = SourceMap()
     try:

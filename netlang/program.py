@@ -15,7 +15,8 @@ from netlang.backends.numpy_backend import OpFailed, execute
 from netlang.diagnostics import did_you_mean, error
 from netlang.ir.graph import Graph, Node
 from netlang.ir.types import fmt_shape
-from netlang.passes.memplan import MemoryPlan
+from netlang.passes.memplan import MemoryPlan, plan_memory
+from netlang.passes.pipeline import CompileOptions, compile_graph
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Program:
         return self._plans[key]
 
     # -- feeding -------------------------------------------------------------------------
-    def _feeds(self, weights: Mapping[str, np.ndarray], data: Mapping[str, np.ndarray],
+    def feeds(self, weights: Mapping[str, np.ndarray], data: Mapping[str, np.ndarray],
                dtype=np.float32) -> tuple[dict[int, np.ndarray], int]:
         g = self.graph
         feeds: dict[int, np.ndarray] = {}
@@ -96,7 +97,7 @@ class Program:
                         help="backends: numpy, cuda, cuda-emu")
         if backend != "numpy" and dtype != np.float32:
             raise error("E052", f"backend `{backend}` computes in float32 only", None)
-        feeds, batch = self._feeds(weights, data, dtype)
+        feeds, batch = self.feeds(weights, data, dtype)
         if backend != "numpy":
             return self.runner(backend).execute(feeds, batch, seed)
         try:
@@ -124,6 +125,17 @@ class Program:
         value = float(roots[g.loss.id])
         grads = {k: roots[n.id] for k, n in g.grads.items()}
         return value, grads, updates
+
+
+def build_program(graph: Graph, opts: CompileOptions, dump_after: tuple[str, ...] = (),
+                  verify_each: bool = False) -> Program:
+    """A program from a checked forward graph (copied: the network's graph stays as it
+    is): the pipeline of passes for `opts`, then lazily, per batch size, the memory plan."""
+    import copy
+
+    g = copy.deepcopy(graph)
+    dumps = compile_graph(g, opts, dump_after, verify_each)
+    return Program(g, training=opts.training, dumps=dumps, plan_fn=plan_memory)
 
 
 def _floats(arr: np.ndarray, name: str, dtype) -> np.ndarray:

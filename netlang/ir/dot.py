@@ -112,12 +112,7 @@ def to_dot(g: Graph, clusters: dict[str, list[Node]] | None = None, rankdir: str
                 continue
             shape = fmt_shape(src.type.shape) if src.type else ""
             lines.append(f'  n{src.id} -> n{n.id} [label="{shape}"];')
-    for name, n in g.outputs.items():
-        lines.append(f'  out_{_esc(name)} [label="{_esc(name)}\\n{fmt_shape(n.type.shape)}", '
-                     'shape=ellipse, style=filled, fillcolor="#eeeeee"];')
-        lines.append(f"  n{n.id} -> out_{_esc(name)};")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+    return _finish(g, lines, lambda n: f"n{n.id}")
 
 
 def _collapsed(g: Graph, rankdir: str) -> str:
@@ -153,9 +148,14 @@ def _collapsed(g: Graph, rankdir: str) -> str:
             if a != b and (a, b) not in seen:
                 seen.add((a, b))
                 lines.append(f'  {a} -> {b} [label="{fmt_shape(src.type.shape)}"];')
+    return _finish(g, lines, lambda n: rep[n.id])
+
+
+def _finish(g: Graph, lines: list[str], key) -> str:
+    """The outputs as ellipses fed by their nodes (`key(node)` names a node), and the end."""
     for name, n in g.outputs.items():
         lines.append(f'  out_{_esc(name)} [label="{_esc(name)}\\n{fmt_shape(n.type.shape)}", '
                      'shape=ellipse, style=filled, fillcolor="#eeeeee"];')
-        lines.append(f"  {rep[n.id]} -> out_{_esc(name)};")
+        lines.append(f"  {key(n)} -> out_{_esc(name)};")
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -1,8 +1,8 @@
 """The IR graph: named nodes with ordered inputs, attributes, types and source spans.
 
-The node list, kept in topological (creation) order, is the source of truth. A
-networkx DiGraph is derived from it on demand (``Graph.index()``) for passes that
-want graph algorithms (users, reachability, cycles); it is never edited directly.
+The node list, kept in topological (creation) order, is the source of truth; passes use
+the Graph API (`users`, `ancestors`, `roots`, `replace_all_uses`, `remove`), whose answers
+come in node order, so every pass and every dump is deterministic.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class Graph:
     targets: dict[str, Node] = field(default_factory=dict)
     loss: Node | None = None
     grads: dict[str, Node] = field(default_factory=dict)
-    # Kernel groups, set by the fusion pass (netlang.passes.fusion.Fusion).
+    # Kernel groups, set by the fusion pass (an ir.fusion.Fusion).
     fusion: Any = None
     _next_id: int = 0
 
@@ -83,19 +83,6 @@ class Graph:
     @property
     def params(self) -> list[Node]:
         return [n for n in self.nodes if n.op == "param"]
-
-    def index(self):
-        """A networkx MultiDiGraph view (edges producer -> consumer, keyed by operand
-        position), for graph algorithms; imported lazily, `check` does not need it."""
-        import networkx as nx
-
-        g = nx.MultiDiGraph()
-        for n in self.nodes:
-            g.add_node(n.id, node=n)
-        for n in self.nodes:
-            for pos, src in enumerate(n.inputs):
-                g.add_edge(src.id, n.id, key=pos)
-        return g
 
     def users(self) -> dict[int, list[Node]]:
         """Consumers of every node, in node order (deterministic)."""

@@ -18,8 +18,6 @@ from netlang.ir.types import TensorType
 from netlang.ops import registry
 from netlang.passes.shape_infer import infer_node
 
-REQUIRES = "typed graph with `graph.loss` a scalar"
-ENSURES = "`graph.grads` maps each trainable parameter (and input, on request) to its gradient"
 
 
 class VjpBuilder:

@@ -25,73 +25,18 @@ must equal the unfused one (tests).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+from netlang.ir.fusion import Fusion, Group
 from netlang.ir.graph import Graph, Node
 from netlang.ops import registry
 from netlang.ops.registry import FusionKind
 
 ANCHORS = (FusionKind.OUT_ELEMWISE_FUSABLE, FusionKind.ELEMWISE, FusionKind.BROADCAST)
 EPILOGUE = (FusionKind.ELEMWISE, FusionKind.BROADCAST)
-# Elementwise-kind ops that read more than the flowing value's own element, are random, or
-# make values from nothing: never fused. Batchnorm fuses in inference only (in training it
-# needs the batch statistics first).
-UNFUSABLE = {"dropout_mask", "constant", "broadcast_like", "sum_to"}
 
 
 def fusable(n: Node) -> bool:
-    if n.op in UNFUSABLE:
-        return False
-    return not (n.op == "batchnorm" and n.attrs.get("training"))
-
-
-@dataclass
-class Group:
-    anchor: Node
-    epilogue: list[Node] = field(default_factory=list)
-
-    @property
-    def nodes(self) -> list[Node]:
-        return [self.anchor] + self.epilogue
-
-    @property
-    def output(self) -> Node:
-        return self.nodes[-1]
-
-    @property
-    def name(self) -> str:
-        ops = "_".join(n.op for n in self.nodes)
-        return f"{ops}" if len(ops) < 60 else f"{self.anchor.op}_plus{len(self.epilogue)}"
-
-
-@dataclass
-class Fusion:
-    groups: list[Group]
-    refusals: list[tuple[Node, Node, str]]    # (producer, consumer, reason)
-    group_of: dict[int, Group]
-    # Concats whose inputs' kernels write straight into the concatenated buffer (no copy):
-    # concat id -> input ids; keeps_own[input id]: the input also keeps its own buffer
-    # (other users read it).
-    inplace: dict[int, list[int]] = field(default_factory=dict)
-    keeps_own: dict[int, bool] = field(default_factory=dict)
-
-    @property
-    def kernel_count(self) -> int:
-        """Groups that run as kernels (a concat written in place runs none)."""
-        return len(self.groups) - len(self.inplace)
-
-    def explain(self) -> str:
-        lines = [f"{self.kernel_count} kernels for {sum(len(g.nodes) for g in self.groups)} "
-                 "ops"]
-        for g in self.groups:
-            if g.epilogue:
-                lines.append(f"fused: {' + '.join(n.name for n in g.nodes)}")
-        for cid, xs in self.inplace.items():
-            lines.append(f"in place: {self.group_of[cid].anchor.name} is written by the "
-                         f"kernels of {', '.join(self.group_of[x].output.name for x in xs)}")
-        for p, c, why in self.refusals:
-            lines.append(f"not fused: {p.name} ({p.op}) -> {c.name} ({c.op}): {why}")
-        return "\n".join(lines)
+    """Whether an elementwise node may join an epilogue (an op fact: `OpDef.fusable`)."""
+    return registry.get(n.op).fuses(n.attrs)
 
 
 def _kind(n: Node) -> FusionKind:
@@ -140,10 +85,10 @@ def fuse(g: Graph, enabled: bool = True) -> Fusion:
 
 
 # Anchors whose kernels compute one output element per thread, so that each element can
-# also be stored into a concat's buffer.
+# also be stored into a concat's buffer: these kinds, and ops that say so
+# (`OpDef.writes_per_element`: pools, softmax, upsample).
 ELEMENTWISE_WRITERS = (FusionKind.ELEMWISE, FusionKind.BROADCAST, FusionKind.INJECTIVE,
                        FusionKind.OUT_ELEMWISE_FUSABLE)
-WRITER_OPS = {"maxpool", "avgpool", "softmax", "upsample"}
 
 
 def _concats_in_place(g: Graph, fusion: Fusion, users, roots) -> None:
@@ -163,8 +108,8 @@ def _concats_in_place(g: Graph, fusion: Fusion, users, roots) -> None:
                 why = f"{x.name} is an input of the program"
             elif grp.output is not x:
                 why = f"{x.name} is inside a kernel"
-            elif _kind(grp.anchor) not in ELEMENTWISE_WRITERS and grp.anchor.op not in \
-                    WRITER_OPS:
+            elif _kind(grp.anchor) not in ELEMENTWISE_WRITERS and \
+                    not registry.get(grp.anchor.op).writes_per_element:
                 why = f"{x.name} is made by a reduction"
             elif x.id in taken:
                 why = f"{x.name} is written in place into another concat"

@@ -9,12 +9,24 @@ the network's outputs and is removed by DCE where nothing else reads it.
 
 from __future__ import annotations
 
-from netlang.config import LossTerm
+from dataclasses import dataclass
+
 from netlang.diagnostics import error
 from netlang.ir.graph import Graph, Node
 from netlang.ir.types import fmt_shape
 from netlang.ops.loss import target_type
 from netlang.passes.shape_infer import infer_node
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One weighted term of a loss, `0.5 * dice(mask, target)` (config.parse_loss makes
+    them from the loss text)."""
+
+    weight: float
+    op: str            # mse | cross_entropy | bce | dice
+    pred: str          # a network output
+    target: str        # a target name supplied by the data
 
 
 def attach_loss(g: Graph, terms: tuple[LossTerm, ...]) -> None:

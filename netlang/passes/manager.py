@@ -1,8 +1,8 @@
 """Named passes and the manager that runs them, with IR dumps and verification.
 
-Each pass states what it requires and what it ensures (documentation that tests read), and
-the manager can dump the stable IR text after any pass (`--dump-after NAME`) and verify the
-graph after every pass (tests turn this on).
+The manager runs a list of named passes, dumps the stable IR text after any of them
+(`--dump-after NAME`) and verifies the graph after every pass (tests turn this on). What
+each pass ensures is written in the table of contents, passes/pipeline.py.
 """
 
 from __future__ import annotations
@@ -12,15 +12,13 @@ from typing import Callable
 
 from netlang.ir.graph import Graph
 from netlang.ir.printer import format_graph
-from netlang.ir.verify import verify
+from netlang.passes.verify import verify
 
 
 @dataclass(frozen=True)
 class Pass:
     name: str
     run: Callable[[Graph], None]
-    requires: str
-    ensures: str
 
 
 @dataclass
@@ -32,8 +30,9 @@ class PassManager:
 
     def run(self, g: Graph) -> Graph:
         unknown = [d for d in self.dump_after if d not in self.names]
-        if unknown:
-            raise ValueError(f"unknown pass {unknown[0]!r}; passes: {', '.join(self.names)}")
+        if unknown:   # callers validate user input (E006); this is an internal error
+            raise AssertionError(f"unknown pass {unknown[0]!r}; passes: "
+                                 f"{', '.join(self.names)}")
         for p in self.passes:
             p.run(g)
             if self.verify_each:

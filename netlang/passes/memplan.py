@@ -18,8 +18,6 @@ from netlang.ir.graph import Graph
 
 ALIGN = 256
 
-REQUIRES = "typed, scheduled graph (node order is the schedule)"
-ENSURES = "an offset for every computed value; arena_bytes <= total_bytes"
 
 
 @dataclass(frozen=True)

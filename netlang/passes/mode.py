@@ -10,8 +10,6 @@ from __future__ import annotations
 from netlang.ir.graph import Graph
 from netlang.passes.shape_infer import infer_node
 
-REQUIRES = "typed graph"
-ENSURES = "no `dropout` nodes; every batchnorm has `training` set"
 
 
 def specialize(g: Graph, training: bool) -> None:

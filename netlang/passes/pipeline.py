@@ -7,7 +7,16 @@
     cse            merge duplicate computations
     dce            drop what no output, loss or gradient needs
     fusion         group nodes into kernels (annotates; `--no-fuse` gives one node a kernel)
-    (memory planning runs per batch size, when the program first runs at that size)
+    (memory planning runs per batch size, when a program first runs at that size, and
+    rendering per backend, when a kernel backend first runs it: both depend on more than
+    the graph)
+
+What each pass leaves behind: attach_loss a scalar `graph.loss` and one target input per
+target name; stable_losses no bce of a sigmoid and no cross_entropy of a softmax;
+specialize no dropout and every batchnorm's `training` set; autodiff `graph.grads` for every
+trainable parameter (and input, on request); cse no two nodes computing the same value;
+dce only nodes that feed an output, the loss or a gradient; fusion `graph.fusion`. Tests
+run the verifier (passes/verify.py) after every pass.
 
 Ordering notes: stable_losses runs before specialize so that training and inference fold
 the same activations (specialize removes or rewrites dropout), and before autodiff so that
@@ -17,65 +26,57 @@ leave dead forward nodes behind.
 
 from __future__ import annotations
 
-import copy
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-from netlang.config import parse_loss
+from netlang.ir.graph import Graph
 from netlang.passes import autodiff as ad
+from netlang.passes import fusion, mode, simplify
 from netlang.passes import loss as loss_pass
-from netlang.passes import fusion, memplan, mode, simplify
+from netlang.passes.loss import LossTerm
 from netlang.passes.manager import Pass, PassManager
 
-if TYPE_CHECKING:
-    from netlang.api import Network
-    from netlang.program import Program
 
-def passes_for(training: bool, loss_terms, wrt_inputs: bool,
-               keep_outputs: bool = False, differentiate: bool = True,
-               fuse: bool = True) -> list[Pass]:
+@dataclass(frozen=True)
+class CompileOptions:
+    """What kind of program to build from a checked graph."""
+
+    training: bool = False                 # dropout active, batchnorm on batch statistics
+    loss: tuple[LossTerm, ...] = ()        # parsed at the API boundary (config.parse_loss)
+    wrt_inputs: bool = False               # gradients of the inputs too
+    keep_outputs: bool = False             # a loss program that also returns the outputs
+    differentiate: bool = True             # with a loss: add the backward pass
+    fuse: bool = True                      # False: one kernel per node (bisecting)
+
+
+def passes_for(opts: CompileOptions) -> list[Pass]:
+    """The pipeline for these options: the only list of pass names."""
     ps: list[Pass] = []
-    if loss_terms:
-        ps += [
-            Pass("attach_loss", lambda g: loss_pass.attach_loss(g, loss_terms),
-                 "typed graph with the loss's outputs", "`graph.loss` is a scalar node"),
-            Pass("stable_losses", loss_pass.stable_losses, "graph.loss",
-                 "no bce of a sigmoid, no cross_entropy of a softmax"),
-        ]
-    ps.append(Pass("specialize", lambda g: mode.specialize(g, training), mode.REQUIRES,
-                   mode.ENSURES))
-    if loss_terms:
-        if differentiate:
-            ps.append(Pass("autodiff", lambda g: ad.autodiff(g, wrt_inputs), ad.REQUIRES,
-                           ad.ENSURES))
-        if not keep_outputs:  # a training step returns the loss and the gradients only
-            ps.append(Pass("drop_outputs", lambda g: g.outputs.clear(), "graph.loss",
-                           "no outputs"))
-    ps += [Pass("cse", simplify.cse, "typed graph", "no two nodes compute the same value"),
-           Pass("dce", simplify.dce, "typed graph", "every node feeds an output, the loss or "
-                "a gradient"),
-           Pass("fusion", lambda g: setattr(g, "fusion", fusion.fuse(g, fuse)),
-                "scheduled graph", "`graph.fusion`: kernel groups and the refused pairs")]
+    if opts.loss:
+        ps += [Pass("attach_loss", lambda g: loss_pass.attach_loss(g, opts.loss)),
+               Pass("stable_losses", loss_pass.stable_losses)]
+    ps.append(Pass("specialize", lambda g: mode.specialize(g, opts.training)))
+    if opts.loss and opts.differentiate:
+        ps.append(Pass("autodiff", lambda g: ad.autodiff(g, opts.wrt_inputs)))
+    if opts.loss and not opts.keep_outputs:   # a training step returns loss and gradients
+        ps.append(Pass("drop_outputs", lambda g: g.outputs.clear()))
+    ps += [Pass("cse", simplify.cse),
+           Pass("dce", simplify.dce),
+           Pass("fusion", lambda g: setattr(g, "fusion", fusion.fuse(g, opts.fuse)))]
     return ps
 
 
-def pass_names(training: bool, with_loss: bool) -> list[str]:
+def pass_names(opts: CompileOptions) -> list[str]:
     """The passes a program of this kind runs, in order (what `--dump-after` accepts)."""
-    return [p.name for p in passes_for(training, ("loss",) if with_loss else (), False)]
+    return [p.name for p in passes_for(opts)]
 
 
-# Every pass name, in pipeline order (a training step runs them all).
-PASS_NAMES = tuple(pass_names(True, True))
+# Every pass name, in pipeline order (a training step with a loss runs them all).
+PASS_NAMES = tuple(pass_names(CompileOptions(training=True, loss=(LossTerm(1.0, "mse", "", ""),))))
 
 
-def build_program(net: "Network", training: bool, loss: str | None = None,
-                  wrt_inputs: bool = False, dump_after: tuple[str, ...] = (),
-                  verify_each: bool = False, keep_outputs: bool = False,
-                  differentiate: bool = True, fuse: bool = True) -> "Program":
-    from netlang.program import Program
-
-    g = copy.deepcopy(net.graph)
-    terms = parse_loss(loss, list(g.outputs)) if loss else ()
-    pm = PassManager(passes_for(training, terms, wrt_inputs, keep_outputs, differentiate,
-                                fuse), dump_after, verify_each)
+def compile_graph(g: Graph, opts: CompileOptions, dump_after: tuple[str, ...] = (),
+                  verify_each: bool = False) -> dict[str, str]:
+    """Run the pipeline over `g` (in place); returns the IR dumps asked for."""
+    pm = PassManager(passes_for(opts), dump_after, verify_each)
     pm.run(g)
-    return Program(g, training=training, dumps=pm.dumps, plan_fn=memplan.plan_memory)
+    return pm.dumps

@@ -24,8 +24,6 @@ from netlang.ir.types import TensorType, fmt_shape
 from netlang.ops import registry
 from netlang.ops.registry import ShapeCtx, ShapeError
 
-REQUIRES = ("lowered graph: input nodes typed, attributes checked against the schema",)
-ENSURES = ("every node typed; params typed with init attributes; attributes canonical",)
 PROBE_SECONDS = 1.0  # time allowed for finding valid input sizes on an error path
 # No tensor (an activation per sample, or a parameter) may hold more elements than this:
 # 2^31 float32 values are 8 GiB, beyond any network that trains on one machine, and far
@@ -92,7 +90,7 @@ def infer_shapes(graph: Graph) -> ShapeInfo:
     pristine = {n.id: dict(n.attrs) for n in graph.nodes}
     info = ShapeInfo()
     for node in graph.nodes:
-        if node.op in ("input", "param", "target"):
+        if node.op in ("input", "param"):
             if node.op == "input" and node.type is not None:
                 try:
                     check_size(node.type, f"input `{node.name}`")
@@ -182,7 +180,7 @@ def _probe(graph: Graph, pristine: dict[int, dict[str, Any]], shapes: dict[str, 
         copies[n.id] = c
         if n.op == "input":
             c.type = TensorType(shapes.get(n.name, n.type.shape))
-        elif n.op in ("param", "target"):
+        elif n.op == "param":
             continue
         else:
             try:

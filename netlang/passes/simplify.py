@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from netlang.ir.graph import Graph
-
-# Ops whose results differ between two calls with equal inputs: never merged.
-_IMPURE = {"dropout_mask", "input", "param"}
+from netlang.ops import registry
 
 
 def dce(g: Graph) -> None:
@@ -24,7 +22,9 @@ def cse(g: Graph) -> None:
     seen: dict[tuple, object] = {}
     dead = []
     for n in g.nodes:
-        if n.op in _IMPURE:
+        # Inputs and parameters are distinct values whatever their attributes; a random op
+        # gives another value at every node (OpDef.impure).
+        if n.op in ("input", "param") or registry.get(n.op).impure:
             continue
         k = _key(n)
         if k in seen:

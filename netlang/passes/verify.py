@@ -1,4 +1,5 @@
 """The IR verifier: run after every pass in tests (and by the pass manager in debug mode).
+It lives beside the passes because re-deriving types uses shape inference.
 
 Checks that the node list is topologically ordered, that every op exists with a valid
 number of inputs, that every node is typed, and that re-deriving each node's type from its
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from netlang.ir.graph import Graph
 from netlang.ops import registry
+from netlang.passes.shape_infer import data_inputs, infer_node
 
 
 class VerifyError(AssertionError):
@@ -16,8 +18,6 @@ class VerifyError(AssertionError):
 
 
 def verify(g: Graph) -> None:
-    from netlang.passes.shape_infer import data_inputs, infer_node
-
     seen: set[int] = set()
     ids: set[int] = set()
     for n in g.nodes:

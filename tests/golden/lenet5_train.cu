@@ -14,6 +14,7 @@ __device__ __forceinline__ float nl_uniform(unsigned int seed, unsigned int i) {
 
 
 // features.conv0, features.relu0
+// implements lenet5.net:4
 extern "C" __global__ void k0_conv_relu(const float* __restrict__ v0, const float* __restrict__ v1, const float* __restrict__ v2, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 4704) return;
@@ -40,6 +41,7 @@ extern "C" __global__ void k0_conv_relu(const float* __restrict__ v0, const floa
 }
 
 // features.avgpool0
+// implements lenet5.net:4
 extern "C" __global__ void k1_avgpool(const float* __restrict__ v4, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 1176) return;
@@ -66,6 +68,7 @@ extern "C" __global__ void k1_avgpool(const float* __restrict__ v4, float* __res
 }
 
 // features.conv1, features.relu1
+// implements lenet5.net:5
 extern "C" __global__ void k2_conv_relu(const float* __restrict__ v5, const float* __restrict__ v6, const float* __restrict__ v7, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 1600) return;
@@ -92,6 +95,7 @@ extern "C" __global__ void k2_conv_relu(const float* __restrict__ v5, const floa
 }
 
 // features.avgpool1
+// implements lenet5.net:5
 extern "C" __global__ void k3_avgpool(const float* __restrict__ v9, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 400) return;
@@ -118,6 +122,7 @@ extern "C" __global__ void k3_avgpool(const float* __restrict__ v9, float* __res
 }
 
 // logits.flatten0
+// implements lenet5.net:7
 extern "C" __global__ void k4_flatten(const float* __restrict__ v10, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 400) return;
@@ -129,6 +134,7 @@ extern "C" __global__ void k4_flatten(const float* __restrict__ v10, float* __re
 }
 
 // logits.dense0, logits.relu0
+// implements lenet5.net:7
 extern "C" __global__ void k5_dense_relu_epilogue(const float* __restrict__ s0, const float* __restrict__ v13, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 120) return;
@@ -141,6 +147,7 @@ extern "C" __global__ void k5_dense_relu_epilogue(const float* __restrict__ s0, 
 }
 
 // logits.dense1, logits.relu1
+// implements lenet5.net:7
 extern "C" __global__ void k6_dense_relu_epilogue(const float* __restrict__ s1, const float* __restrict__ v17, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 84) return;
@@ -153,6 +160,7 @@ extern "C" __global__ void k6_dense_relu_epilogue(const float* __restrict__ s1, 
 }
 
 // logits.dense2
+// implements lenet5.net:8
 extern "C" __global__ void k7_dense_epilogue(const float* __restrict__ s2, const float* __restrict__ v21, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 10) return;
@@ -164,6 +172,7 @@ extern "C" __global__ void k7_dense_epilogue(const float* __restrict__ s2, const
 }
 
 // loss.cross_entropy0
+// implements lenet5.net:8
 extern "C" __global__ void k8_cross_entropy(const float* __restrict__ v22, const long long* __restrict__ v23, float* __restrict__ out, int N) {
     __shared__ double sh[256];
     long long i = blockIdx.x;
@@ -193,6 +202,7 @@ extern "C" __global__ void k8_cross_entropy(const float* __restrict__ v22, const
 }
 
 // loss.grad_seed
+// implements lenet5.net:8
 extern "C" __global__ void k9_constant(float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= 1LL) return;
@@ -202,6 +212,7 @@ extern "C" __global__ void k9_constant(float* __restrict__ out, int N) {
 }
 
 // loss.cross_entropy0.grad_cross_entropy_grad
+// implements lenet5.net:8
 extern "C" __global__ void k10_cross_entropy_grad(const float* __restrict__ v22, const long long* __restrict__ v23, const float* __restrict__ v25, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 10) return;
@@ -219,6 +230,7 @@ extern "C" __global__ void k10_cross_entropy_grad(const float* __restrict__ v22,
 }
 
 // logits.dense2.grad_dense_grad_input, logits.relu1.grad_relu_grad
+// implements lenet5.net:7, lenet5.net:8
 extern "C" __global__ void k11_dense_grad_input_relu_grad_epilogue(const float* __restrict__ s3, const float* __restrict__ v19, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 84) return;
@@ -230,6 +242,7 @@ extern "C" __global__ void k11_dense_grad_input_relu_grad_epilogue(const float* 
 }
 
 // logits.dense2.grad_bias_grad2
+// implements lenet5.net:8
 extern "C" __global__ void k12_bias_grad(const float* __restrict__ v26, float* __restrict__ out, int N) {
     __shared__ float sh[256];
     long long i = blockIdx.x;
@@ -255,6 +268,7 @@ extern "C" __global__ void k12_bias_grad(const float* __restrict__ v26, float* _
 }
 
 // logits.dense1.grad_dense_grad_input, logits.relu0.grad_relu_grad
+// implements lenet5.net:7
 extern "C" __global__ void k13_dense_grad_input_relu_grad_epilogue(const float* __restrict__ s4, const float* __restrict__ v15, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 120) return;
@@ -266,6 +280,7 @@ extern "C" __global__ void k13_dense_grad_input_relu_grad_epilogue(const float* 
 }
 
 // logits.dense1.grad_bias_grad2
+// implements lenet5.net:7
 extern "C" __global__ void k14_bias_grad(const float* __restrict__ v30, float* __restrict__ out, int N) {
     __shared__ float sh[256];
     long long i = blockIdx.x;
@@ -291,6 +306,7 @@ extern "C" __global__ void k14_bias_grad(const float* __restrict__ v30, float* _
 }
 
 // logits.dense0.grad_bias_grad2
+// implements lenet5.net:7
 extern "C" __global__ void k15_bias_grad(const float* __restrict__ v34, float* __restrict__ out, int N) {
     __shared__ float sh[256];
     long long i = blockIdx.x;
@@ -316,6 +332,7 @@ extern "C" __global__ void k15_bias_grad(const float* __restrict__ v34, float* _
 }
 
 // logits.flatten0.grad_reshape
+// implements lenet5.net:7
 extern "C" __global__ void k16_reshape(const float* __restrict__ v35, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 400) return;
@@ -329,6 +346,7 @@ extern "C" __global__ void k16_reshape(const float* __restrict__ v35, float* __r
 }
 
 // features.avgpool1.grad_avgpool_grad
+// implements lenet5.net:5
 extern "C" __global__ void k17_avgpool_grad(const float* __restrict__ v38, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 1600) return;
@@ -355,6 +373,7 @@ extern "C" __global__ void k17_avgpool_grad(const float* __restrict__ v38, float
 }
 
 // features.relu1.grad_relu_grad
+// implements lenet5.net:5
 extern "C" __global__ void k18_relu_grad(const float* __restrict__ v39, const float* __restrict__ v9, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 1600) return;
@@ -368,6 +387,7 @@ extern "C" __global__ void k18_relu_grad(const float* __restrict__ v39, const fl
 }
 
 // features.conv1.grad_conv_grad_input
+// implements lenet5.net:5
 extern "C" __global__ void k19_conv_grad_input(const float* __restrict__ v40, const float* __restrict__ v6, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 1176) return;
@@ -398,6 +418,7 @@ extern "C" __global__ void k19_conv_grad_input(const float* __restrict__ v40, co
 }
 
 // features.conv1.grad_conv_grad_weight1
+// implements lenet5.net:5
 extern "C" __global__ void k20_conv_grad_weight(const float* __restrict__ v40, const float* __restrict__ v5, float* __restrict__ out, int N) {
     __shared__ float sh[256];
     long long i = blockIdx.x;
@@ -432,6 +453,7 @@ extern "C" __global__ void k20_conv_grad_weight(const float* __restrict__ v40, c
 }
 
 // features.conv1.grad_bias_grad2
+// implements lenet5.net:5
 extern "C" __global__ void k21_bias_grad(const float* __restrict__ v40, float* __restrict__ out, int N) {
     __shared__ float sh[256];
     long long i = blockIdx.x;
@@ -457,6 +479,7 @@ extern "C" __global__ void k21_bias_grad(const float* __restrict__ v40, float* _
 }
 
 // features.avgpool0.grad_avgpool_grad
+// implements lenet5.net:4
 extern "C" __global__ void k22_avgpool_grad(const float* __restrict__ v41, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 4704) return;
@@ -483,6 +506,7 @@ extern "C" __global__ void k22_avgpool_grad(const float* __restrict__ v41, float
 }
 
 // features.relu0.grad_relu_grad
+// implements lenet5.net:4
 extern "C" __global__ void k23_relu_grad(const float* __restrict__ v44, const float* __restrict__ v4, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 4704) return;
@@ -496,6 +520,7 @@ extern "C" __global__ void k23_relu_grad(const float* __restrict__ v44, const fl
 }
 
 // features.conv0.grad_conv_grad_weight1
+// implements lenet5.net:4
 extern "C" __global__ void k24_conv_grad_weight(const float* __restrict__ v45, const float* __restrict__ v0, float* __restrict__ out, int N) {
     __shared__ float sh[256];
     long long i = blockIdx.x;
@@ -530,6 +555,7 @@ extern "C" __global__ void k24_conv_grad_weight(const float* __restrict__ v45, c
 }
 
 // features.conv0.grad_bias_grad2
+// implements lenet5.net:4
 extern "C" __global__ void k25_bias_grad(const float* __restrict__ v45, float* __restrict__ out, int N) {
     __shared__ float sh[256];
     long long i = blockIdx.x;

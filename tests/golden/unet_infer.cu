@@ -14,6 +14,7 @@ __device__ __forceinline__ float nl_uniform(unsigned int seed, unsigned int i) {
 
 
 // e1.double_conv.conv0, e1.double_conv.relu0
+// implements unet.net:5
 extern "C" __global__ void k0_conv_relu(const float* __restrict__ v0, const float* __restrict__ v1, const float* __restrict__ v2, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 4096) return;
@@ -40,6 +41,7 @@ extern "C" __global__ void k0_conv_relu(const float* __restrict__ v0, const floa
 }
 
 // e1.double_conv.conv1, e1.double_conv.relu1
+// implements unet.net:5
 extern "C" __global__ void k1_conv_relu(const float* __restrict__ v4, const float* __restrict__ v5, const float* __restrict__ v6, float* __restrict__ cat, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 4096) return;
@@ -67,6 +69,7 @@ extern "C" __global__ void k1_conv_relu(const float* __restrict__ v4, const floa
 }
 
 // e2.maxpool0
+// implements unet.net:17
 extern "C" __global__ void k2_maxpool(const float* __restrict__ v8, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 1024) return;
@@ -90,6 +93,7 @@ extern "C" __global__ void k2_maxpool(const float* __restrict__ v8, float* __res
 }
 
 // e2.double_conv.conv0, e2.double_conv.relu0
+// implements unet.net:5
 extern "C" __global__ void k3_conv_relu(const float* __restrict__ v9, const float* __restrict__ v10, const float* __restrict__ v11, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 2048) return;
@@ -116,6 +120,7 @@ extern "C" __global__ void k3_conv_relu(const float* __restrict__ v9, const floa
 }
 
 // e2.double_conv.conv1, e2.double_conv.relu1
+// implements unet.net:5
 extern "C" __global__ void k4_conv_relu(const float* __restrict__ v13, const float* __restrict__ v14, const float* __restrict__ v15, float* __restrict__ cat, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 2048) return;
@@ -143,6 +148,7 @@ extern "C" __global__ void k4_conv_relu(const float* __restrict__ v13, const flo
 }
 
 // e3.maxpool0
+// implements unet.net:18
 extern "C" __global__ void k5_maxpool(const float* __restrict__ v17, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 512) return;
@@ -166,6 +172,7 @@ extern "C" __global__ void k5_maxpool(const float* __restrict__ v17, float* __re
 }
 
 // e3.double_conv.conv0, e3.double_conv.relu0
+// implements unet.net:5
 extern "C" __global__ void k6_conv_relu(const float* __restrict__ v18, const float* __restrict__ v19, const float* __restrict__ v20, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 1024) return;
@@ -192,6 +199,7 @@ extern "C" __global__ void k6_conv_relu(const float* __restrict__ v18, const flo
 }
 
 // e3.double_conv.conv1, e3.double_conv.relu1
+// implements unet.net:5
 extern "C" __global__ void k7_conv_relu(const float* __restrict__ v22, const float* __restrict__ v23, const float* __restrict__ v24, float* __restrict__ cat, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 1024) return;
@@ -219,6 +227,7 @@ extern "C" __global__ void k7_conv_relu(const float* __restrict__ v22, const flo
 }
 
 // e4.maxpool0
+// implements unet.net:19
 extern "C" __global__ void k8_maxpool(const float* __restrict__ v26, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 256) return;
@@ -242,6 +251,7 @@ extern "C" __global__ void k8_maxpool(const float* __restrict__ v26, float* __re
 }
 
 // e4.double_conv.conv0, e4.double_conv.relu0
+// implements unet.net:5
 extern "C" __global__ void k9_conv_relu(const float* __restrict__ v27, const float* __restrict__ v28, const float* __restrict__ v29, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 512) return;
@@ -268,6 +278,7 @@ extern "C" __global__ void k9_conv_relu(const float* __restrict__ v27, const flo
 }
 
 // e4.double_conv.conv1, e4.double_conv.relu1
+// implements unet.net:5
 extern "C" __global__ void k10_conv_relu(const float* __restrict__ v31, const float* __restrict__ v32, const float* __restrict__ v33, float* __restrict__ cat, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 512) return;
@@ -295,6 +306,7 @@ extern "C" __global__ void k10_conv_relu(const float* __restrict__ v31, const fl
 }
 
 // mid.maxpool0
+// implements unet.net:20
 extern "C" __global__ void k11_maxpool(const float* __restrict__ v35, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 128) return;
@@ -318,6 +330,7 @@ extern "C" __global__ void k11_maxpool(const float* __restrict__ v35, float* __r
 }
 
 // mid.double_conv.conv0, mid.double_conv.relu0
+// implements unet.net:5
 extern "C" __global__ void k12_conv_relu(const float* __restrict__ v36, const float* __restrict__ v37, const float* __restrict__ v38, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 256) return;
@@ -344,6 +357,7 @@ extern "C" __global__ void k12_conv_relu(const float* __restrict__ v36, const fl
 }
 
 // mid.double_conv.conv1, mid.double_conv.relu1
+// implements unet.net:5
 extern "C" __global__ void k13_conv_relu(const float* __restrict__ v40, const float* __restrict__ v41, const float* __restrict__ v42, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 256) return;
@@ -370,6 +384,7 @@ extern "C" __global__ void k13_conv_relu(const float* __restrict__ v40, const fl
 }
 
 // d4.up.conv_transpose0
+// implements unet.net:11
 extern "C" __global__ void k14_conv_transpose(const float* __restrict__ v44, const float* __restrict__ v45, const float* __restrict__ v46, float* __restrict__ cat, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 512) return;
@@ -400,6 +415,7 @@ extern "C" __global__ void k14_conv_transpose(const float* __restrict__ v44, con
 }
 
 // d4.up.double_conv.conv0, d4.up.double_conv.relu0
+// implements unet.net:5
 extern "C" __global__ void k15_conv_relu(const float* __restrict__ v48, const float* __restrict__ v49, const float* __restrict__ v50, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 512) return;
@@ -426,6 +442,7 @@ extern "C" __global__ void k15_conv_relu(const float* __restrict__ v48, const fl
 }
 
 // d4.up.double_conv.conv1, d4.up.double_conv.relu1
+// implements unet.net:5
 extern "C" __global__ void k16_conv_relu(const float* __restrict__ v52, const float* __restrict__ v53, const float* __restrict__ v54, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 512) return;
@@ -452,6 +469,7 @@ extern "C" __global__ void k16_conv_relu(const float* __restrict__ v52, const fl
 }
 
 // d3.up.conv_transpose0
+// implements unet.net:11
 extern "C" __global__ void k17_conv_transpose(const float* __restrict__ v56, const float* __restrict__ v57, const float* __restrict__ v58, float* __restrict__ cat, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 1024) return;
@@ -482,6 +500,7 @@ extern "C" __global__ void k17_conv_transpose(const float* __restrict__ v56, con
 }
 
 // d3.up.double_conv.conv0, d3.up.double_conv.relu0
+// implements unet.net:5
 extern "C" __global__ void k18_conv_relu(const float* __restrict__ v60, const float* __restrict__ v61, const float* __restrict__ v62, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 1024) return;
@@ -508,6 +527,7 @@ extern "C" __global__ void k18_conv_relu(const float* __restrict__ v60, const fl
 }
 
 // d3.up.double_conv.conv1, d3.up.double_conv.relu1
+// implements unet.net:5
 extern "C" __global__ void k19_conv_relu(const float* __restrict__ v64, const float* __restrict__ v65, const float* __restrict__ v66, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 1024) return;
@@ -534,6 +554,7 @@ extern "C" __global__ void k19_conv_relu(const float* __restrict__ v64, const fl
 }
 
 // d2.up.conv_transpose0
+// implements unet.net:11
 extern "C" __global__ void k20_conv_transpose(const float* __restrict__ v68, const float* __restrict__ v69, const float* __restrict__ v70, float* __restrict__ cat, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 2048) return;
@@ -564,6 +585,7 @@ extern "C" __global__ void k20_conv_transpose(const float* __restrict__ v68, con
 }
 
 // d2.up.double_conv.conv0, d2.up.double_conv.relu0
+// implements unet.net:5
 extern "C" __global__ void k21_conv_relu(const float* __restrict__ v72, const float* __restrict__ v73, const float* __restrict__ v74, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 2048) return;
@@ -590,6 +612,7 @@ extern "C" __global__ void k21_conv_relu(const float* __restrict__ v72, const fl
 }
 
 // d2.up.double_conv.conv1, d2.up.double_conv.relu1
+// implements unet.net:5
 extern "C" __global__ void k22_conv_relu(const float* __restrict__ v76, const float* __restrict__ v77, const float* __restrict__ v78, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 2048) return;
@@ -616,6 +639,7 @@ extern "C" __global__ void k22_conv_relu(const float* __restrict__ v76, const fl
 }
 
 // d1.up.conv_transpose0
+// implements unet.net:11
 extern "C" __global__ void k23_conv_transpose(const float* __restrict__ v80, const float* __restrict__ v81, const float* __restrict__ v82, float* __restrict__ cat, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 4096) return;
@@ -646,6 +670,7 @@ extern "C" __global__ void k23_conv_transpose(const float* __restrict__ v80, con
 }
 
 // d1.up.double_conv.conv0, d1.up.double_conv.relu0
+// implements unet.net:5
 extern "C" __global__ void k24_conv_relu(const float* __restrict__ v84, const float* __restrict__ v85, const float* __restrict__ v86, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 4096) return;
@@ -672,6 +697,7 @@ extern "C" __global__ void k24_conv_relu(const float* __restrict__ v84, const fl
 }
 
 // d1.up.double_conv.conv1, d1.up.double_conv.relu1
+// implements unet.net:5
 extern "C" __global__ void k25_conv_relu(const float* __restrict__ v88, const float* __restrict__ v89, const float* __restrict__ v90, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 4096) return;
@@ -698,6 +724,7 @@ extern "C" __global__ void k25_conv_relu(const float* __restrict__ v88, const fl
 }
 
 // mask.conv0, mask.sigmoid0
+// implements unet.net:26
 extern "C" __global__ void k26_conv_sigmoid(const float* __restrict__ v92, const float* __restrict__ v93, const float* __restrict__ v94, float* __restrict__ out, int N) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)N * 1024) return;

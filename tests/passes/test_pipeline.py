@@ -14,7 +14,7 @@ import netlang
 from netlang.backends.numpy_backend import execute
 from netlang.diagnostics import NetlangError
 from netlang.ir.printer import format_graph
-from netlang.passes.pipeline import PASS_NAMES, build_program
+from netlang.passes.pipeline import PASS_NAMES
 from tests.backends.test_torch_parity import CONFIGS
 from tests.conftest import EXAMPLES, ROOT
 
@@ -36,8 +36,8 @@ def golden(name: str, text: str) -> None:
 def test_every_pass_leaves_a_valid_graph(file, network, params, batch):
     net = netlang.load(EXAMPLES / file, network=network, params=params)
     loss = " + ".join(f"mse({k}, t_{k})" for k in net.outputs)
-    build_program(net, training=True, loss=loss, verify_each=True)
-    build_program(net, training=False, verify_each=True)
+    net.compile(training=True, loss=loss, verify_each=True)
+    net.compile(training=False, verify_each=True)
 
 
 SMALL = "network small { input x: [1, 5, 5]  output y = x -> conv(2, 3) -> relu }"
@@ -45,14 +45,14 @@ SMALL = "network small { input x: [1, 5, 5]  output y = x -> conv(2, 3) -> relu 
 
 def test_autodiff_golden_ir():
     net = netlang.loads(SMALL, file="small.net")
-    prog = build_program(net, training=True, loss="mse(y, target)", dump_after=PASS_NAMES)
+    prog = net.compile(training=True, loss="mse(y, target)", dump_after=PASS_NAMES)
     golden("small_autodiff.txt", prog.dumps["autodiff"])
     golden("small_train_final.txt", prog.dumps["dce"])
 
 
 def test_backward_nodes_keep_forward_spans():
     net = netlang.load(EXAMPLES / "lenet5.net")
-    prog = build_program(net, training=True, loss="cross_entropy(logits, label)")
+    prog = net.compile(training=True, loss="cross_entropy(logits, label)")
     fwd_spans = {n.span for n in net.graph.nodes}
     grads = [n for n in prog.graph.nodes if ".grad_" in n.name]
     assert grads and all(n.span in fwd_spans for n in grads)
@@ -63,7 +63,7 @@ def test_stable_losses_rewrite():
            "  output p = x -> conv(1, 1) -> sigmoid\n"
            "  output q = x -> conv(3, 1) -> softmax }")
     net = netlang.loads(src)
-    prog = build_program(net, training=True, loss="bce(p, t) + cross_entropy(q, c)")
+    prog = net.compile(training=True, loss="bce(p, t) + cross_entropy(q, c)")
     ops = [n.op for n in prog.graph.nodes]
     assert "bce_logits" in ops and "bce" not in ops
     ce = next(n for n in prog.graph.nodes if n.op == "cross_entropy")
@@ -78,7 +78,7 @@ def test_cse_merges_duplicates_and_dce_drops_dead_nodes():
     net = netlang.loads(src)
     before = [n.op for n in net.graph.nodes]
     assert before.count("relu") == 2 and "tanh" in before
-    prog = build_program(net, training=False)
+    prog = net.compile(training=False)
     after = [n.op for n in prog.graph.nodes]
     assert after == ["input", "relu", "add"]
     x = np.random.default_rng(0).standard_normal((2, 2, 4, 4)).astype(np.float32)
@@ -99,7 +99,7 @@ def _intervals_overlap(plan, prog_graph):
 
 def test_memory_plan_reuses_buffers_without_overlap():
     net = netlang.load(EXAMPLES / "unet.net", params={"base": 4, "size": 64})
-    prog = build_program(net, training=True, loss="bce(mask, target) + dice(mask, target)")
+    prog = net.compile(training=True, loss="bce(mask, target) + dice(mask, target)")
     plan = prog.plan(4)
     assert plan.arena_bytes < 0.6 * plan.total_bytes
     assert not _intervals_overlap(plan, prog.graph)
@@ -112,7 +112,7 @@ def test_numpy_backend_peak_memory_follows_the_plan():
              "target": (rng.random((4, 1, 64, 64)) > 0.5).astype(np.float32)}
     weights = net.init()
     prog = net.program_for(True, "bce(mask, target)")
-    feeds, n = prog._feeds(weights, batch)
+    feeds, n = prog.feeds(weights, batch)
     plan = prog.plan(n)
     keep_all = dataclasses.replace(plan, free_after=tuple(() for _ in plan.free_after))
 
@@ -193,12 +193,15 @@ def test_init_is_deterministic_and_pytorch_like():
     assert format_graph(net.graph).count("param(") == len(a)
 
 
-def test_networkx_index_agrees_with_the_graph():
+def test_graph_queries_agree_with_networkx():
+    """networkx as an oracle for the Graph API's ancestors and topological order."""
     import networkx as nx
 
     net = netlang.load(EXAMPLES / "unet.net", params={"base": 4, "size": 32})
     g = net.graph
-    idx = g.index()
+    idx = nx.DiGraph([(src.id, n.id) for n in g.nodes for src in n.inputs])
     out = g.outputs["mask"]
     assert {n.id for n in g.ancestors(out)} == nx.ancestors(idx, out.id) | {out.id}
     assert nx.is_directed_acyclic_graph(idx)
+    position = {n.id: i for i, n in enumerate(g.nodes)}
+    assert all(position[a] < position[b] for a, b in idx.edges)
