@@ -60,7 +60,7 @@ def bench_netlang(name, steps, kind):
     data = make_batch(net, batch, np)
     out = {}
     for graph in (False, True):
-        ds = DeviceStep(net, loss, net.init(0), data, kind=kind, capturable=graph)
+        ds = DeviceStep(net, loss, net.init(0), data, backend=kind, capturable=graph)
         for _ in range(3):
             ds.step()
         if graph and not ds.capture():

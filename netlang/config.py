@@ -13,7 +13,10 @@ from typing import Any
 
 from netlang.diagnostics import SourceSpan, did_you_mean, error
 from netlang.lang import ast
+from netlang.ops.loss import LOSSES as LOSS_OPS
 from netlang.ops.registry import Symbol
+from netlang.optimizers import OPTIMIZERS as OPTIMIZER_TABLE
+from netlang.passes.loss import LossTerm
 
 
 @dataclass(frozen=True)
@@ -25,14 +28,6 @@ class Call:
 
     def get(self, key: str, default: Any = None) -> Any:
         return dict(self.args).get(key, default)
-
-
-@dataclass(frozen=True)
-class LossTerm:
-    weight: float
-    op: str            # mse | cross_entropy | bce | dice
-    pred: str          # a network output
-    target: str        # a target name supplied by the data
 
 
 @dataclass(frozen=True)
@@ -63,11 +58,9 @@ DATA = {
     "folder": {"images": STR, "masks": STR, "val_images": STR, "val_masks": STR,
                "test_images": STR, "test_masks": STR, "gray": BOOL},
 }
-OPTIMIZERS = {
-    "sgd": {"lr": NUM, "momentum": NUM, "nesterov": BOOL, "weight_decay": NUM},
-    "adam": {"lr": NUM, "beta1": NUM, "beta2": NUM, "eps": NUM, "weight_decay": NUM},
-    "adamw": {"lr": NUM, "beta1": NUM, "beta2": NUM, "eps": NUM, "weight_decay": NUM},
-}
+# From the optimizer table: every argument, a boolean or a number as its default is.
+OPTIMIZERS = {name: {k: BOOL if isinstance(v, bool) else NUM for k, v in o.defaults.items()}
+              for name, o in OPTIMIZER_TABLE.items()}
 SCHEDULES = {
     "constant": {},
     "step": {"step_size": INT, "gamma": NUM},
@@ -107,7 +100,6 @@ RANGES: dict[str, tuple[Any, str]] = {
     "size": (lambda v: v >= 1, "at least 1"),
     "count": (lambda v: v >= 1, "at least 1"),
 }
-LOSS_OPS = ("mse", "cross_entropy", "bce", "dice")
 METRICS = ("loss", "accuracy", "top5", "dice", "iou")
 KEYS = ("data", "loss", "optimizer", "schedule", "batch", "epochs", "seed", "val_split",
         "test_split", "early_stop", "augment", "metrics", "checkpoint_every")

@@ -30,6 +30,9 @@ Example (conv 3x3 + bias + relu, one group):
 
 The module makes strings only and imports no CuPy (the CUDA runtime does). The kernel
 text is CUDA C; the host emulation compiles the same text (backends/cuda/emu.h).
+
+(Longer than our ~400-line guide: the three kernel shapes share the argument, store and
+in-place-concat logic; the op-specific lowerings are elsewhere, in kernels/<family>.py.)
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from dataclasses import dataclass, field
 from netlang.ir.graph import Graph, Node
 from netlang.ir.types import TensorType
 from netlang.kernels import registry
-from netlang.passes.fusion import Fusion, Group
+from netlang.ir.fusion import Fusion, Group
 
 BLOCK = 256
 # Convolutions with at least this many multiply-adds per sample go through im2col and a
@@ -71,6 +74,14 @@ class Launch:
     # For GEMM kernels: (rows, cols, batches), -1 standing for N; one block a 16x16 tile.
     tiles: tuple[int, int, int] | None = None
 
+    def grid(self, batch: int) -> int:
+        """Blocks to launch at this batch size (BLOCK threads each)."""
+        if self.tiles is not None:
+            m, nc, b = (batch if d == -1 else d for d in self.tiles)
+            return -(-m // 16) * -(-nc // 16) * b
+        total = self.count * (batch if self.batched else 1)
+        return total if self.reduce else -(-total // BLOCK)
+
 
 @dataclass
 class Gemm:
@@ -91,7 +102,7 @@ class KernelInfo:
     name: str
     nodes: tuple[str, ...]
     lines: tuple[str, ...]
-    kind: str
+    form: str                 # map | reduce | gemm | gemm-kernel
 
 
 @dataclass
@@ -156,12 +167,82 @@ def _offsets_of(var: str, dims) -> str:
     return "".join(f" + {var}{j} * {math.prod(dims[j + 1:])}" for j in range(len(dims)))
 
 
+# -- loop nests as data -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Loop:
+    """One level of a loop nest, `for (int var = start; var < stop; ++var)`: `before` lines
+    go just above the `for`, `head` lines open its body (index arithmetic, `continue`
+    guards)."""
+
+    var: str
+    stop: int | str
+    head: tuple[str, ...] = ()
+    start: int | str = 0
+    before: tuple[str, ...] = ()
+
+
+def nest(loops: list[Loop], inner: list[str]) -> list[str]:
+    """The C lines of `loops` (outermost first) around `inner`, indented by depth (the one
+    place that indents: lowerings describe loops, they never count spaces)."""
+    lines: list[str] = []
+    for depth, lp in enumerate(loops):
+        pad = "    " * depth
+        lines += [pad + x for x in lp.before]
+        lines.append(f"{pad}for (int {lp.var} = {lp.start}; {lp.var} < {lp.stop}; ++{lp.var}) {{")
+        lines += [pad + "    " + x for x in lp.head]
+    pad = "    " * len(loops)
+    lines += [pad + x for x in inner]
+    lines += ["    " * depth + "}" for depth in reversed(range(len(loops)))]
+    return lines
+
+
+def window_taps(k, s, d, p, sizes, out: str = "o", tap: str = "k", var: str = "i",
+                first: int = 1, bounds: bool = True) -> list[Loop]:
+    """Loops over a sliding window's taps: var_j = out_j * s - p + tap_j * d, skipping taps
+    outside [0, size) when `bounds`. `out` coordinates are numbered from `first` (o1 is
+    the first spatial coordinate of the output)."""
+    loops = []
+    for j in range(len(k)):
+        head = [f"int {var}{j} = {out}{j + first} * {s[j]} - {p[2 * j]} + {tap}{j} * {d[j]};"]
+        if bounds:
+            head.append(f"if ({var}{j} < 0 || {var}{j} >= {sizes[j]}) continue;")
+        loops.append(Loop(f"{tap}{j}", k[j], tuple(head)))
+    return loops
+
+
+def gather_taps(k, s, d, p, sizes, var: str) -> list[Loop]:
+    """Loops over the taps that reach output pixel o in a transposed window (the gather
+    form of a scatter): t = o + p - k d must be a multiple of s, and var = t / s in range."""
+    return [Loop(f"k{j}", k[j], (f"int t{j} = o{j + 1} + {p[2 * j]} - k{j} * {d[j]};",
+                                 f"if (t{j} < 0 || t{j} % {s[j]} != 0) continue;",
+                                 f"int {var}{j} = t{j} / {s[j]};",
+                                 f"if ({var}{j} >= {sizes[j]}) continue;"))
+            for j in range(len(k))]
+
+
+def _params(inputs: dict[str, str], extra) -> tuple[list[str], list[Arg]]:
+    """A kernel's parameter declarations and launch arguments for its input buffers (key ->
+    C type) and extra scalars."""
+    params = [f"{ctype} __restrict__ {key}" for key, ctype in inputs.items()]
+    params += [f"{a.ctype} {a.key}" for a in extra]
+    return params, [Arg(ctype, key) for key, ctype in inputs.items()] + list(extra)
+
+
+def source_lines(nodes) -> tuple[str, ...]:
+    """The `.net` lines (file:line) that a kernel's nodes come from."""
+    return tuple(sorted({f"{n.span.file.rsplit('/', 1)[-1]}:{n.span.line}"
+                         for n in nodes if n.span is not None}))
+
+
 def _head(name: str, nodes, params: list[str], index: str, out_t: TensorType, rest: str,
           shared: str | None = None) -> list[str]:
     """A kernel's signature, bounds check, and output coordinates n, o0, o1.. of `i`."""
     total = f"(long long)N * {out_t.size}" if out_t.batched else f"{out_t.size}LL"
-    src = [f"// {', '.join(n.name for n in nodes)}",
-           f'extern "C" __global__ void {name}({", ".join(params)}) {{']
+    src = [f"// {', '.join(n.name for n in nodes)}"]
+    if source_lines(nodes):
+        src.append(f"// implements {', '.join(source_lines(nodes))}")
+    src.append(f'extern "C" __global__ void {name}({", ".join(params)}) {{')
     if shared:
         src.append(shared)
     src += [f"    long long i = {index};", f"    if (i >= {total}) return;"]
@@ -217,22 +298,15 @@ class KernelBuilder:
         self.count += 1
         return name
 
-    def _info(self, name: str, nodes: list[Node], kind: str) -> None:
-        lines = sorted({f"{n.span.file.rsplit('/', 1)[-1]}:{n.span.line}"
-                        for n in nodes if n.span is not None})
-        self.infos.append(KernelInfo(name, tuple(n.name for n in nodes), tuple(lines), kind))
+    def _info(self, name: str, nodes: list[Node], form: str) -> None:
+        self.infos.append(KernelInfo(name, tuple(n.name for n in nodes), source_lines(nodes),
+                                     form))
 
     def emit_map(self, label: str, nodes: list[Node], out_key: str, out_t: TensorType,
                  inputs: dict[str, str], body: list[str], extra: list[Arg] = ()) -> None:
         """A map kernel: `body` computes float v from coordinates n, o0, o1..."""
         name = self._name(label)
-        params, args = [], []
-        for key, ctype in inputs.items():
-            params.append(f"{ctype} __restrict__ {key}")
-            args.append(Arg(ctype, key))
-        for a in extra:
-            params.append(f"{a.ctype} {a.key}")
-            args.append(a)
+        params, args = _params(inputs, extra)
         stores = ["out[i] = v;"]
         slot = self.cat_slot.get(out_key)
         if slot is not None:   # concat in place: also (or only) store into the concat
@@ -267,13 +341,7 @@ class KernelBuilder:
         if out_key in self.cat_slot:
             raise AssertionError(f"{out_key}: a reduction cannot write a concat in place")
         name = self._name(label)
-        params, args = [], []
-        for key, ctype in inputs.items():
-            params.append(f"{ctype} __restrict__ {key}")
-            args.append(Arg(ctype, key))
-        for a in extra:
-            params.append(f"{a.ctype} {a.key}")
-            args.append(a)
+        params, args = _params(inputs, extra)
         params += ["float* __restrict__ out", "int N"]
         args += [Arg("float*", out_key), Arg("int", "N")]
         src = _head(name, nodes, params, "blockIdx.x", out_t, "q",

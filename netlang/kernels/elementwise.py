@@ -15,7 +15,7 @@ import math
 from netlang.ir.graph import Node
 from netlang.kernels.builder import KernelBuilder, _at, _decompose, _f, _strides
 from netlang.kernels.registry import expression, lowers
-from netlang.passes.fusion import Group
+from netlang.ir.fusion import Group
 
 # `{v}` is the flowing value, `{1}`.. the other inputs at the same coordinates (per-channel
 # vectors read at o0), `{alpha}`-style names the op's numeric attributes.

@@ -7,9 +7,14 @@ import math
 
 from netlang.ir.graph import Node
 from netlang.ir.types import TensorType
-from netlang.kernels.builder import KernelBuilder, _at
+from netlang.kernels.builder import KernelBuilder, _at, _f
 from netlang.kernels.registry import lowers
-from netlang.passes.fusion import Group
+from netlang.ir.fusion import Group
+from netlang.ops.loss import BCE_GRAD_EPS, BCE_LOG_FLOOR, DICE_SMOOTH
+
+# The constants of ops/loss.py, as C literals (one definition for NumPy and the kernels).
+FLOOR = repr(BCE_LOG_FLOOR)          # used in double arithmetic
+SMOOTH = _f(DICE_SMOOTH)
 
 
 def _loss_reduce(r: KernelBuilder, grp: Group, term: list[str], count: str, inputs) -> None:
@@ -18,35 +23,33 @@ def _loss_reduce(r: KernelBuilder, grp: Group, term: list[str], count: str, inpu
                      final=f"(float)(sh[0] / (double)({count}))", acc="double")
 
 
+def _elementwise_loss(r: KernelBuilder, grp: Group, term: list[str]) -> None:
+    """The mean over every element of a term of prediction {p} and target {t}."""
+    p, t = grp.anchor.inputs
+    term = [line.replace("{p}", r.key(p)).replace("{t}", r.key(t)) for line in term]
+    _loss_reduce(r, grp, term, f"(long long)N * {p.type.size}",
+                 {r.key(p): "const float*", r.key(t): "const float*"})
+
+
 @lowers("mse")
 def lower_mse(r: KernelBuilder, grp: Group) -> None:
-    p, t = grp.anchor.inputs
-    total = f"(long long)N * {p.type.size}"
-    _loss_reduce(r, grp, [f"float dd = {r.key(p)}[r] - {r.key(t)}[r];",
-                            "acc_v += (double)dd * dd;"], total,
-                      {r.key(p): "const float*", r.key(t): "const float*"})
+    _elementwise_loss(r, grp, ["float dd = {p}[r] - {t}[r];", "acc_v += (double)dd * dd;"])
 
 
 @lowers("bce")
 def lower_bce(r: KernelBuilder, grp: Group) -> None:
-    p, t = grp.anchor.inputs
-    total = f"(long long)N * {p.type.size}"
-    _loss_reduce(r, grp, [
-        f"double pp = {r.key(p)}[r]; double tt = {r.key(t)}[r];",
-        "double lp = pp > 0.0 ? log(pp) : -100.0; if (lp < -100.0) lp = -100.0;",
-        "double lq = pp < 1.0 ? log(1.0 - pp) : -100.0; if (lq < -100.0) lq = -100.0;",
-        "acc_v += -(tt * lp + (1.0 - tt) * lq);"], total,
-        {r.key(p): "const float*", r.key(t): "const float*"})
+    _elementwise_loss(r, grp, [
+        "double pp = {p}[r]; double tt = {t}[r];",
+        f"double lp = pp > 0.0 ? log(pp) : {FLOOR}; if (lp < {FLOOR}) lp = {FLOOR};",
+        f"double lq = pp < 1.0 ? log(1.0 - pp) : {FLOOR}; if (lq < {FLOOR}) lq = {FLOOR};",
+        "acc_v += -(tt * lp + (1.0 - tt) * lq);"])
 
 
 @lowers("bce_logits")
 def lower_bce_logits(r: KernelBuilder, grp: Group) -> None:
-    z, t = grp.anchor.inputs
-    total = f"(long long)N * {z.type.size}"
-    _loss_reduce(r, grp, [
-        f"double zz = {r.key(z)}[r]; double tt = {r.key(t)}[r];",
-        "acc_v += (zz > 0.0 ? zz : 0.0) - zz * tt + log1p(exp(-fabs(zz)));"], total,
-        {r.key(z): "const float*", r.key(t): "const float*"})
+    _elementwise_loss(r, grp, [
+        "double zz = {p}[r]; double tt = {t}[r];",
+        "acc_v += (zz > 0.0 ? zz : 0.0) - zz * tt + log1p(exp(-fabs(zz)));"])
 
 
 def _ce_position(r: KernelBuilder, z: Node, var: str = "r") -> list[str]:
@@ -96,8 +99,8 @@ def lower_dice(r: KernelBuilder, grp: Group) -> None:
     c = p.type.shape[0]
     parts = _dice_parts(r, grp, p, t)
     body = ["float v = 0.0f;",
-            f"for (int ch = 0; ch < {c}; ++ch) v += (2.0f * {parts}[ch] + 1.0f) / "
-            f"({parts}[{c} + ch] + {parts}[{2 * c} + ch] + 1.0f);",
+            f"for (int ch = 0; ch < {c}; ++ch) v += (2.0f * {parts}[ch] + {SMOOTH}) / "
+            f"({parts}[{c} + ch] + {parts}[{2 * c} + ch] + {SMOOTH});",
             f"v = 1.0f - v / {c}.0f;"]
     r.finish_map(grp, grp.name, {parts: "const float*"}, body)
 
@@ -110,8 +113,8 @@ def lower_dice_grad(r: KernelBuilder, grp: Group) -> None:
     parts = _dice_parts(r, grp, p, t)
     coords = r.coords(n.type)
     tv = _at(t.type, r.key(t), coords)
-    body = [f"float num = 2.0f * {parts}[o0] + 1.0f;",
-            f"float den = {parts}[{c} + o0] + {parts}[{2 * c} + o0] + 1.0f;",
+    body = [f"float num = 2.0f * {parts}[o0] + {SMOOTH};",
+            f"float den = {parts}[{c} + o0] + {parts}[{2 * c} + o0] + {SMOOTH};",
             f"float v = -(2.0f * {tv} * den - num) / (den * den) / {c}.0f * "
             f"{r.key(g)}[0];"]
     r.finish_map(grp, grp.name, {parts: "const float*", r.key(t): "const float*",
@@ -138,7 +141,7 @@ def lower_mse_grad(r: KernelBuilder, grp: Group) -> None:
 
 @lowers("bce_grad")
 def lower_bce_grad(r: KernelBuilder, grp: Group) -> None:
-    _pointwise_loss_grad(r, grp, "(pp - tt) / fmaxf(pp * (1.0f - pp), 1e-12f)")
+    _pointwise_loss_grad(r, grp, f"(pp - tt) / fmaxf(pp * (1.0f - pp), {_f(BCE_GRAD_EPS)})")
 
 
 @lowers("bce_logits_grad")

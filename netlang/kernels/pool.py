@@ -5,28 +5,15 @@ from __future__ import annotations
 
 import math
 
-from netlang.kernels.builder import KernelBuilder, _f, _offsets_of
+from netlang.kernels.builder import KernelBuilder, Loop, _f, _offsets_of, nest, window_taps
 from netlang.kernels.registry import lowers
-from netlang.passes.fusion import Group
+from netlang.ir.fusion import Group
 
 
-def _window_loops(r: KernelBuilder, at: dict, sp_in, nd: int, inner: list[str], bounds: str = "skip"
-                  ) -> list[str]:
-    k, s = at["kernel"], at["stride"]
+def _window_loops(r: KernelBuilder, at: dict, sp_in, nd: int, inner: list[str]) -> list[str]:
+    """`inner` for every tap of the window at output o that lies in the input."""
     d = at.get("dilation", (1,) * nd)
-    p = at["pad"]
-    body, ind = [], ""
-    for j in range(nd):
-        body.append(ind + f"for (int k{j} = 0; k{j} < {k[j]}; ++k{j}) {{")
-        ind += "    "
-        body.append(ind + f"int i{j} = o{j + 1} * {s[j]} - {p[2 * j]} + k{j} * {d[j]};")
-        if bounds == "skip":
-            body.append(ind + f"if (i{j} < 0 || i{j} >= {sp_in[j]}) continue;")
-    body += [ind + x for x in inner]
-    for _ in range(nd):
-        ind = ind[:-4]
-        body.append(ind + "}")
-    return body
+    return nest(window_taps(at["kernel"], at["stride"], d, at["pad"], sp_in), inner)
 
 
 @lowers("maxpool")
@@ -52,37 +39,21 @@ def lower_maxpool_grad(r: KernelBuilder, grp: Group) -> None:
     k, s = at["kernel"], at["stride"]
     d = at.get("dilation", (1,) * nd)
     p = at["pad"]
-    body = ["float acc = 0.0f;"]
-    ind = ""
-    for j in range(nd):   # output windows that may contain this pixel
-        body.append(ind + f"for (int w{j} = 0; w{j} < {sp_out[j]}; ++w{j}) {{")
-        ind += "    "
-        body.append(ind + f"int kk{j} = o{j + 1} + {p[2 * j]} - w{j} * {s[j]};")
-        body.append(ind + f"if (kk{j} < 0 || kk{j} % {d[j]} != 0 || kk{j} / {d[j]} >= "
-                          f"{k[j]}) continue;")
-    # find the window's first maximum (row-major over the kernel, as NumPy/PyTorch)
-    body.append(ind + "float m = -NL_INF; int first = 1; int is_me = 0;")
-    inner = [f"float t = {r._xat(x, 'o0', [f'i{j}' for j in range(nd)])};",
-             "if (first || t > m) { m = t; first = 0; is_me = ("
-             + " && ".join(f"i{j} == o{j + 1}" for j in range(nd)) + "); }"]
-    loops, ind2 = [], ind
-    for j in range(nd):
-        loops.append(ind2 + f"for (int q{j} = 0; q{j} < {k[j]}; ++q{j}) {{")
-        ind2 += "    "
-        loops.append(ind2 + f"int i{j} = w{j} * {s[j]} - {p[2 * j]} + q{j} * {d[j]};")
-        loops.append(ind2 + f"if (i{j} < 0 || i{j} >= {sp_in[j]}) continue;")
-    loops += [ind2 + x_ for x_ in inner]
-    for _ in range(nd):
-        ind2 = ind2[:-4]
-        loops.append(ind2 + "}")
-    body += loops
+    # Output windows that may contain this pixel; in each, find the window's first maximum
+    # (row-major over the kernel, as NumPy and PyTorch do).
+    windows = [Loop(f"w{j}", sp_out[j], (
+        f"int kk{j} = o{j + 1} + {p[2 * j]} - w{j} * {s[j]};",
+        f"if (kk{j} < 0 || kk{j} % {d[j]} != 0 || kk{j} / {d[j]} >= {k[j]}) continue;"))
+        for j in range(nd)]
+    taps = window_taps(k, s, d, p, sp_in, out="w", tap="q", first=0)
+    first_max = [f"float t = {r._xat(x, 'o0', [f'i{j}' for j in range(nd)])};",
+                 "if (first || t > m) { m = t; first = 0; is_me = ("
+                 + " && ".join(f"i{j} == o{j + 1}" for j in range(nd)) + "); }"]
     dyi = f"(long long)n * {dy.type.size} + (long long)o0 * {math.prod(sp_out)}"
     dyi += _offsets_of("w", sp_out)
-    body.append(ind + f"if (is_me) acc += {r.key(dy)}[{dyi}];")
-    for _ in range(nd):
-        ind = ind[:-4]
-        body.append(ind + "}")
-    body.append("float v = acc;")
+    body = ["float acc = 0.0f;"] + nest(windows, [
+        "float m = -NL_INF; int first = 1; int is_me = 0;", *nest(taps, first_max),
+        f"if (is_me) acc += {r.key(dy)}[{dyi}];"]) + ["float v = acc;"]
     r.finish_map(grp, grp.name, {r.key(dy): "const float*", r.key(x): "const float*"},
                     body)
 
@@ -126,21 +97,14 @@ def lower_avgpool_grad(r: KernelBuilder, grp: Group) -> None:
     nd = len(sp_in)
     k, s = at["kernel"], at["stride"]
     p = at["pad"]
-    body, ind = ["float acc = 0.0f;"], ""
-    for j in range(nd):
-        body.append(ind + f"for (int w{j} = 0; w{j} < {sp_out[j]}; ++w{j}) {{")
-        ind += "    "
-        body.append(ind + f"int kk{j} = o{j + 1} + {p[2 * j]} - w{j} * {s[j]};")
-        body.append(ind + f"if (kk{j} < 0 || kk{j} >= {k[j]}) continue;")
-    body += [ind + x_ for x_ in _avg_count(r, at, sp_in, nd,
-                                                 [f"w{j}" for j in range(nd)])]
+    windows = [Loop(f"w{j}", sp_out[j], (f"int kk{j} = o{j + 1} + {p[2 * j]} - w{j} * {s[j]};",
+                                         f"if (kk{j} < 0 || kk{j} >= {k[j]}) continue;"))
+               for j in range(nd)]
     dyi = f"(long long)n * {dy.type.size} + (long long)o0 * {math.prod(sp_out)}"
     dyi += _offsets_of("w", sp_out)
-    body.append(ind + f"acc += {r.key(dy)}[{dyi}] / (float)cnt;")
-    for _ in range(nd):
-        ind = ind[:-4]
-        body.append(ind + "}")
-    body.append("float v = acc;")
+    inner = _avg_count(r, at, sp_in, nd, [f"w{j}" for j in range(nd)])
+    body = ["float acc = 0.0f;"] + nest(windows, inner + [
+        f"acc += {r.key(dy)}[{dyi}] / (float)cnt;"]) + ["float v = acc;"]
     r.finish_map(grp, grp.name, {r.key(dy): "const float*"}, body)
 
 
@@ -207,37 +171,32 @@ def lower_upsample_grad(r: KernelBuilder, grp: Group) -> None:
     sp_out = dy.type.shape[1:]
     nd = len(sp_out)
     sp_in = tuple(at["in_shape"][1:])
-    body, ind = ["float acc = 0.0f;"], ""
+    loops = []
     for j in range(nd):
         sc = at["scale"][j]
         lo = f"(int)floorf(((float)o{j + 1} - 1.0f) * {_f(sc)}) - 1"
         hi = f"(int)ceilf(((float)o{j + 1} + 2.0f) * {_f(sc)}) + 1"
-        body.append(ind + f"int lo{j} = {lo}; if (lo{j} < 0) lo{j} = 0;")
-        body.append(ind + f"int hi{j} = {hi}; if (hi{j} > {sp_out[j]}) hi{j} = {sp_out[j]};")
+        before = [f"int lo{j} = {lo}; if (lo{j} < 0) lo{j} = 0;",
+                  f"int hi{j} = {hi}; if (hi{j} > {sp_out[j]}) hi{j} = {sp_out[j]};"]
         if at["mode"] == "nearest":   # the last input row also takes the overflow rows
-            body.append(ind + f"if (o{j + 1} == {sp_in[j] - 1}) hi{j} = {sp_out[j]};")
-        body.append(ind + f"for (int d{j} = lo{j}; d{j} < hi{j}; ++d{j}) {{")
-        ind += "    "
-        if at["mode"] == "nearest":
-            body.append(ind + f"int s{j} = (int)floorf((float)d{j} / {_f(sc)}); if (s{j} > "
-                              f"{sp_in[j] - 1}) s{j} = {sp_in[j] - 1};")
-            body.append(ind + f"float w{j} = s{j} == o{j + 1} ? 1.0f : 0.0f;")
+            before.append(f"if (o{j + 1} == {sp_in[j] - 1}) hi{j} = {sp_out[j]};")
+            head = [f"int s{j} = (int)floorf((float)d{j} / {_f(sc)}); if (s{j} > "
+                    f"{sp_in[j] - 1}) s{j} = {sp_in[j] - 1};",
+                    f"float w{j} = s{j} == o{j + 1} ? 1.0f : 0.0f;"]
         else:
-            body += [ind + f"float c{j} = ((float)d{j} + 0.5f) / {_f(sc)} - 0.5f; if (c{j} < "
-                           f"0.0f) c{j} = 0.0f;",
-                     ind + f"int a{j} = (int)floorf(c{j}); if (a{j} > {sp_in[j] - 1}) a{j} = "
-                           f"{sp_in[j] - 1};",
-                     ind + f"int b{j} = a{j} + 1 < {sp_in[j]} ? a{j} + 1 : {sp_in[j] - 1};",
-                     ind + f"float l{j} = c{j} - (float)a{j};",
-                     ind + f"float w{j} = (a{j} == o{j + 1} ? 1.0f - l{j} : 0.0f) + "
-                           f"(b{j} == o{j + 1} ? l{j} : 0.0f);"]
-        body.append(ind + f"if (w{j} == 0.0f) continue;")
+            head = [f"float c{j} = ((float)d{j} + 0.5f) / {_f(sc)} - 0.5f; if (c{j} < "
+                    f"0.0f) c{j} = 0.0f;",
+                    f"int a{j} = (int)floorf(c{j}); if (a{j} > {sp_in[j] - 1}) a{j} = "
+                    f"{sp_in[j] - 1};",
+                    f"int b{j} = a{j} + 1 < {sp_in[j]} ? a{j} + 1 : {sp_in[j] - 1};",
+                    f"float l{j} = c{j} - (float)a{j};",
+                    f"float w{j} = (a{j} == o{j + 1} ? 1.0f - l{j} : 0.0f) + "
+                    f"(b{j} == o{j + 1} ? l{j} : 0.0f);"]
+        head.append(f"if (w{j} == 0.0f) continue;")
+        loops.append(Loop(f"d{j}", f"hi{j}", tuple(head), f"lo{j}", tuple(before)))
     dyi = f"(long long)n * {dy.type.size} + (long long)o0 * {math.prod(sp_out)}"
     dyi += _offsets_of("d", sp_out)
-    body.append(ind + f"acc += {' * '.join(f'w{j}' for j in range(nd))} * "
-                      f"{r.key(dy)}[{dyi}];")
-    for _ in range(nd):
-        ind = ind[:-4]
-        body.append(ind + "}")
-    body.append("float v = acc;")
+    body = ["float acc = 0.0f;"] + nest(loops, [
+        f"acc += {' * '.join(f'w{j}' for j in range(nd))} * {r.key(dy)}[{dyi}];"]) + \
+        ["float v = acc;"]
     r.finish_map(grp, grp.name, {r.key(dy): "const float*"}, body)

@@ -52,4 +52,4 @@ def has_lowering(op: str) -> bool:
 
 
 def _load_all() -> None:
-    from netlang.kernels import elementwise, loss, nn, pool, shape  # noqa: F401
+    from netlang.kernels import _conv, elementwise, loss, nn, pool, shape  # noqa: F401

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from netlang.kernels.builder import KernelBuilder, _at
 from netlang.kernels.registry import lowers
-from netlang.passes.fusion import Group
+from netlang.ir.fusion import Group
 
 
 @lowers("concat")
@@ -26,23 +26,24 @@ def lower_concat(r: KernelBuilder, grp: Group) -> None:
     r.finish_map(grp, grp.name, inputs, body)
 
 
+def _read_at(r: KernelBuilder, grp: Group, coords: list[str]) -> None:
+    """A map kernel whose value is the input at remapped coordinates."""
+    x = grp.anchor.inputs[0]
+    r.finish_map(grp, grp.name, {r.key(x): "const float*"},
+                 [f"float v = {_at(x.type, r.key(x), coords)};"])
+
+
 @lowers("slice_channels")
 def lower_slice_channels(r: KernelBuilder, grp: Group) -> None:
     n = grp.anchor
-    x = n.inputs[0]
-    coords = [f"(o0 + {n.attrs['start']})"] + r.coords(n.type)[1:]
-    body = [f"float v = {_at(x.type, r.key(x), coords)};"]
-    r.finish_map(grp, grp.name, {r.key(x): "const float*"}, body)
+    _read_at(r, grp, [f"(o0 + {n.attrs['start']})"] + r.coords(n.type)[1:])
 
 
 @lowers("crop")
 def lower_crop(r: KernelBuilder, grp: Group) -> None:
     n = grp.anchor
-    x = n.inputs[0]
     box = n.attrs["box"]
-    coords = ["o0"] + [f"(o{j + 1} + {box[2 * j]})" for j in range(x.type.rank - 1)]
-    body = [f"float v = {_at(x.type, r.key(x), coords)};"]
-    r.finish_map(grp, grp.name, {r.key(x): "const float*"}, body)
+    _read_at(r, grp, ["o0"] + [f"(o{j + 1} + {box[2 * j]})" for j in range(n.type.rank - 1)])
 
 
 @lowers("pad")

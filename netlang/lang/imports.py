@@ -11,7 +11,7 @@ from netlang.lang.parser import parse
 
 
 @dataclass
-class Program:
+class SourceTree:
     """The main module, every block visible to it, and the text of every file read."""
 
     main: ast.Module
@@ -20,17 +20,17 @@ class Program:
 
 
 def read_program(text: str, file: str, base_dir: Path | None = None,
-                 sources: SourceMap | None = None) -> Program:
+                 sources: SourceMap | None = None) -> SourceTree:
     sources = sources or SourceMap()
     sources.add(file, text)
     main = parse(text, file)
-    prog = Program(main, {}, sources)
+    prog = SourceTree(main, {}, sources)
     _collect(prog, main, base_dir or Path("."), [str(Path(file).resolve())
                                                  if base_dir else file])
     return prog
 
 
-def _collect(prog: Program, module: ast.Module, base_dir: Path, stack: list[str]) -> None:
+def _collect(prog: SourceTree, module: ast.Module, base_dir: Path, stack: list[str]) -> None:
     for imp in module.imports:
         path = (base_dir / imp.path).resolve()
         if str(path) in stack:
@@ -60,7 +60,7 @@ def _collect(prog: Program, module: ast.Module, base_dir: Path, stack: list[str]
         _add_block(prog, b)
 
 
-def _add_block(prog: Program, b: ast.BlockDef) -> None:
+def _add_block(prog: SourceTree, b: ast.BlockDef) -> None:
     old = prog.blocks.get(b.name)
     if old is not None and old is not b and old.span != b.span:
         raise NetlangError([error("E015", f"block `{b.name}` is defined twice", b.span,

@@ -8,6 +8,9 @@ diagnostics re-run shape inference at other sizes.
 
 Statements of a network or block may come in any order: they are evaluated in the order
 of their dependencies, and a dependency cycle is an error (E027).
+
+(Longer than our ~400-line guide: it is the one evaluator of the language, and its scope
+rules, call checks and diagnostics for blocks, layers and `repeat` read each other.)
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from netlang.diagnostics import NetlangError, SourceSpan, did_you_mean, error, w
 from netlang.ir.graph import Graph, Node, ShapeAssertion
 from netlang.ir.types import TensorType
 from netlang.lang import ast
-from netlang.lang.imports import Program
+from netlang.lang.imports import SourceTree
 from netlang.ops import registry
 from netlang.ops.registry import AttrError, Symbol
 
@@ -82,7 +85,7 @@ def parse_override(text: str) -> Value:
 
 
 class Lowerer:
-    def __init__(self, prog: Program):
+    def __init__(self, prog: SourceTree):
         self.prog = prog
         self.graph = Graph()
         self.block_stack: list[str] = []
@@ -163,7 +166,6 @@ class Lowerer:
                 raise error("E027", f"`{self_ref}` is defined in terms of itself", stmt.span,
                             help="a network is acyclic: use another name for the new value")
         index = {_defines(s): i for i, s in enumerate(body) if _defines(s) is not None}
-        done: set[str] = set()
         order: list[ast.Stmt] = []
         state: dict[int, int] = {}
 
@@ -182,8 +184,6 @@ class Lowerer:
                 visit(index[name], path + [i])
             state[i] = 2
             order.append(body[i])
-            if _defines(body[i]):
-                done.add(_defines(body[i]))
 
         for i in range(len(body)):
             visit(i, [])
@@ -654,12 +654,10 @@ def _signature(op: registry.OpDef) -> str:
 
 
 def _example(op: registry.OpDef) -> str:
-    examples = {"conv": "conv(64, 3, pad=same)", "maxpool": "maxpool(2)", "dense": "dense(10)",
-                "conv_transpose": "conv_transpose(64, 2, stride=2)", "avgpool": "avgpool(2)"}
-    return examples.get(op.name, _signature(op))
+    return op.example or _signature(op)
 
 
-def lower(prog: Program, network: str | None = None,
+def lower(prog: SourceTree, network: str | None = None,
           overrides: dict[str, Value] | None = None) -> Graph:
     nets = prog.main.networks
     if not nets:

@@ -89,7 +89,7 @@ register(OpDef(
 
 register(OpDef(
     name="broadcast_like", attrs=(), shape=lambda ctx: ctx.inputs[1], kind=FusionKind.BROADCAST,
-    min_inputs=2, max_inputs=2,
+    min_inputs=2, max_inputs=2, fusable=False,
     forward=lambda xs, a, rt: np.broadcast_to(xs[0], xs[1].shape).copy(),
     vjp=lambda b, node, dy: [b.reduce_to(dy, node.inputs[0].type), None],
     user=False, doc="Broadcast the first input to the shape of the second."))
@@ -178,6 +178,7 @@ def _softmax_shape(ctx: ShapeCtx) -> TensorType:
 
 register(OpDef(
     name="softmax", attrs=(), shape=_softmax_shape, kind=FusionKind.REDUCE,
+    writes_per_element=True,
     forward=lambda xs, a, rt: softmax(xs[0], 1),
     vjp=lambda b, node, dy: [b.emit("softmax_grad", [dy, node])],
     doc="Softmax over the channel axis."))
@@ -197,7 +198,7 @@ def _constant(xs, a, rt):
 register(OpDef(
     name="constant", attrs=(Attr("value", "float"), Attr("shape", "ints"), Attr("batched", "bool")),
     shape=lambda ctx: TensorType(tuple(ctx.attrs["shape"]), ctx.attrs["batched"]),
-    kind=FusionKind.ELEMWISE, min_inputs=0, max_inputs=0, forward=_constant,
+    kind=FusionKind.ELEMWISE, min_inputs=0, max_inputs=0, forward=_constant, fusable=False,
     vjp=lambda b, node, dy: [],
     user=False, doc="A tensor filled with one value (the seed of reverse mode)."))
 

@@ -16,6 +16,8 @@ from netlang.ops.registry import FusionKind, OpDef, ShapeCtx, ShapeError, regist
 
 SCALAR = TensorType((), batched=False)
 DICE_SMOOTH = 1.0
+BCE_LOG_FLOOR = -100.0     # log(p) is clamped here, as PyTorch's BCELoss does
+BCE_GRAD_EPS = 1e-12       # p (1 - p) in bce's gradient is clamped here
 
 
 def target_type(op: str, pred: TensorType) -> TensorType:
@@ -106,15 +108,15 @@ _loss("cross_entropy", _ce, _ce_grad,
 def _bce(xs, a, rt):
     p, t = xs
     p64 = p.astype(np.float64)
-    lp = np.maximum(np.log(np.maximum(p64, 0)), -100)
-    l1p = np.maximum(np.log(np.maximum(1 - p64, 0)), -100)
+    lp = np.maximum(np.log(np.maximum(p64, 0)), BCE_LOG_FLOOR)
+    l1p = np.maximum(np.log(np.maximum(1 - p64, 0)), BCE_LOG_FLOOR)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.asarray(-np.mean(t * lp + (1 - t) * l1p), dtype=p.dtype)
 
 
 def _bce_grad(xs, a, rt):
     p, t, g = xs
-    return (p - t) / np.maximum(p * (1 - p), p.dtype.type(1e-12)) * (g / p.size)
+    return (p - t) / np.maximum(p * (1 - p), p.dtype.type(BCE_GRAD_EPS)) * (g / p.size)
 
 
 _loss("bce", _bce, _bce_grad,

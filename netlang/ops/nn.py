@@ -1,4 +1,8 @@
-"""Layers with parameters: conv, conv_transpose, dense, batchnorm; and dropout."""
+"""Layers with parameters: conv, conv_transpose, dense, batchnorm; and dropout.
+
+(Longer than our ~400-line guide: one registration block per op with all its rules, as the
+registry asks; the convolution cores are in ops/_conv.py.)
+"""
 
 from __future__ import annotations
 
@@ -66,17 +70,26 @@ def _bias_roles(a) -> list[str]:
     return ["weight", "bias"] if a["bias"] else ["weight"]
 
 
-def _conv_forward(xs, a, rt):
-    y = _conv.conv_forward(xs[0], xs[1], a["stride"], _pairs(a), a["dilation"], a["groups"])
+def _plus_bias(y: np.ndarray, xs, a) -> np.ndarray:
     if a["bias"]:
         y += xs[2].reshape((1, -1) + (1,) * (y.ndim - 2))
     return y
 
 
+def _window_attrs(a) -> dict:
+    """The attributes a convolution's gradient ops share with it."""
+    return dict(stride=a["stride"], pad=a["pad"], dilation=a["dilation"], groups=a["groups"])
+
+
+def _conv_forward(xs, a, rt):
+    y = _conv.conv_forward(xs[0], xs[1], a["stride"], _pairs(a), a["dilation"], a["groups"])
+    return _plus_bias(y, xs, a)
+
+
 def _conv_vjp(b, node, dy):
     x, w = node.inputs[:2]
     a = node.attrs
-    common = dict(stride=a["stride"], pad=a["pad"], dilation=a["dilation"], groups=a["groups"])
+    common = _window_attrs(a)
     grads = [b.emit("conv_grad_input", [dy, w], in_shape=x.type.shape, **common),
              b.emit("conv_grad_weight", [dy, x], kernel=a["kernel"], **common)]
     if a["bias"]:
@@ -91,7 +104,7 @@ def _conv_macs(ins, out, a) -> int:
 register(OpDef(
     name="conv", attrs=CONV_ATTRS, shape=_conv_shape, kind=FusionKind.OUT_ELEMWISE_FUSABLE,
     max_inputs=1, params=_conv_params, param_roles=_bias_roles, macs=_conv_macs,
-    forward=_conv_forward, vjp=_conv_vjp,
+    forward=_conv_forward, vjp=_conv_vjp, example="conv(64, 3, pad=same)",
     doc="Convolution, 1-D/2-D/3-D by input rank. Weight [out, in/groups, *kernel]."))
 
 _GRAD_ATTRS = (Attr("stride", "ints"), Attr("pad", "ints"), Attr("dilation", "ints"),
@@ -106,6 +119,7 @@ register(OpDef(
     name="conv_grad_input", attrs=_GRAD_ATTRS + (Attr("in_shape", "ints"),),
     shape=_conv_grad_input_shape, kind=FusionKind.OUT_ELEMWISE_FUSABLE, min_inputs=2,
     max_inputs=2,
+    macs=lambda ins, out, a: ins[0].size * ins[1].shape[1] * math.prod(ins[1].shape[2:]),
     forward=lambda xs, a, rt: _conv.conv_grad_input(
         xs[0], xs[1], tuple(a["in_shape"][1:]), a["stride"], _pairs(a), a["dilation"],
         a["groups"]),
@@ -121,6 +135,7 @@ def _conv_grad_weight_shape(ctx: ShapeCtx) -> TensorType:
 register(OpDef(
     name="conv_grad_weight", attrs=_GRAD_ATTRS + (Attr("kernel", "ints"),),
     shape=_conv_grad_weight_shape, kind=FusionKind.OPAQUE, min_inputs=2, max_inputs=2,
+    macs=lambda ins, out, a: out.size * math.prod(ins[0].shape[1:]),
     forward=lambda xs, a, rt: _conv.conv_grad_weight(
         xs[0], xs[1], tuple(a["kernel"]), a["stride"], _pairs(a), a["dilation"], a["groups"]),
     user=False, doc="Weight gradient of conv."))
@@ -177,15 +192,13 @@ def _convt_params(ins, a) -> dict[str, ParamSpec]:
 def _convt_forward(xs, a, rt):
     y = _conv.conv_transpose_forward(xs[0], xs[1], a["stride"], _pairs(a), a["dilation"],
                                      a["groups"], a["output_padding"])
-    if a["bias"]:
-        y += xs[2].reshape((1, -1) + (1,) * (y.ndim - 2))
-    return y
+    return _plus_bias(y, xs, a)
 
 
 def _convt_vjp(b, node, dy):
     x, w = node.inputs[:2]
     a = node.attrs
-    common = dict(stride=a["stride"], pad=a["pad"], dilation=a["dilation"], groups=a["groups"])
+    common = _window_attrs(a)
     dx = b.emit("conv", [dy, w], channels=x.type.shape[0], kernel=a["kernel"], bias=False,
                 **common)
     # With output_padding >= stride (allowed when the dilation is larger), the convolution
@@ -206,7 +219,7 @@ register(OpDef(
     shape=_convt_shape, kind=FusionKind.OUT_ELEMWISE_FUSABLE, params=_convt_params,
     param_roles=_bias_roles,
     macs=lambda ins, out, a: ins[0].size * (a["channels"] // a["groups"]) * math.prod(a["kernel"]),
-    forward=_convt_forward, vjp=_convt_vjp,
+    forward=_convt_forward, vjp=_convt_vjp, example="conv_transpose(64, 2, stride=2)",
     doc="Transposed convolution (U-Net's up-conv). Weight [in, out/groups, *kernel]."))
 
 register(OpDef(
@@ -259,7 +272,7 @@ register(OpDef(
     name="dense", attrs=(Attr("units", "int", minimum=1), Attr("bias", "bool", True)),
     shape=_dense_shape, kind=FusionKind.OUT_ELEMWISE_FUSABLE, params=_dense_params,
     param_roles=_bias_roles, macs=lambda ins, out, a: ins[0].size * a["units"],
-    forward=_dense_forward, vjp=_dense_vjp,
+    forward=_dense_forward, vjp=_dense_vjp, example="dense(10)",
     doc="Fully connected layer on a flat input. Weight [out, in]."))
 
 register(OpDef(
@@ -356,7 +369,7 @@ register(OpDef(
     attrs=(Attr("eps", "float", 1e-5, minimum=0), Attr("momentum", "float", 0.1, minimum=0),
            Attr("affine", "bool", True)),
     shape=_bn_shape, kind=FusionKind.ELEMWISE, params=_bn_params, param_roles=_bn_roles,
-    forward=_bn_forward, vjp=_bn_vjp,
+    forward=_bn_forward, vjp=_bn_vjp, fusable=lambda a: not a.get("training"),
     doc="Batch normalisation over the channel axis; batch statistics in training (running "
         "statistics updated with momentum 0.1, unbiased variance), running ones in inference."))
 
@@ -423,5 +436,5 @@ def _dropout_mask(xs, a, rt):
 
 register(OpDef(
     name="dropout_mask", attrs=(Attr("p", "float"),), shape=lambda ctx: ctx.x,
-    kind=FusionKind.OPAQUE, forward=_dropout_mask, vjp=lambda b, node, dy: [None],
+    kind=FusionKind.OPAQUE, forward=_dropout_mask, vjp=lambda b, node, dy: [None], impure=True,
     user=False, doc="A random keep-mask scaled by 1/(1-p), the shape of its input."))

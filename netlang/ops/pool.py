@@ -191,6 +191,7 @@ def _maxpool_grad_tiles(g, x, tiles, a, out):
 register(OpDef(
     name="maxpool", attrs=POOL_ATTRS + (Attr("dilation", "ints", 1, minimum=1),),
     shape=_pool_shape, kind=FusionKind.REDUCE, forward=_maxpool_forward,
+    writes_per_element=True, example="maxpool(2)",
     vjp=lambda b, node, dy: [b.emit("maxpool_grad", [dy, node.inputs[0]], **node.attrs)],
     doc="Max pooling; stride defaults to the kernel; ceil mode as PyTorch."))
 
@@ -247,7 +248,7 @@ AVG_ATTRS = POOL_ATTRS + (Attr("count_include_pad", "bool", True),)
 
 register(OpDef(
     name="avgpool", attrs=AVG_ATTRS, shape=_pool_shape, kind=FusionKind.REDUCE,
-    forward=_avgpool_forward,
+    forward=_avgpool_forward, writes_per_element=True, example="avgpool(2)",
     vjp=lambda b, node, dy: [b.emit("avgpool_grad", [dy], in_shape=node.inputs[0].type.shape,
                                     **node.attrs)],
     doc="Average pooling; padding counts in the divisor by default, as in PyTorch."))
@@ -378,7 +379,7 @@ UP_ATTRS = (Attr("scale", "floats", 2.0), Attr("mode", "choice", "nearest",
 
 register(OpDef(
     name="upsample", attrs=UP_ATTRS, shape=_up_shape, kind=FusionKind.INJECTIVE,
-    forward=_up_forward,
+    forward=_up_forward, writes_per_element=True,
     vjp=lambda b, node, dy: [b.emit("upsample_grad", [dy], in_shape=node.inputs[0].type.shape,
                                     **node.attrs)],
     doc="Nearest or (bi/tri)linear upsampling by a scale; linear modes use half-pixel "

@@ -188,7 +188,21 @@ class OpDef:
     # Replaced by a pass before any backend sees it (dropout: `specialize` removes it or
     # rewrites it into mul(x, dropout_mask(x))), so it needs no kernel lowering.
     rewritten: bool = False
+    # Random: two nodes with equal inputs are different values (CSE must not merge them).
+    impure: bool = False
+    # For elementwise/broadcast kinds: whether it may join a kernel's epilogue, given its
+    # attributes. False for ops that read more than the flowing value's own element or
+    # make values from nothing (broadcast_like, constant); batchnorm only in inference.
+    fusable: Callable[[dict[str, Any]], bool] | bool = True
+    # Its kernel computes one output element per thread, so the element can also be stored
+    # straight into a concat's buffer (every elementwise, injective and conv-like op; among
+    # window ops the ones listed).
+    writes_per_element: bool = False
+    example: str = ""                # shown in "for example `conv(64, 3, pad=same)`"
     doc: str = ""
+
+    def fuses(self, attrs: dict[str, Any]) -> bool:
+        return self.fusable(attrs) if callable(self.fusable) else self.fusable
 
     def attr(self, name: str) -> Attr | None:
         for a in self.attrs:

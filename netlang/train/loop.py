@@ -3,6 +3,9 @@ stopping; logs, plots and checkpoints; clean stops on Ctrl-C, SIGTERM and NaN lo
 
 All randomness (shuffling, augmentation, dropout) is a function of (seed, epoch, step), so a
 run resumed from any checkpoint sees exactly the batches the uninterrupted run would have.
+
+(Longer than our ~400-line guide: the loop, its checks before the first step, the run
+folder and resume are one state machine; split, each part would need the others' state.)
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from netlang.diagnostics import did_you_mean, error
 from netlang.ir.types import fmt_shape
 from netlang.train import augment, checkpoint
 from netlang.train import data as data_mod
-from netlang.train.metrics import KIND_METRICS, MAXIMIZE, Metrics, kind_of
+from netlang.train.metrics import MAXIMIZE, TASK_METRICS, Metrics, task_of
 from netlang.train.optim import Optimizer, Schedule
 
 
@@ -91,12 +94,12 @@ RUN_FILES = ("metrics.jsonl", "last.safetensors", "best.safetensors", "config.js
              "test.json", "curves.png")
 
 
-def evaluate(net, weights, data, split: str, cfg: TrainConfig, kind: str, batch: int = 64,
+def evaluate(net, weights, data, split: str, cfg: TrainConfig, task: str, batch: int = 64,
              backend: str = "numpy") -> dict[str, float]:
     """Loss and task metrics of `weights` on one split (inference mode)."""
     out_name, target = cfg.loss[0].pred, cfg.loss[0].target
     shape = net.outputs[out_name].shape
-    m = Metrics(kind, shape[0] if shape else 0)
+    m = Metrics(task, shape[0] if shape else 0)
     for b in data.batches(split, batch):
         loss, outs = net.evaluate(weights, b, loss=cfg.loss_text, backend=backend)
         m.add(loss, outs[out_name], b[target], len(b[target]))
@@ -124,8 +127,7 @@ class Trainer:
                         "pass --data", cfg.span,
                         help="built-in sets: `digits`, `shapes(size = 64, count = 512)`")
         self.targets = list(dict.fromkeys(t.target for t in cfg.loss))
-        self.out_name = cfg.loss[0].pred   # the output that metrics and selection follow
-        self.kind = kind_of(net, cfg.loss)
+        self.task = task_of(net, cfg.loss)
         ds = data_mod.from_config(cfg.data, cfg.val_split, cfg.test_split)
         self.data = data_mod.bind(ds, net, self.targets)
         self._check_splits()
@@ -133,10 +135,10 @@ class Trainer:
         monitor = cfg.early_stop.get("monitor", "val_loss") if cfg.early_stop else "val_loss"
         if not monitor.startswith("val_"):
             monitor = "val_" + monitor
-        allowed = ("loss",) + KIND_METRICS[self.kind]
+        allowed = ("loss",) + TASK_METRICS[self.task]
         if monitor[4:] not in allowed:
             raise error("E030", f"early stopping monitors `{monitor[4:]}`, which a "
-                        f"{self.kind} network does not report", cfg.span,
+                        f"{self.task} network does not report", cfg.span,
                         notes=["metrics: " + ", ".join(allowed)],
                         help=did_you_mean(monitor[4:], allowed) or "monitor `loss`")
         if not len(self.data.val):   # val_split = 0: select on the training loss
@@ -323,7 +325,7 @@ class Trainer:
         return augment.apply(self.cfg.augment, batch, images, masks, rng)
 
     def validate(self, weights, split: str = "val") -> dict[str, float]:
-        return evaluate(self.net, weights, self.data, split, self.cfg, self.kind,
+        return evaluate(self.net, weights, self.data, split, self.cfg, self.task,
                         max(self.cfg.batch, 32), self.backend)
 
     # -- output --------------------------------------------------------------------------

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-# The task of each kind, and the metrics it reports (besides the loss).
-KIND_METRICS = {
+# The metrics each task reports (besides the loss).
+TASK_METRICS = {
     "classification": ("accuracy", "top5"),
     "binary": ("accuracy",),
     "segmentation": ("dice", "iou"),
@@ -21,8 +21,8 @@ MAXIMIZE = ("accuracy", "top5", "dice", "iou", "r2")
 
 
 class Metrics:
-    def __init__(self, kind: str, classes: int = 0):
-        self.kind = kind
+    def __init__(self, task: str, classes: int = 0):
+        self.task = task
         self.classes = classes
         self.loss_sum = 0.0
         self.n = 0
@@ -44,21 +44,21 @@ class Metrics:
         self.n += count
         if pred is None or target is None:
             return
-        if self.kind == "classification":
+        if self.task == "classification":
             top = np.argsort(-pred, axis=1)
             self.correct += int((top[:, 0] == target).sum())
             self.top5 += int((top[:, :5] == target[:, None]).any(axis=1).sum())
-        elif self.kind == "binary":
+        elif self.task == "binary":
             self.correct += int(((pred >= 0.5) == (target >= 0.5)).sum())
             self.elements += pred.size
-        elif self.kind == "regression":
+        elif self.task == "regression":
             err = pred.astype(np.float64) - target
             self.abs_err += float(np.abs(err).sum())
             self.sq_err += float((err * err).sum())
             self.t_sum += float(target.sum(dtype=np.float64))
             self.t_sq += float((target.astype(np.float64) ** 2).sum())
             self.elements += pred.size
-        elif self.kind == "segmentation":
+        elif self.task == "segmentation":
             p, t = _masks(pred, target)
             axes = (0,) + tuple(range(2, p.ndim))
             inter = (p & t).sum(axis=axes)
@@ -73,18 +73,18 @@ class Metrics:
         out = {"loss": self.loss_sum / max(self.n, 1)}
         if not self.n:
             return out
-        if self.kind == "classification":
+        if self.task == "classification":
             out["accuracy"] = self.correct / self.n
             if self.classes > 5:   # top-5 of 5 or fewer classes is always 1
                 out["top5"] = self.top5 / self.n
-        elif self.kind == "binary" and self.elements:
+        elif self.task == "binary" and self.elements:
             out["accuracy"] = self.correct / self.elements
-        elif self.kind == "regression" and self.elements:
+        elif self.task == "regression" and self.elements:
             m = self.elements
             out["mae"] = self.abs_err / m
             total = self.t_sq - self.t_sum ** 2 / m
             out["r2"] = 1 - self.sq_err / total if total > 0 else 0.0
-        elif self.kind == "segmentation" and self.inter is not None:
+        elif self.task == "segmentation" and self.inter is not None:
             dice = 2 * self.inter / np.maximum(self.psum + self.tsum, 1)
             iou = self.inter / np.maximum(self.union, 1)
             out["dice"] = float(dice.mean())
@@ -106,7 +106,7 @@ def _masks(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return p[:, None] == classes, t[:, None] == classes
 
 
-def kind_of(net, terms=()) -> str:
+def task_of(net, terms=()) -> str:
     """The task, from the loss's first term and the output it reads: regression (mse),
     classification (cross_entropy of a flat output), binary (bce or dice of a flat
     output), segmentation (a spatial output)."""

@@ -1,8 +1,7 @@
 """Optimizers (SGD with momentum / Nesterov, Adam, AdamW) and learning-rate schedules.
 
-Update rules follow PyTorch's `torch.optim` exactly (so that a few steps reproduce its
-losses): L2 `weight_decay` is added to the gradient for SGD and Adam, decoupled for AdamW.
-State is a dict of arrays per slot, saved in checkpoints.
+The update rules, defaults and device kernels are the table in netlang/optimizers.py (one
+entry an optimizer); this module keeps a run's optimizer state, and the schedules.
 """
 
 from __future__ import annotations
@@ -13,20 +12,24 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from netlang.config import Call
+from netlang.optimizers import OPTIMIZERS
 
 
 @dataclass
 class Optimizer:
+    """An optimizer of the table in netlang/optimizers.py, with its state (saved in
+    checkpoints: slot -> parameter -> array) and its step count."""
+
     name: str
     lr: float
     args: dict
-    state: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # slot -> name -> arr
+    state: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     step_count: int = 0
 
     @classmethod
     def from_config(cls, call: Call, lr: float | None = None) -> "Optimizer":
-        args = dict(call.args)
-        base_lr = lr if lr is not None else args.pop("lr", 0.01 if call.name == "sgd" else 1e-3)
+        args = OPTIMIZERS[call.name].args_of(dict(call.args))
+        base_lr = args.pop("lr") if lr is None else lr
         args.pop("lr", None)
         return cls(call.name, float(base_lr), args)
 
@@ -34,44 +37,8 @@ class Optimizer:
                lr: float) -> None:
         """One in-place update of every trainable weight."""
         self.step_count += 1
-        a = self.args
-        wd = a.get("weight_decay", 0.0)
-        if self.name == "sgd":
-            mom, nesterov = a.get("momentum", 0.0), a.get("nesterov", False)
-            buf = self.state.setdefault("momentum", {})
-            for k, g in grads.items():
-                w = weights[k]
-                if wd:
-                    g = g + wd * w
-                if mom:
-                    if k not in buf:
-                        buf[k] = g.copy()
-                    else:
-                        buf[k] *= mom
-                        buf[k] += g
-                    g = g + mom * buf[k] if nesterov else buf[k]
-                w -= np.float32(lr) * g
-            return
-        b1, b2, eps = a.get("beta1", 0.9), a.get("beta2", 0.999), a.get("eps", 1e-8)
-        m = self.state.setdefault("exp_avg", {})
-        v = self.state.setdefault("exp_avg_sq", {})
-        t = self.step_count
-        bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
-        for k, g in grads.items():
-            w = weights[k]
-            if self.name == "adamw":
-                w *= np.float32(1 - lr * wd)
-            elif wd:
-                g = g + wd * w
-            if k not in m:
-                m[k] = np.zeros_like(w)
-                v[k] = np.zeros_like(w)
-            m[k] *= b1
-            m[k] += (1 - b1) * g
-            v[k] *= b2
-            v[k] += (1 - b2) * g * g
-            denom = np.sqrt(v[k]) / math.sqrt(bc2) + eps
-            w -= np.float32(lr / bc1) * (m[k] / denom)
+        OPTIMIZERS[self.name].update(weights, grads, self.state, self.args, lr,
+                                     self.step_count)
 
 
 @dataclass

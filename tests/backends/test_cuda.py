@@ -16,7 +16,6 @@ import netlang
 from netlang.backends.cuda import render as R
 from netlang.diagnostics import NetlangError
 from netlang.kernels import builder
-from netlang.passes.pipeline import build_program
 from tests.backends.test_torch_parity import grad_error
 from tests.conftest import EXAMPLES, ROOT
 
@@ -109,7 +108,7 @@ def test_convolutions_through_gemm_match_numpy(backend, file, params, monkeypatc
     monkeypatch.setattr(builder, "GEMM_CONV_MACS", 0)
     network = "resnet18_cifar" if "resnet" in file else None
     net = netlang.load(EXAMPLES / file, network=network, params=params)
-    prog = build_program(net, training=True, loss="mse(logits, t_logits)")
+    prog = net.compile(training=True, loss="mse(logits, t_logits)")
     assert sum(isinstance(s, R.Gemm) for s in R.render(prog.graph).steps) > 3
     _check(backend, file, network, params, 2, 1e-4)
 
@@ -126,7 +125,7 @@ def test_capturable_program_has_no_cublas_and_matches_numpy(backend, monkeypatch
     runner = Runner(prog, backend, capturable=True)
     assert not any(isinstance(s, R.Gemm) for s in runner.cprog.steps)
     assert any(s.tiles is not None for s in runner.cprog.steps)
-    feeds, n = prog._feeds(w, x | t)
+    feeds, n = prog.feeds(w, x | t)
     roots, _ = runner.execute(feeds, n)
     v0, g0 = net.value_and_grad(w, x | t, loss=loss)
     assert float(roots[prog.graph.loss.id]) == pytest.approx(v0, rel=1e-5)
@@ -147,8 +146,8 @@ def test_every_example_matches_numpy(backend, file, network, params, batch):
 @pytest.mark.emu
 def test_fused_equals_unfused():
     net, w, x, t, loss = _case("unet.net", None, {"base": 4, "size": 16}, 2)
-    fused = build_program(net, training=True, loss=loss)
-    unfused = build_program(net, training=True, loss=loss, fuse=False)
+    fused = net.compile(training=True, loss=loss)
+    unfused = net.compile(training=True, loss=loss, fuse=False)
     assert len(fused.graph.fusion.groups) < len(unfused.graph.fusion.groups)
     a = fused.value_and_grad(w, x | t, backend="cuda-emu")
     b = unfused.value_and_grad(w, x | t, backend="cuda-emu")
@@ -163,7 +162,7 @@ def _all_sources():
         net = netlang.load(path, network=network)
         loss = " + ".join(f"mse({k}, t_{k})" for k in net.outputs)
         for training in (False, True):
-            prog = build_program(net, training=training, loss=loss if training else None)
+            prog = net.compile(training=training, loss=loss if training else None)
             out.append((f"{network}_{'train' if training else 'infer'}",
                         R.render(prog.graph).source))
     return out
@@ -195,7 +194,7 @@ GOLDEN = ROOT / "tests" / "golden"
 @pytest.mark.parametrize("file,training", [("lenet5.net", True), ("unet.net", False)])
 def test_golden_cuda_source(file, training):
     net = netlang.load(EXAMPLES / file, params={"base": 4, "size": 32} if "unet" in file else {})
-    prog = build_program(net, training=training,
+    prog = net.compile(training=training,
                          loss="cross_entropy(logits, label)" if training else None)
     src = R.render(prog.graph).source
     path = GOLDEN / f"{file[:-4]}_{'train' if training else 'infer'}.cu"
@@ -210,7 +209,7 @@ def test_unet_inference_kernel_count():
     one kernel per conv layer plus the pools and up-convolutions (direct kernels; with
     the GEMM path a large conv is im2col + GEMM + its epilogue kernel instead)."""
     net = netlang.load(EXAMPLES / "unet.net", params={"base": 8, "size": 64})
-    prog = build_program(net, training=False)
+    prog = net.compile(training=False)
     ops = [n.op for n in prog.graph.nodes]
     fusion = prog.graph.fusion
     assert len(fusion.inplace) == ops.count("concat") == 4
@@ -222,7 +221,7 @@ def test_unet_inference_kernel_count():
 
 def test_explain_fusion_says_why():
     net = netlang.load(EXAMPLES / "unet.net", params={"base": 4, "size": 32})
-    text = build_program(net, training=True, loss="bce(mask, target)").graph.fusion.explain()
+    text = net.compile(training=True, loss="bce(mask, target)").graph.fusion.explain()
     assert "fused: e1.double_conv.conv0 + e1.double_conv.relu0" in text
     assert "not fused: e1.double_conv.relu1 (relu) -> e2.maxpool0 (maxpool): maxpool is " \
            "reduce, not elementwise" in text
@@ -347,7 +346,7 @@ def test_device_step_trains_like_the_numpy_optimizers(backend, name, args):
     net, w, x, t, loss = _case("lenet5.net", None, {}, 2)
     call = Call(name, args)
     ds = DeviceStep(net, loss, {k: v.copy() for k, v in w.items()}, x | t, optimizer=call,
-                    kind=backend)
+                    backend=backend)
     opt = Optimizer.from_config(call)
     ours = {k: v.copy() for k, v in w.items()}
     for _ in range(3):

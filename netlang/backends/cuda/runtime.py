@@ -19,6 +19,8 @@ import numpy as np
 
 from netlang.backends.cuda import render as R
 from netlang.diagnostics import error
+from netlang.optimizers import KERNELS as OPT_KERNELS
+from netlang.optimizers import OPTIMIZERS
 
 BLOCK = R.BLOCK
 
@@ -49,51 +51,13 @@ def _apply_tf32(cp) -> None:
 
         os.environ["CUPY_TF32"] = "1" if _TF32 else "0"
 
-UPDATE_KERNELS = r'''
-extern "C" __global__ void nl_sgd_update(float* __restrict__ w, const float* __restrict__ g,
-                                         float* __restrict__ buf, float lr, float momentum,
-                                         float weight_decay, int nesterov, int first, int n) {
-    // PyTorch's SGD: d = g + wd w; buf = first ? d : momentum buf + d; w -= lr (nesterov ?
-    // d + momentum buf : buf). One kernel updates a parameter and its momentum.
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float d = g[i] + weight_decay * w[i];
-    if (momentum != 0.0f) {
-        float b = first ? d : momentum * buf[i] + d;
-        buf[i] = b;
-        d = nesterov ? d + momentum * b : b;
-    }
-    w[i] -= lr * d;
-}
-
-extern "C" __global__ void nl_adam_update(float* __restrict__ w, const float* __restrict__ g,
-                                          float* __restrict__ m, float* __restrict__ v,
-                                          float lr, float beta1, float beta2, float eps,
-                                          float weight_decay, int decoupled, float bc1,
-                                          float bc2, int n) {
-    // PyTorch's Adam / AdamW, parameter and both moments in one kernel.
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float gi = g[i];
-    float wi = w[i];
-    if (decoupled) wi *= 1.0f - lr * weight_decay;
-    else gi += weight_decay * wi;
-    float mi = beta1 * m[i] + (1.0f - beta1) * gi;
-    float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    w[i] = wi - (lr / bc1) * mi / (sqrtf(vi) / sqrtf(bc2) + eps);
-}
-'''
-
-
 class Device:
     """The array module and kernel launcher of one backend."""
 
-    def __init__(self, kind: str, source: str):
-        self.kind = kind
+    def __init__(self, backend: str, source: str):
+        self.backend = backend
         self.source = source
-        if kind == "cuda-emu":
+        if backend == "cuda-emu":
             from netlang.backends.cuda.emu import EmuModule
 
             self.xp = np
@@ -108,7 +72,7 @@ class Device:
     def launch(self, name: str, grid: int, block: int, args: list) -> None:
         if grid <= 0:
             return
-        if self.kind == "cuda-emu":
+        if self.backend == "cuda-emu":
             self.module.launch(name, grid, block, args)
             return
         f = self.functions.get(name)
@@ -131,7 +95,7 @@ class Device:
         del cp
 
     def to_host(self, a) -> np.ndarray:
-        return np.asarray(a) if self.kind == "cuda-emu" else self.xp.asnumpy(a)
+        return np.asarray(a) if self.backend == "cuda-emu" else self.xp.asnumpy(a)
 
 
 def _cupy():
@@ -174,7 +138,7 @@ class Runner:
     """Executes a compiled Program's launch plan on a Device."""
 
     program: object            # netlang.program.Program
-    kind: str
+    backend: str               # cuda | cuda-emu
     capturable: bool = False   # no cuBLAS calls: GEMMs as kernels, for CUDA graphs
     cprog: R.CudaProgram = field(init=False)
     device: Device = field(init=False)
@@ -186,7 +150,7 @@ class Runner:
         except R.Unsupported as exc:
             raise error("E064", f"no CUDA kernel for {exc}", None,
                         help="use --backend numpy for this network") from None
-        self.device = Device(self.kind, self.cprog.source)
+        self.device = Device(self.backend, self.cprog.source)
         self._arena: dict[int, object] = {}
 
     def buffers(self, feeds: dict[int, np.ndarray], batch: int) -> dict[str, object]:
@@ -220,12 +184,7 @@ class Runner:
                 xp.matmul(xp.swapaxes(a, -1, -2) if st.trans_a else a,
                           xp.swapaxes(b, -1, -2) if st.trans_b else b, out=out)
                 continue
-            if st.tiles is not None:
-                m, nc, b = (batch if d == -1 else d for d in st.tiles)
-                grid = math.ceil(m / 16) * math.ceil(nc / 16) * b
-            else:
-                total = st.count * (batch if st.batched else 1)
-                grid = total if st.reduce else math.ceil(total / BLOCK)
+            grid = st.grid(batch)
             args = []
             for a in st.args:
                 if a.key == "N":
@@ -267,15 +226,17 @@ class DeviceStep:
     is Adam (its bias correction changes every step, and a graph replays fixed arguments)."""
 
     def __init__(self, net, loss: str, weights: dict[str, np.ndarray], batch: dict,
-                 optimizer=None, kind: str = "cuda", capturable: bool = False):
-        from netlang.config import Call
-
+                 optimizer=None, backend: str = "cuda", capturable: bool = False):
         prog = net.program_for(True, loss)
-        self.runner = Runner(prog, kind, capturable)
+        self.runner = Runner(prog, backend, capturable)
         self.dev = self.runner.device
-        self.upd = Device(kind, UPDATE_KERNELS)
-        self.opt = optimizer or Call("sgd", (("lr", 0.01), ("momentum", 0.9)))
-        feeds, n = prog._feeds(weights, batch)
+        self.upd = Device(backend, OPT_KERNELS)
+        # The optimizer: a train-section `optimizer = name(args)` (a config.Call), by
+        # default SGD with momentum; arguments completed from the optimizer table.
+        self.opt_name = optimizer.name if optimizer is not None else "sgd"
+        given = dict(optimizer.args) if optimizer is not None else {"momentum": 0.9}
+        self.opt_args = OPTIMIZERS[self.opt_name].args_of(given)
+        feeds, n = prog.feeds(weights, batch)
         self.batch = n
         self.bufs = self.runner.buffers(feeds, n)
         g = prog.graph
@@ -285,7 +246,7 @@ class DeviceStep:
         self.inputs = {**{k: f"v{v.id}" for k, v in g.inputs.items()},
                        **{k: f"v{v.id}" for k, v in g.targets.items()}}
         xp = self.dev.xp
-        slots = 1 if self.opt.name == "sgd" else 2
+        slots = len(OPTIMIZERS[self.opt_name].slots)
         self.state = [{k: xp.zeros_like(self.bufs[b]) for k, b in self.params.items()}
                       for _ in range(slots)]
         self.steps = 0
@@ -295,29 +256,19 @@ class DeviceStep:
         if any(n_.op == "dropout_mask" for n_ in g.nodes):
             self.graph_refusal = "the program draws dropout masks: a captured step would " \
                                  "reuse one mask forever"
-        elif self.opt.name != "sgd":
-            self.graph_refusal = f"{self.opt.name}'s bias correction changes every step; a " \
+        elif self.opt_name != "sgd":
+            self.graph_refusal = f"{self.opt_name}'s bias correction changes every step; a " \
                                  "graph replays fixed kernel arguments"
 
     def _update(self) -> None:
-        o = self.opt
-        lr = float(o.get("lr", 0.01 if o.name == "sgd" else 1e-3))
-        wd = float(o.get("weight_decay", 0.0))
-        t = self.steps + 1
+        """One fused update kernel per parameter (the optimizer table's kernel)."""
+        opt = OPTIMIZERS[self.opt_name]
+        scalars = opt.kernel_scalars(self.opt_args, float(self.opt_args["lr"]), self.steps + 1)
         for k, wkey in self.params.items():
             w, gr = self.bufs[wkey], self.bufs[self.grads[k]]
-            n = w.size
-            grid = math.ceil(n / BLOCK)
-            if o.name == "sgd":
-                args = [w, gr, self.state[0][k], lr, float(o.get("momentum", 0.0)), wd,
-                        int(bool(o.get("nesterov", False))), int(t == 1), n]
-                self.upd.launch("nl_sgd_update", grid, BLOCK, args)
-            else:
-                b1, b2 = float(o.get("beta1", 0.9)), float(o.get("beta2", 0.999))
-                args = [w, gr, self.state[0][k], self.state[1][k], lr, b1, b2,
-                        float(o.get("eps", 1e-8)), wd, int(o.name == "adamw"),
-                        1.0 - b1 ** t, 1.0 - b2 ** t, n]
-                self.upd.launch("nl_adam_update", grid, BLOCK, args)
+            slots = [state[k] for state in self.state]
+            self.upd.launch(opt.kernel, math.ceil(w.size / BLOCK), BLOCK,
+                            [w, gr, *slots, *scalars, w.size])
 
     def step(self, batch: dict | None = None) -> None:
         """One step; `batch` (host arrays) is copied into the step's input buffers."""
@@ -334,7 +285,7 @@ class DeviceStep:
 
     def capture(self) -> bool:
         """Capture one step (after the first, which sets the momentum) as a CUDA graph."""
-        if self.graph_refusal is not None or self.runner.kind != "cuda":
+        if self.graph_refusal is not None or self.runner.backend != "cuda":
             self.graph_refusal = self.graph_refusal or "CUDA graphs need a GPU"
             return False
         cp = self.dev.xp
