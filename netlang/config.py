@@ -295,13 +295,15 @@ PATH_ARGS = ("path", "val", "test", "images", "masks", "val_images", "val_masks"
 
 
 def resolve_data_paths(cfg: TrainConfig, base_dir) -> TrainConfig:
-    """Paths in a file's `data = ...` are relative to that file (as imports are)."""
+    """Paths in a file's `data = ...` are relative to that file (as imports are); they are
+    made absolute, so that a run's record (config.json) names the same files wherever
+    `eval` or `--resume` is run from."""
     from pathlib import Path
 
     if cfg.data is None:
         return cfg
-    args = tuple((k, str(Path(base_dir) / v) if k in PATH_ARGS and isinstance(v, str)
-                  and not Path(v).is_absolute() else v) for k, v in cfg.data.args)
+    args = tuple((k, str((Path(base_dir) / v).resolve()) if k in PATH_ARGS and
+                  isinstance(v, str) else v) for k, v in cfg.data.args)
     return replace(cfg, data=Call(cfg.data.name, args))
 
 

@@ -33,7 +33,9 @@ def print_warnings(net: api.Network) -> None:
 def train_config(net: api.Network, args, recorded: dict | None = None):
     """The file's train section (or, resuming, the run's recorded settings), then the
     command line's values, all validated alike."""
-    from netlang.config import TrainConfig, apply_overrides, from_record, with_lr
+    from netlang.config import (
+        TrainConfig, apply_overrides, from_record, resolve_data_paths, with_lr,
+    )
 
     cfg = net.train or TrainConfig()
     if recorded:
@@ -52,7 +54,9 @@ def train_config(net: api.Network, args, recorded: dict | None = None):
     cfg = apply_overrides(cfg, items, list(net.outputs))
     if getattr(args, "lr", None) is not None:
         cfg = with_lr(cfg, args.lr)
-    return cfg
+    # Paths given on the command line are relative to the working directory (the file's
+    # are already absolute): recorded absolute, a run's data is found from anywhere.
+    return resolve_data_paths(cfg, ".")
 
 
 def load_recorded(args, weights: str, prefer: str = "best"):
