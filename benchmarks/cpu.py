@@ -3,6 +3,7 @@ dtype, in one run, reporting ratios.
 
     python benchmarks/cpu.py                  # all networks, 2 threads
     python benchmarks/cpu.py --nets lenet5 --steps 20 --threads 1
+    python benchmarks/cpu.py --backend cpu     # netlang's compiled cpu backend
 
 Each (framework, network) pair runs in its own subprocess, so that NumPy's BLAS pool and
 torch's OpenMP pool never spin against each other, and so that peak memory is measured
@@ -34,7 +35,7 @@ def _maxrss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def worker(framework: str, name: str, steps: int) -> dict:
+def worker(framework: str, name: str, steps: int, backend: str = "numpy") -> dict:
     import numpy as np
 
     import netlang
@@ -49,10 +50,10 @@ def worker(framework: str, name: str, steps: int) -> dict:
         inputs = {k: data[k] for k in net.inputs}
 
         def forward():
-            net.forward(weights, inputs)
+            net.forward(weights, inputs, backend=backend)
 
         def train_step():
-            _, grads = net.value_and_grad(weights, data, loss=loss)
+            _, grads = net.value_and_grad(weights, data, loss=loss, backend=backend)
             for k, g in grads.items():
                 velocity[k] *= 0.9
                 velocity[k] += g
@@ -101,22 +102,24 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "NET"))
     ap.add_argument("--json", help="write the results to this file")
+    ap.add_argument("--backend", default="numpy", help="netlang's backend (numpy or cpu)")
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker[0], args.worker[1], args.steps)))
+        print(json.dumps(worker(args.worker[0], args.worker[1], args.steps, args.backend)))
         return
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
                OPENBLAS_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                PYTHONPATH=str(ROOT))
     rows = []
+    print(f"netlang backend: {args.backend}")
     print(f"{'network':12} {'fwd netlang':>12} {'fwd torch':>10} {'ratio':>6}   "
           f"{'step netlang':>12} {'step torch':>10} {'ratio':>6}   {'peak MB nl/torch':>17}")
     for name in args.nets:
         res = {}
         for fw in ("netlang", "torch"):
             out = subprocess.run([sys.executable, __file__, "--worker", fw, name, "--steps",
-                                  str(args.steps)], env=env, capture_output=True, text=True,
-                                 check=True)
+                                  str(args.steps), "--backend", args.backend], env=env,
+                                 capture_output=True, text=True, check=True)
             res[fw] = json.loads(out.stdout.strip().splitlines()[-1])
         a, b = res["netlang"], res["torch"]
         rows.append({"network": name, "netlang": a, "torch": b})

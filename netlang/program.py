@@ -19,6 +19,11 @@ from netlang.passes.memplan import MemoryPlan, plan_memory
 from netlang.passes.pipeline import CompileOptions, compile_graph
 
 
+# numpy: the reference interpreter; cpu: the kernels compiled for the host; cuda: on a GPU
+# through CuPy; cuda-emu: the CUDA kernels compiled for the host (how tests check them).
+BACKENDS = ("numpy", "cpu", "cuda", "cuda-emu")
+
+
 @dataclass
 class Program:
     graph: Graph
@@ -92,9 +97,9 @@ class Program:
         return self._runners[backend]
 
     def _execute(self, weights, data, seed: int, dtype=np.float32, backend: str = "numpy"):
-        if backend not in ("numpy", "cuda", "cuda-emu"):
+        if backend not in BACKENDS:
             raise error("E052", f"unknown backend `{backend}`", None,
-                        help="backends: numpy, cuda, cuda-emu")
+                        help="backends: " + ", ".join(BACKENDS))
         if backend != "numpy" and dtype != np.float32:
             raise error("E052", f"backend `{backend}` computes in float32 only", None)
         feeds, batch = self.feeds(weights, data, dtype)

@@ -74,7 +74,11 @@ def add_parser(sub, common, run_options) -> None:
     sp.add_argument("--overwrite", action="store_true",
                     help="start over in a run folder that holds a run")
     sp.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
-    sp.add_argument("--backend", default="numpy", choices=["numpy", "cuda", "cuda-emu"])
+    sp.add_argument("--backend", default="numpy", choices=["numpy", "cpu", "cuda", "cuda-emu"],
+                    help="numpy (default): the reference interpreter; cpu: the fused kernels "
+                         "compiled for this machine (correct, not yet fast: see "
+                         "benchmarks/RESULTS.md); cuda: a GPU; cuda-emu: the CUDA kernels on "
+                         "the host (slow, for checking)")
     sp.add_argument("--tf32", action="store_true", help="with --backend cuda: let cuBLAS GEMMs "
                     "use TF32 tensor cores (faster, 10-bit mantissa); off by default")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")

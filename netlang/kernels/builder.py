@@ -235,17 +235,64 @@ def source_lines(nodes) -> tuple[str, ...]:
                          for n in nodes if n.span is not None}))
 
 
-def _head(name: str, nodes, params: list[str], index: str, out_t: TensorType, rest: str,
-          shared: str | None = None) -> list[str]:
-    """A kernel's signature, bounds check, and output coordinates n, o0, o1.. of `i`."""
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between renderings of the same kernels, as data (tinygrad's renderers):
+    how a kernel is declared, how output elements are spread (CUDA: one thread, or one
+    block for a reduction; C: a loop, split over cores by OpenMP), and how a reduction
+    sums (a shared-memory tree, or a plain loop). Lines may use {total}, {acc}, {final}."""
+
+    name: str
+    signature: str
+    map_open: tuple[str, ...]
+    map_close: tuple[str, ...]
+    reduce_open: tuple[str, ...]
+    reduce_loop: str
+    reduce_close: tuple[str, ...]
+
+
+CUDA = Dialect(
+    "cuda", 'extern "C" __global__ void {name}({params}) {{',
+    ("    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;",
+     "    if (i >= {total}) return;"),
+    (),
+    (f"    __shared__ {{acc}} sh[{BLOCK}];", "    long long i = blockIdx.x;",
+     "    if (i >= {total}) return;"),
+    "    for (long long r = threadIdx.x; r < R; r += blockDim.x) {{",
+    ("    }}",
+     "    sh[threadIdx.x] = acc_v;",
+     "    __syncthreads();",
+     "    for (int s = blockDim.x / 2; s > 0; s >>= 1) {{",
+     "        if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];",
+     "        __syncthreads();",
+     "    }}",
+     "    if (threadIdx.x == 0) {{",
+     "        float v = (float)sh[0];",
+     "        out[i] = {final};",
+     "    }}"))
+
+C = Dialect(
+    "c", 'extern "C" void {name}({params}) {{',
+    ("    #pragma omp parallel for", "    for (long long i = 0; i < {total}; ++i) {{"),
+    ("    }}",),
+    ("    #pragma omp parallel for", "    for (long long i = 0; i < {total}; ++i) {{",
+     "    {acc} sh[1];"),
+    "    for (long long r = 0; r < R; ++r) {{",
+    ("    }}",
+     "    sh[0] = acc_v;",
+     "    {{ float v = (float)sh[0]; out[i] = {final}; }}",
+     "    }}"))
+
+
+def _head(dialect: Dialect, opening: tuple[str, ...], name: str, nodes, params: list[str],
+          out_t: TensorType, rest: str, acc: str = "float") -> list[str]:
+    """A kernel's signature, element loop or index, and output coordinates n, o0, o1.."""
     total = f"(long long)N * {out_t.size}" if out_t.batched else f"{out_t.size}LL"
     src = [f"// {', '.join(n.name for n in nodes)}"]
     if source_lines(nodes):
         src.append(f"// implements {', '.join(source_lines(nodes))}")
-    src.append(f'extern "C" __global__ void {name}({", ".join(params)}) {{')
-    if shared:
-        src.append(shared)
-    src += [f"    long long i = {index};", f"    if (i >= {total}) return;"]
+    src.append(dialect.signature.format(name=name, params=", ".join(params)))
+    src += [line.format(total=total, acc=acc) for line in opening]
     if out_t.batched:
         src.append(f"    int n = (int)(i / {out_t.size}); long long {rest} = i % {out_t.size};")
     else:
@@ -259,7 +306,10 @@ def _head(name: str, nodes, params: list[str], index: str, out_t: TensorType, re
 
 class KernelBuilder:
     def __init__(self, g: Graph, fusion: Fusion, gemm_conv_macs: int | None = None,
-                 capturable: bool = False):
+                 capturable: bool = False, dialect: Dialect = CUDA):
+        if capturable and dialect is not CUDA:
+            raise AssertionError("generated GEMM kernels are CUDA only")
+        self.dialect = dialect
         self.g = g
         self.fusion = fusion
         self.capturable = capturable
@@ -322,10 +372,10 @@ class KernelBuilder:
             args.append(Arg("float*", out_key))
         params.append("int N")
         args.append(Arg("int", "N"))
-        src = _head(name, nodes, params, "(long long)blockIdx.x * blockDim.x + threadIdx.x",
-                    out_t, "r")
+        d = self.dialect
+        src = _head(d, d.map_open, name, nodes, params, out_t, "r")
         src += ["    " + x for x in body]
-        src += ["    " + x for x in stores] + ["}"]
+        src += ["    " + x for x in stores] + [x.format() for x in d.map_close] + ["}"]
         self.kernels.append("\n".join(src))
         self.steps.append(Launch(name, args, out_t.size, out_t.batched, False,
                                  tuple(n.id for n in nodes)))
@@ -344,25 +394,14 @@ class KernelBuilder:
         params, args = _params(inputs, extra)
         params += ["float* __restrict__ out", "int N"]
         args += [Arg("float*", out_key), Arg("int", "N")]
-        src = _head(name, nodes, params, "blockIdx.x", out_t, "q",
-                    shared=f"    __shared__ {acc} sh[{BLOCK}];")
+        d = self.dialect
+        src = _head(d, d.reduce_open, name, nodes, params, out_t, "q", acc)
         src += ["    " + x for x in setup]
         src += [f"    {acc} acc_v = 0;",
                 f"    long long R = {red_shape_expr};",
-                "    for (long long r = threadIdx.x; r < R; r += blockDim.x) {"]
+                d.reduce_loop.format()]
         src += ["        " + x for x in term]
-        src += ["    }",
-                "    sh[threadIdx.x] = acc_v;",
-                "    __syncthreads();",
-                "    for (int s = blockDim.x / 2; s > 0; s >>= 1) {",
-                "        if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];",
-                "        __syncthreads();",
-                "    }",
-                "    if (threadIdx.x == 0) {",
-                "        float v = (float)sh[0];",
-                f"        out[i] = {final};",
-                "    }",
-                "}"]
+        src += [x.format(final=final) for x in d.reduce_close] + ["}"]
         self.kernels.append("\n".join(src))
         self.steps.append(Launch(name, args, out_t.size, out_t.batched, True,
                                  tuple(n.id for n in nodes)))

@@ -36,6 +36,9 @@ BACKENDS = [pytest.param("cuda-emu", marks=[pytest.mark.emu, emu]),
             pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
                 not _gpu_available(), reason="no CUDA device or CuPy")])]
 
+# The backends that run the kernel layer's kernels (the CUDA ones and their C rendering).
+KERNEL_BACKENDS = BACKENDS + [pytest.param("cpu", marks=[pytest.mark.emu, emu])]
+
 # Small configurations of every example with a CUDA lowering: (file, network, params, batch)
 SMALL = [
     ("lenet5.net", None, {}, 2),
@@ -91,7 +94,7 @@ def _check(backend, file, network, params, batch, rtol):
         _close(u1[k], u0[k], rtol)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("file,params", [("lenet5.net", {}), ("unet.net", {"base": 4,
                                                                             "size": 16})],
                          ids=["lenet5", "unet_small"])
@@ -100,7 +103,7 @@ def test_whole_programs_match_numpy(backend, file, params):
     _check(backend, file, None, params, 2, 1e-5)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("file,params", [("lenet5.net", {}), ("resnet18.net", {"base": 4})],
                          ids=["lenet5", "resnet18_cifar"])
 def test_convolutions_through_gemm_match_numpy(backend, file, params, monkeypatch):
@@ -235,6 +238,9 @@ def test_compile_writes_kernels_plan_and_report(tmp_path, capsys):
                  "cross_entropy(logits, label)", "--batch", "8", "-o", str(tmp_path)]) == 0
     src = (tmp_path / "kernels.cu").read_text()
     assert "// implements lenet5.net:4" in src and "__global__" in src
+    c_src = (tmp_path / "kernels.cpp").read_text()
+    assert "// implements lenet5.net:4" in c_src and "#pragma omp parallel for" in c_src
+    assert "__global__" not in c_src and "__syncthreads" not in c_src
     import json
 
     plan = json.loads((tmp_path / "plan.json").read_text())

@@ -1,5 +1,5 @@
 """The kernel layer walks the op registry: every op runs on every backend, and every
-lowering, forward and backward, equals NumPy on cuda-emu.
+lowering, forward and backward, equals NumPy on cuda-emu and on cpu.
 
 All op cases of tests/ops/test_ops.py go into ONE program (each with its own inputs and a
 loss term sum(y * r)), so cuda-emu compiles once for the whole table; the gradients of the
@@ -29,13 +29,13 @@ RANDOM = {"dropout_mask"}
 
 
 def test_every_op_has_a_lowering_on_every_backend():
-    missing = {"numpy": [], "cuda, cuda-emu": []}
+    missing = {"numpy": [], "cuda, cuda-emu, cpu": []}
     for name, op in registry.all_ops().items():
         if op.forward is None:
             missing["numpy"].append(name)
         if not op.rewritten and not kernels.has_lowering(name):
-            missing["cuda, cuda-emu"].append(name)
-    assert missing == {"numpy": [], "cuda, cuda-emu": []}, missing
+            missing["cuda, cuda-emu, cpu"].append(name)
+    assert missing == {"numpy": [], "cuda, cuda-emu, cpu": []}, missing
 
 
 def test_rewritten_ops_never_reach_a_backend():
@@ -85,14 +85,16 @@ def _one_program(cases):
 
 @pytest.mark.emu
 @emu
-def test_every_lowering_matches_numpy_on_cuda_emu():
+@pytest.mark.parametrize("backend", ["cuda-emu", "cpu"])
+def test_every_lowering_matches_numpy(backend):
+    """On cuda-emu (the CUDA text) and on cpu (the same kernels rendered as C)."""
     from netlang.backends.cuda.runtime import Runner
 
     cases = [c for c in CASES if not registry.get(c[0]).rewritten and c[0] not in RANDOM]
     g, feeds = _one_program(cases)
     want = run(g, feeds)
     prog = Program(g, training=True, dumps={}, plan_fn=plan_memory)
-    got, _ = Runner(prog, "cuda-emu").execute(
+    got, _ = Runner(prog, backend).execute(
         {k: v.astype(np.int64 if v.dtype.kind == "i" else np.float32) for k, v in feeds.items()},
         N)
     ran = {n.op for n in g.nodes}

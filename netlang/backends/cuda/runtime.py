@@ -62,6 +62,11 @@ class Device:
 
             self.xp = np
             self.module = EmuModule(source)
+        elif backend == "cpu":
+            from netlang.backends.cpu.runtime import CpuModule
+
+            self.xp = np
+            self.module = CpuModule(source)
         else:
             cp = _cupy()
             _apply_tf32(cp)
@@ -72,7 +77,7 @@ class Device:
     def launch(self, name: str, grid: int, block: int, args: list) -> None:
         if grid <= 0:
             return
-        if self.backend == "cuda-emu":
+        if self.backend in ("cuda-emu", "cpu"):
             self.module.launch(name, grid, block, args)
             return
         f = self.functions.get(name)
@@ -95,7 +100,7 @@ class Device:
         del cp
 
     def to_host(self, a) -> np.ndarray:
-        return np.asarray(a) if self.backend == "cuda-emu" else self.xp.asnumpy(a)
+        return np.asarray(a) if self.xp is np else self.xp.asnumpy(a)
 
 
 def _cupy():
@@ -138,7 +143,7 @@ class Runner:
     """Executes a compiled Program's launch plan on a Device."""
 
     program: object            # netlang.program.Program
-    backend: str               # cuda | cuda-emu
+    backend: str               # cuda | cuda-emu | cpu
     capturable: bool = False   # no cuBLAS calls: GEMMs as kernels, for CUDA graphs
     cprog: R.CudaProgram = field(init=False)
     device: Device = field(init=False)
@@ -146,7 +151,12 @@ class Runner:
     def __post_init__(self):
         g = self.program.graph
         try:
-            self.cprog = R.render(g, capturable=self.capturable)
+            if self.backend == "cpu":
+                from netlang.backends.cpu.render import render as render_c
+
+                self.cprog = render_c(g)
+            else:
+                self.cprog = R.render(g, capturable=self.capturable)
         except R.Unsupported as exc:
             raise error("E064", f"no CUDA kernel for {exc}", None,
                         help="use --backend numpy for this network") from None
