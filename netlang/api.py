@@ -175,13 +175,17 @@ class Network:
         node each); `fused`: the compiled inference program with each fused kernel as a
         cluster."""
         from netlang.ir.dot import to_dot
+        from netlang.ops import registry
+
+        def color(op: str) -> str:
+            return registry.get(op).color
 
         if not fused:
-            return to_dot(self.graph, rankdir=rankdir, collapse=collapse)
+            return to_dot(self.graph, rankdir=rankdir, collapse=collapse, color=color)
         g = self.compile(training=False).graph
         clusters = {f"k{i}: {grp.name}": grp.nodes for i, grp in enumerate(g.fusion.groups)
                     if grp.epilogue}
-        return to_dot(g, clusters, rankdir=rankdir)
+        return to_dot(g, clusters, rankdir=rankdir, color=color)
 
     def _loss_text(self, loss: str | None) -> str:
         if loss is not None:

@@ -1,12 +1,11 @@
-"""`netlang check` and `netlang summary`: parse, check, and tabulate a network."""
+"""`netlang check`: parse and check every network of a file (exit 1 on error)."""
 
 from __future__ import annotations
-
-import json
 
 from netlang import api
 from netlang.cli.common import load, print_warnings
 from netlang.ir.types import fmt_shape
+
 
 def cmd_check(args) -> int:
     names = [args.network] if args.network else api.network_names(args.file)
@@ -23,26 +22,7 @@ def cmd_check(args) -> int:
     return 0
 
 
-def cmd_summary(args) -> int:
-    from netlang.summary import format_table, summarize
-
-    net = load(args)
-    s = summarize(net, args.batch)
-    if args.json:
-        print(json.dumps(s.to_json() | {"inputs": {k: list(t.shape) for k, t in
-                                                    net.inputs.items()}}, indent=2))
-    else:
-        print_warnings(net)
-        print(format_table(s))
-    return 0
-
-
 def add_parser(sub, common, run_options) -> None:
     sp = sub.add_parser("check", help="parse and check a file; exit 1 on error")
     common(sp)
     sp.set_defaults(func=cmd_check)
-    sp = sub.add_parser("summary", help="layer table: shapes, parameters, MACs, memory")
-    common(sp)
-    sp.add_argument("--batch", type=int, default=1, help="batch size for memory and MACs")
-    sp.add_argument("--json", action="store_true", help="machine-readable output")
-    sp.set_defaults(func=cmd_summary)

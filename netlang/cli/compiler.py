@@ -6,6 +6,7 @@ from pathlib import Path
 
 from netlang.cli.common import load
 
+
 def cmd_compile(args) -> int:
     from netlang.artifacts import compile_artifacts
 

@@ -7,6 +7,7 @@ import sys
 from netlang.cli.common import load_recorded, train_config
 from netlang.diagnostics import error
 
+
 def cmd_eval(args) -> int:
     from netlang.train import data as data_mod
     from netlang.train.loop import evaluate

@@ -8,6 +8,7 @@ from netlang.cli.common import load_recorded
 from netlang.diagnostics import error
 from netlang.ir.types import fmt_shape
 
+
 def _read_inputs(paths: list[str], shape: tuple[int, ...]):
     import numpy as np
 

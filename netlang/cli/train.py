@@ -8,6 +8,7 @@ from pathlib import Path
 from netlang import api
 from netlang.cli.common import load, load_recorded, print_warnings, train_config
 
+
 def _run_dir(net: api.Network, out: str | None, resume: str | None) -> Path:
     if out:
         return Path(out)

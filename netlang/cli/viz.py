@@ -9,6 +9,7 @@ from pathlib import Path
 from netlang.cli.common import load
 from netlang.diagnostics import error
 
+
 def cmd_viz(args) -> int:
     net = load(args)
     out = Path(args.output or f"{Path(args.file).stem}.svg")

@@ -7,14 +7,17 @@ levels, and skip connections are the long edges between them.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from netlang.ir.graph import Graph, Node
 from netlang.ir.types import fmt_shape
 
-_COLORS = {
-    "conv": "#cfe2f3", "conv_transpose": "#d9d2e9", "dense": "#cfe2f3", "maxpool": "#fce5cd",
-    "avgpool": "#fce5cd", "global_avgpool": "#fce5cd", "upsample": "#d9ead3",
-    "concat": "#fff2cc", "add": "#fff2cc", "mul": "#fff2cc", "input": "#eeeeee",
-}
+INPUT_COLOR = "#eeeeee"
+Colors = Callable[[str], str]   # op name -> fill colour (the op's `color`, ops/registry.py)
+
+
+def _plain(op: str) -> str:
+    return "#ffffff"
 
 
 def _label(n: Node) -> str:
@@ -50,23 +53,23 @@ def _block_of(n: Node) -> str | None:
 
 
 def to_dot(g: Graph, clusters: dict[str, list[Node]] | None = None, rankdir: str = "TB",
-           collapse: bool = False) -> str:
+           collapse: bool = False, color: Colors = _plain) -> str:
     """DOT text. `clusters` optionally groups nodes (fused kernels) instead of blocks;
     `collapse` draws each block instance as one node (tall networks become readable);
     `rankdir` is Graphviz's direction (TB top to bottom, LR left to right)."""
     if rankdir not in RANKDIRS:
         raise ValueError(f"rankdir {rankdir!r}")
     if collapse:
-        return _collapsed(g, rankdir)
+        return _collapsed(g, rankdir, color)
     nodes = [n for n in g.nodes if n.op != "param"]
     lines = [f'digraph "{_esc(g.name)}" {{', f"  rankdir={rankdir};",
              '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
              '  edge [fontname="Helvetica", fontsize=9, color="#555555"];']
 
     def node_line(n: Node, indent: str) -> str:
-        color = _COLORS.get(n.op, "#ffffff")
+        fill = INPUT_COLOR if n.op == "input" else color(n.op)
         shape = ', shape=ellipse' if n.op == "input" else ""
-        return f'{indent}n{n.id} [label="{_esc(_label(n))}", fillcolor="{color}"{shape}];'
+        return f'{indent}n{n.id} [label="{_esc(_label(n))}", fillcolor="{fill}"{shape}];'
 
     if clusters is None:
         # Tree of scopes from hierarchical names: "d1.double_conv.conv0" -> d1 / double_conv.
@@ -115,7 +118,7 @@ def to_dot(g: Graph, clusters: dict[str, list[Node]] | None = None, rankdir: str
     return _finish(g, lines, lambda n: f"n{n.id}")
 
 
-def _collapsed(g: Graph, rankdir: str) -> str:
+def _collapsed(g: Graph, rankdir: str, color: Colors) -> str:
     nodes = [n for n in g.nodes if n.op != "param"]
     rep: dict[int, str] = {}
     groups: dict[str, list[Node]] = {}
@@ -136,9 +139,9 @@ def _collapsed(g: Graph, rankdir: str) -> str:
                      'style="rounded,filled,bold"];')
     for n in nodes:
         if _block_of(n) is None:
-            color = _COLORS.get(n.op, "#ffffff")
+            fill = INPUT_COLOR if n.op == "input" else color(n.op)
             shape = ', shape=ellipse' if n.op == "input" else ""
-            lines.append(f'  n{n.id} [label="{_esc(_label(n))}", fillcolor="{color}"{shape}];')
+            lines.append(f'  n{n.id} [label="{_esc(_label(n))}", fillcolor="{fill}"{shape}];')
     seen: set[tuple[str, str]] = set()
     for n in nodes:
         for src in n.inputs:

@@ -59,7 +59,7 @@ def _add_vjp(b, node, dy):
 register(OpDef(
     name="add", attrs=(), shape=_broadcast, kind=FusionKind.BROADCAST, min_inputs=2, max_inputs=2,
     forward=lambda xs, a, rt: xs[0] + xs[1],
-    vjp=_add_vjp,
+    vjp=_add_vjp, color="#fff2cc",
     doc="Elementwise sum of two values (residual connections); a 1-sized dimension broadcasts."))
 
 
@@ -72,7 +72,7 @@ def _mul_vjp(b, node, dy):
 register(OpDef(
     name="mul", attrs=(), shape=_broadcast, kind=FusionKind.BROADCAST, min_inputs=2, max_inputs=2,
     forward=lambda xs, a, rt: xs[0] * xs[1],
-    vjp=_mul_vjp,
+    vjp=_mul_vjp, color="#fff2cc",
     doc="Elementwise product; a 1-channel gate broadcasts over channels (attention gates)."))
 
 

@@ -104,7 +104,7 @@ def _conv_macs(ins, out, a) -> int:
 register(OpDef(
     name="conv", attrs=CONV_ATTRS, shape=_conv_shape, kind=FusionKind.OUT_ELEMWISE_FUSABLE,
     max_inputs=1, params=_conv_params, param_roles=_bias_roles, macs=_conv_macs,
-    forward=_conv_forward, vjp=_conv_vjp, example="conv(64, 3, pad=same)",
+    forward=_conv_forward, vjp=_conv_vjp, example="conv(64, 3, pad=same)", color="#cfe2f3",
     doc="Convolution, 1-D/2-D/3-D by input rank. Weight [out, in/groups, *kernel]."))
 
 _GRAD_ATTRS = (Attr("stride", "ints"), Attr("pad", "ints"), Attr("dilation", "ints"),
@@ -220,6 +220,7 @@ register(OpDef(
     param_roles=_bias_roles,
     macs=lambda ins, out, a: ins[0].size * (a["channels"] // a["groups"]) * math.prod(a["kernel"]),
     forward=_convt_forward, vjp=_convt_vjp, example="conv_transpose(64, 2, stride=2)",
+    color="#d9d2e9",
     doc="Transposed convolution (U-Net's up-conv). Weight [in, out/groups, *kernel]."))
 
 register(OpDef(
@@ -272,7 +273,7 @@ register(OpDef(
     name="dense", attrs=(Attr("units", "int", minimum=1), Attr("bias", "bool", True)),
     shape=_dense_shape, kind=FusionKind.OUT_ELEMWISE_FUSABLE, params=_dense_params,
     param_roles=_bias_roles, macs=lambda ins, out, a: ins[0].size * a["units"],
-    forward=_dense_forward, vjp=_dense_vjp, example="dense(10)",
+    forward=_dense_forward, vjp=_dense_vjp, example="dense(10)", color="#cfe2f3",
     doc="Fully connected layer on a flat input. Weight [out, in]."))
 
 register(OpDef(

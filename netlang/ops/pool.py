@@ -191,7 +191,7 @@ def _maxpool_grad_tiles(g, x, tiles, a, out):
 register(OpDef(
     name="maxpool", attrs=POOL_ATTRS + (Attr("dilation", "ints", 1, minimum=1),),
     shape=_pool_shape, kind=FusionKind.REDUCE, forward=_maxpool_forward,
-    writes_per_element=True, example="maxpool(2)",
+    writes_per_element=True, example="maxpool(2)", color="#fce5cd",
     vjp=lambda b, node, dy: [b.emit("maxpool_grad", [dy, node.inputs[0]], **node.attrs)],
     doc="Max pooling; stride defaults to the kernel; ceil mode as PyTorch."))
 
@@ -248,7 +248,7 @@ AVG_ATTRS = POOL_ATTRS + (Attr("count_include_pad", "bool", True),)
 
 register(OpDef(
     name="avgpool", attrs=AVG_ATTRS, shape=_pool_shape, kind=FusionKind.REDUCE,
-    forward=_avgpool_forward, writes_per_element=True, example="avgpool(2)",
+    forward=_avgpool_forward, writes_per_element=True, example="avgpool(2)", color="#fce5cd",
     vjp=lambda b, node, dy: [b.emit("avgpool_grad", [dy], in_shape=node.inputs[0].type.shape,
                                     **node.attrs)],
     doc="Average pooling; padding counts in the divisor by default, as in PyTorch."))
@@ -267,7 +267,7 @@ def _gap_shape(ctx: ShapeCtx) -> TensorType:
 
 
 register(OpDef(
-    name="global_avgpool", attrs=(), shape=_gap_shape, kind=FusionKind.REDUCE,
+    name="global_avgpool", attrs=(), shape=_gap_shape, kind=FusionKind.REDUCE, color="#fce5cd",
     forward=lambda xs, a, rt: xs[0].reshape(xs[0].shape[:2] + (-1,)).mean(axis=2),
     vjp=lambda b, node, dy: [b.emit("global_avgpool_grad", [dy],
                                     in_shape=node.inputs[0].type.shape)],
@@ -379,7 +379,7 @@ UP_ATTRS = (Attr("scale", "floats", 2.0), Attr("mode", "choice", "nearest",
 
 register(OpDef(
     name="upsample", attrs=UP_ATTRS, shape=_up_shape, kind=FusionKind.INJECTIVE,
-    forward=_up_forward, writes_per_element=True,
+    forward=_up_forward, writes_per_element=True, color="#d9ead3",
     vjp=lambda b, node, dy: [b.emit("upsample_grad", [dy], in_shape=node.inputs[0].type.shape,
                                     **node.attrs)],
     doc="Nearest or (bi/tri)linear upsampling by a scale; linear modes use half-pixel "

@@ -199,6 +199,7 @@ class OpDef:
     # window ops the ones listed).
     writes_per_element: bool = False
     example: str = ""                # shown in "for example `conv(64, 3, pad=same)`"
+    color: str = "#ffffff"           # its boxes' fill in `netlang viz`
     doc: str = ""
 
     def fuses(self, attrs: dict[str, Any]) -> bool:

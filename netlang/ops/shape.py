@@ -47,7 +47,7 @@ def _concat(xs, a, rt):
 
 register(OpDef(
     name="concat", attrs=(), shape=_concat_shape, kind=FusionKind.INJECTIVE, min_inputs=2,
-    max_inputs=None, forward=_concat, vjp=_concat_vjp,
+    max_inputs=None, forward=_concat, vjp=_concat_vjp, color="#fff2cc",
     doc="Joins values along the channel axis (skip connections)."))
 
 register(OpDef(

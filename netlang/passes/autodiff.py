@@ -19,7 +19,6 @@ from netlang.ops import registry
 from netlang.passes.shape_infer import infer_node
 
 
-
 class VjpBuilder:
     """What a VJP rule uses to add backward nodes on behalf of one forward node."""
 

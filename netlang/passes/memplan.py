@@ -19,7 +19,6 @@ from netlang.ir.graph import Graph
 ALIGN = 256
 
 
-
 @dataclass(frozen=True)
 class MemoryPlan:
     batch: int

@@ -11,7 +11,6 @@ from netlang.ir.graph import Graph
 from netlang.passes.shape_infer import infer_node
 
 
-
 def specialize(g: Graph, training: bool) -> None:
     for n in list(g.nodes):
         if n.op == "batchnorm":

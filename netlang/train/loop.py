@@ -31,7 +31,6 @@ from netlang.train.metrics import MAXIMIZE, TASK_METRICS, Metrics, task_of
 from netlang.train.optim import Optimizer, Schedule
 
 
-
 def available_memory() -> int | None:
     """Bytes of memory available to a new allocation (Linux: MemAvailable), or None."""
     try:

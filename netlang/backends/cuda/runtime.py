@@ -51,6 +51,7 @@ def _apply_tf32(cp) -> None:
 
         os.environ["CUPY_TF32"] = "1" if _TF32 else "0"
 
+
 class Device:
     """The array module and kernel launcher of one backend."""
 
