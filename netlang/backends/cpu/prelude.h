@@ -1,17 +1,10 @@
-// netlang C prelude: what the kernel layer's C rendering needs (the CUDA prelude's helpers
-// for the host). Kernels are plain functions; map and reduce loops are split over the
-// cores by OpenMP when the compiler has it (without it, `#pragma omp` is ignored).
+// netlang C prelude, part 1: what C lacks of CUDA's math. Part 2 is the CUDA prelude itself
+// (backends/cuda/prelude.cuh: NL_INF, nl_sigmoid, the counter-based generator), made host
+// code by backends/cpu/render.py, so both backends draw the same dropout masks.
+// Kernels are plain functions; their element loops are split over the cores by OpenMP when
+// the compiler has it (without it, `#pragma omp` is ignored).
 #include <math.h>
 #include <stdint.h>
-#define NL_INF INFINITY
+#include <string.h>
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
-static inline float nl_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
-static inline unsigned int nl_hash(unsigned int a, unsigned int b) {
-    // The CUDA prelude's counter-based generator, bit for bit.
-    unsigned int h = a * 0x9E3779B1u ^ (b + 0x7F4A7C15u + (a << 6) + (a >> 2));
-    h ^= h >> 16; h *= 0x85EBCA6Bu; h ^= h >> 13; h *= 0xC2B2AE35u; h ^= h >> 16;
-    return h;
-}
-static inline float nl_uniform(unsigned int seed, unsigned int i) {
-    return (nl_hash(seed, i) >> 8) * (1.0f / 16777216.0f);
-}
+static inline float __int_as_float(int i) { float f; memcpy(&f, &i, sizeof f); return f; }

@@ -11,7 +11,12 @@ from netlang.kernels.builder import C, CudaProgram, KernelBuilder
 
 
 def prelude() -> str:
-    return resources.files("netlang.backends.cpu").joinpath("prelude.h").read_text()
+    """The C header lines, then the CUDA prelude as host code (one definition of the
+    helpers both renderings use)."""
+    from netlang.backends.cuda.render import prelude as cuda_prelude
+
+    host = cuda_prelude().replace("__device__ __forceinline__", "static inline")
+    return resources.files("netlang.backends.cpu").joinpath("prelude.h").read_text() + host
 
 
 def render(g: Graph, gemm_conv_macs: int | None = None, capturable: bool = False
