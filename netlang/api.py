@@ -204,6 +204,21 @@ def use_tf32(on: bool) -> None:
     set_tf32(on)
 
 
+def set_threads(n: int | None) -> None:
+    """Cores the cpu backend uses (None: all of them)."""
+    from netlang.backends.cpu.runtime import set_threads as set_cpu_threads
+
+    set_cpu_threads(n)
+
+
+def choose_backend(name: str) -> tuple[str, str]:
+    """The backend to run for a `--backend` value (`auto`: cuda with a GPU, else cpu with
+    a working C++ compiler, else numpy), and one line saying which and why."""
+    from netlang.backends.select import choose
+
+    return choose(name)
+
+
 def _overrides(params: Mapping[str, Any] | None) -> dict[str, Value]:
     out: dict[str, Value] = {}
     for k, v in (params or {}).items():

@@ -16,12 +16,15 @@ from hypothesis import HealthCheck, given, settings
 
 import netlang
 from netlang.diagnostics import NetlangError
+from tests.backends.test_cuda import HAVE_CXX
 from tests.archgen import Arch, archs, torch_forward
 
 pytestmark = pytest.mark.torch
 FAST = settings(max_examples=300, deadline=None, derandomize=True,
                 suppress_health_check=list(HealthCheck))
 LONG = settings(max_examples=20000, deadline=None, suppress_health_check=list(HealthCheck))
+CPU = settings(max_examples=15, deadline=None, derandomize=True,
+               suppress_health_check=list(HealthCheck))
 BATCH = 3
 
 
@@ -52,8 +55,20 @@ def _weights(arch: Arch, net, rng) -> dict[str, np.ndarray]:
     return out
 
 
-def check(arch: Arch, torch) -> None:
+def check(arch: Arch, torch, backend: str = "numpy") -> None:
+    """`backend` numpy runs netlang in float64 (to 1e-9); cpu runs the compiled program in
+    float32 (to 3e-4 of the larger of the scale and 1) against the same float64 twin."""
     src = arch.source()
+    dtype = np.float64 if backend == "numpy" else np.float32
+    rtol = 1e-9 if backend == "numpy" else 3e-4
+
+    def close(ours, theirs, what):
+        _close(ours, theirs, what, rtol)
+
+    def cast(a):
+        a = np.asarray(a)
+        return a.astype(dtype) if a.dtype.kind == "f" else a
+
     if arch.illegal is not None:
         with pytest.raises(NetlangError) as info:
             netlang.loads(src)
@@ -77,8 +92,12 @@ def check(arch: Arch, torch) -> None:
     # Inference.
     with torch.no_grad():
         want, _ = torch_forward(arch, torch.tensor(x), tparams, False, torch)
-    got = net.forward(weights, {"x": x}, dtype=np.float64)["y"]
-    _close(got, want.numpy(), f"inference output of\n{src}")
+    if backend == "numpy":
+        got = net.forward(weights, {"x": x}, dtype=dtype)["y"]
+    else:
+        got = net.forward({k: cast(v) for k, v in weights.items()}, {"x": cast(x)},
+                          backend=backend)["y"]
+    close(got, want.numpy(), f"inference output of\n{src}")
 
     if arch.has_dropout:   # random masks differ between frameworks
         return
@@ -102,23 +121,34 @@ def check(arch: Arch, torch) -> None:
         loss_t = torch.nn.functional.mse_loss(y, torch.tensor(target))
         loss = "mse(y, t)"
     loss_t.backward()
-    value, grads, new = net.value_and_grad(weights, {"x": x, "t": target}, loss=loss,
+    value, grads, new = net.value_and_grad({k: cast(v) for k, v in weights.items()},
+                                           {"x": cast(x), "t": cast(target)}, loss=loss,
                                            wrt_inputs=True, return_updates=True,
-                                           dtype=np.float64)
-    _close(value, loss_t.item(), f"training loss of\n{src}")
-    _close(grads["x"], xt.grad.numpy(), f"input gradient of\n{src}")
+                                           dtype=dtype, backend=backend)
+    close(value, loss_t.item(), f"training loss of\n{src}")
+    close(grads["x"], xt.grad.numpy(), f"input gradient of\n{src}")
     for (i, role), t in tparams.items():
         name = f"v{i}.{arch.layers[i - 1].op}0.{role}"
         if role.startswith("running"):
-            _close(new[name], updates[(i, role)].numpy(), f"{name} after a step of\n{src}")
+            close(new[name], updates[(i, role)].numpy(), f"{name} after a step of\n{src}")
         else:
-            _close(grads[name], t.grad.numpy(), f"gradient of {name} in\n{src}")
+            close(grads[name], t.grad.numpy(), f"gradient of {name} in\n{src}")
 
 
 @FAST
 @given(archs())
 def test_random_architectures(torch_mod, arch):
     check(arch, torch_mod)
+
+
+@pytest.mark.slow
+@pytest.mark.emu
+@pytest.mark.skipif(not HAVE_CXX, reason="the cpu backend needs a C++ compiler")
+@CPU
+@given(archs(max_layers=4, illegal=False))
+def test_random_architectures_on_cpu(torch_mod, arch):
+    """The compiled cpu backend (float32) on its own draws: each compiles two programs."""
+    check(arch, torch_mod, backend="cpu")
 
 
 @pytest.mark.long

@@ -37,8 +37,12 @@ def cmd_train(args) -> int:
     out = _run_dir(net, args.out, args.resume)
     if args.tf32:
         api.use_tf32(True)
+    if args.threads is not None:
+        api.set_threads(args.threads)
+    backend, line = api.choose_backend(args.backend)
+    print(line)
     trainer = Trainer(net, cfg, out, resume=Path(args.resume) if args.resume else None,
-                      progress=None if not args.no_progress else False, backend=args.backend,
+                      progress=None if not args.no_progress else False, backend=backend,
                       overwrite=args.overwrite)
     d = trainer.data
     print(f"training {net.name} ({net.param_count():,} parameters) on {cfg.data.name}: "
@@ -75,11 +79,14 @@ def add_parser(sub, common, run_options) -> None:
     sp.add_argument("--overwrite", action="store_true",
                     help="start over in a run folder that holds a run")
     sp.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
-    sp.add_argument("--backend", default="numpy", choices=["numpy", "cpu", "cuda", "cuda-emu"],
-                    help="numpy (default): the reference interpreter; cpu: the fused kernels "
-                         "compiled for this machine (correct, not yet fast: see "
-                         "benchmarks/RESULTS.md); cuda: a GPU; cuda-emu: the CUDA kernels on "
-                         "the host (slow, for checking)")
+    sp.add_argument("--backend", default="auto",
+                    choices=["auto", "numpy", "cpu", "cuda", "cuda-emu"],
+                    help="auto (default): cuda with a GPU, else cpu with a C++ compiler, else "
+                         "numpy (the first line of the log says which, and why); numpy: the "
+                         "reference interpreter; cpu: the fused program compiled for this "
+                         "machine; cuda: a GPU; cuda-emu: the CUDA kernels on the host (slow, "
+                         "for checking)")
+    sp.add_argument("--threads", type=int, help="cores the cpu backend uses (default: all)")
     sp.add_argument("--tf32", action="store_true", help="with --backend cuda: let cuBLAS GEMMs "
                     "use TF32 tensor cores (faster, 10-bit mantissa); off by default")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")

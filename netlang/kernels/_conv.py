@@ -101,10 +101,71 @@ def _conv_grad_input_gemm(r: KernelBuilder, grp: Group) -> None:
     r.finish_map(grp, grp.name + "_col2im", {dcols: "const float*"}, body)
 
 
+# -- host routines (the C dialect): im2col + BLAS per image, backends/cpu/routines.h --------
+
+def _routine_ok(r: KernelBuilder, n: Node) -> bool:
+    return r.dialect.routines and n.attrs["groups"] == 1 and len(n.attrs["stride"]) in (1, 2)
+
+
+def _conv_struct(n: Node, inner: TensorType, outer: TensorType, k) -> str:
+    """`nl_conv{...}`: the input side (C, H, W), the output side (K, OH, OW) and the window;
+    a 1-D convolution is a 2-D one of height 1."""
+    at = n.attrs
+    s, d, p = list(at["stride"]), list(at["dilation"]), list(at["pad"])
+    k = list(k)
+    sp_in, sp_out = list(inner.shape[1:]), list(outer.shape[1:])
+    if len(k) == 1:
+        k, s, d, p = [1] + k, [1] + s, [1] + d, [0, 0] + p
+        sp_in, sp_out = [1] + sp_in, [1] + sp_out
+    vals = [inner.shape[0], *sp_in, outer.shape[0], *sp_out, *k, *s, p[0], p[2], *d]
+    return "nl_conv{" + ", ".join(str(v) for v in vals) + "}"
+
+
+def _bias_arg(r: KernelBuilder, n: Node) -> tuple[str, list[str]]:
+    if n.op in ("conv", "conv_transpose") and n.attrs["bias"]:
+        return f"${r.key(n.inputs[2])}", [r.key(n.inputs[2])]
+    return "nullptr", []
+
+
+def _routine(r: KernelBuilder, grp: Group) -> None:
+    """The five convolution ops as the three host routines (forward, transposed, weight
+    gradient), with the roles of their operands."""
+    n = grp.anchor
+    a, b = n.inputs[0], n.inputs[1]
+    bias, bkeys = _bias_arg(r, n)
+    keys = [r.key(a), r.key(b)] + bkeys
+    if n.op == "conv":                 # x, w -> y
+        p = _conv_struct(n, a.type, n.type, n.attrs["kernel"])
+        fn, extra = "nl_conv_forward", bias
+    elif n.op == "conv_grad_input":     # dy, w -> dx
+        p = _conv_struct(n, n.type, a.type, b.type.shape[2:])
+        fn, extra = "nl_conv_transposed", bias
+    elif n.op == "conv_transpose":      # x, w [Cin, Cout, k] -> y: dx of the conv y -> x
+        p = _conv_struct(n, n.type, a.type, n.attrs["kernel"])
+        fn, extra = "nl_conv_transposed", bias
+    elif n.op == "conv_grad_weight":    # dy, x -> dW
+        p = _conv_struct(n, b.type, a.type, n.attrs["kernel"])
+        fn, extra = "nl_conv_weight_grad", None
+    else:                               # conv_transpose_grad_weight: dy, x -> dW [Cin, Cout, k]
+        a, b = b, a
+        keys = [r.key(a), r.key(b)]
+        p = _conv_struct(n, b.type, a.type, n.attrs["kernel"])
+        fn, extra = "nl_conv_weight_grad", None
+
+    def call(dst: str, stride: int):
+        if extra is None:
+            return f"{fn}(${r.key(a)}, ${r.key(b)}, {dst}, N, {p});", keys
+        return f"{fn}(${r.key(a)}, ${r.key(b)}, {extra}, {dst}, N, {p}, {stride}LL);", keys
+
+    r.call_then(grp, call, n.type)
+
+
 @lowers("conv")
 def lower_conv(r: KernelBuilder, grp: Group) -> None:
     n = grp.anchor
     x, w = n.inputs[0], n.inputs[1]
+    if _routine_ok(r, n):
+        return _routine(r, grp)
     if _gemm_conv(r, n, x, w.type.shape):
         return _conv_gemm(r, grp)
     at = n.attrs
@@ -162,6 +223,8 @@ def _transposed_body(r: KernelBuilder, x: Node, w: Node, out_t: TensorType, at: 
 @lowers("conv_transpose")
 def lower_conv_transpose(r: KernelBuilder, grp: Group) -> None:
     n = grp.anchor
+    if _routine_ok(r, n):
+        return _routine(r, grp)
     inputs: dict[str, str] = {}
     body = _transposed_body(r, n.inputs[0], n.inputs[1], n.type, n.attrs, inputs)
     _bias_and_finish(r, grp, inputs, body)
@@ -173,6 +236,8 @@ def lower_conv_grad_input(r: KernelBuilder, grp: Group) -> None:
     # "input" channels of the transposed conv are the forward's output channels.
     n = grp.anchor
     dy, w = n.inputs
+    if _routine_ok(r, n):
+        return _routine(r, grp)
     if _gemm_conv(r, n, dy, w.type.shape):
         return _conv_grad_input_gemm(r, grp)
     inputs: dict[str, str] = {}
@@ -221,6 +286,8 @@ def _weight_grad(r: KernelBuilder, grp: Group, dy: Node, x: Node, transposed: bo
 @lowers("conv_grad_weight")
 def lower_conv_grad_weight(r: KernelBuilder, grp: Group) -> None:
     n = grp.anchor
+    if _routine_ok(r, n):
+        return _routine(r, grp)
     if _gemm_conv(r, n, n.inputs[0], n.type.shape) and not grp.epilogue:
         return _conv_grad_weight_gemm(r, grp)
     _weight_grad(r, grp, n.inputs[0], n.inputs[1], False)
@@ -228,19 +295,31 @@ def lower_conv_grad_weight(r: KernelBuilder, grp: Group) -> None:
 
 @lowers("conv_transpose_grad_weight")
 def lower_conv_transpose_grad_weight(r: KernelBuilder, grp: Group) -> None:
+    if _routine_ok(r, grp.anchor):
+        return _routine(r, grp)
     _weight_grad(r, grp, grp.anchor.inputs[0], grp.anchor.inputs[1], True)
 
 
 @lowers("bias_grad")
 def lower_bias_grad(r: KernelBuilder, grp: Group) -> None:
+    """Per channel, a sum over batch and positions. CUDA: threads stride over (n, position);
+    C: a loop over images of an inner loop over a contiguous plane (no division per
+    element, vectorised)."""
     n = grp.anchor
     dy = n.inputs[0]
     per = math.prod(dy.type.shape[1:])
-    term = [f"int nn = (int)(r / {per}); long long rr = r % {per};",
-            f"acc_v += {r.key(dy)}[(long long)nn * {dy.type.size} + (long long)o0 * "
-            f"{per} + rr];"]
+    if r.dialect.nested:
+        term = [f"const float* plane = {r.key(dy)} + (long long)r * {dy.type.size} + "
+                f"(long long)o0 * {per};",
+                f"for (long long q = 0; q < {per}; ++q) acc_v += plane[q];"]
+        extent = "(long long)N"
+    else:
+        term = [f"int nn = (int)(r / {per}); long long rr = r % {per};",
+                f"acc_v += {r.key(dy)}[(long long)nn * {dy.type.size} + (long long)o0 * "
+                f"{per} + rr];"]
+        extent = f"(long long)N * {per}"
     r.emit_reduce(grp.name, grp.nodes, r.key(n), n.type,
-                     {r.key(dy): "const float*"}, f"(long long)N * {per}", [], term)
+                  {r.key(dy): "const float*"}, extent, [], term)
 
 
 def _gemm_then(r: KernelBuilder, grp: Group, gemm: Gemm, tmp_t: TensorType,

@@ -98,21 +98,31 @@ class Gemm:
 
 
 @dataclass
+class Call:
+    """A call of a host routine (backends/cpu/routines.h; the C dialect only): `code` is
+    one C statement in which `$key` stands for a buffer and `N` for the batch."""
+    code: str
+    keys: tuple[str, ...]
+    nodes: tuple[int, ...]
+
+
+@dataclass
 class KernelInfo:
     name: str
     nodes: tuple[str, ...]
     lines: tuple[str, ...]
-    form: str                 # map | reduce | gemm | gemm-kernel
+    form: str                 # map | reduce | gemm | gemm-kernel | call
 
 
 @dataclass
 class CudaProgram:
     source: str
-    steps: list[Launch | Gemm]
+    steps: list[Launch | Gemm | Call]
     scratch: dict[str, tuple[int, bool]]     # key -> (elements, batched)
     updates: dict[str, str]                  # update key -> param name (batchnorm stats)
     kernels: list[KernelInfo]
     outputs: dict[str, str] = field(default_factory=dict)
+    buffer_keys: list[str] = field(default_factory=list)   # C: nl_step's buffer table
 
 
 def _f(x: float) -> str:
@@ -249,6 +259,11 @@ class Dialect:
     reduce_open: tuple[str, ...]
     reduce_loop: str
     reduce_close: tuple[str, ...]
+    # C: output elements as nested loops (batch, channel, ...; the outer two split over the
+    # cores), so no index is divided per element and inner loops can vectorise.
+    nested: bool = False
+    # C: convolutions as calls of the host routines (im2col + BLAS), not generated loops.
+    routines: bool = False
 
 
 CUDA = Dialect(
@@ -273,25 +288,39 @@ CUDA = Dialect(
 
 C = Dialect(
     "c", 'extern "C" void {name}({params}) {{',
-    ("    #pragma omp parallel for", "    for (long long i = 0; i < {total}; ++i) {{"),
-    ("    }}",),
-    ("    #pragma omp parallel for", "    for (long long i = 0; i < {total}; ++i) {{",
-     "    {acc} sh[1];"),
+    (), (),
+    ("    {acc} sh[1];",),
     "    for (long long r = 0; r < R; ++r) {{",
     ("    }}",
      "    sh[0] = acc_v;",
-     "    {{ float v = (float)sh[0]; out[i] = {final}; }}",
-     "    }}"))
+     "    {{ float v = (float)sh[0]; out[i] = {final}; }}"),
+    nested=True, routines=True)
 
 
 def _head(dialect: Dialect, opening: tuple[str, ...], name: str, nodes, params: list[str],
-          out_t: TensorType, rest: str, acc: str = "float") -> list[str]:
-    """A kernel's signature, element loop or index, and output coordinates n, o0, o1.."""
+          out_t: TensorType, rest: str, acc: str = "float") -> tuple[list[str], list[str]]:
+    """A kernel's signature, element loop or index, and output coordinates n, o0, o1..;
+    and the lines that close the element loops."""
     total = f"(long long)N * {out_t.size}" if out_t.batched else f"{out_t.size}LL"
     src = [f"// {', '.join(n.name for n in nodes)}"]
     if source_lines(nodes):
         src.append(f"// implements {', '.join(source_lines(nodes))}")
     src.append(dialect.signature.format(name=name, params=", ".join(params)))
+    if dialect.nested:
+        loops = ([("n", "N")] if out_t.batched else []) + \
+            [(f"o{k}", str(d)) for k, d in enumerate(out_t.shape)]
+        outer = min(len(loops), 2)
+        if outer:
+            src.append(f"    #pragma omp parallel for collapse({outer}) schedule(static)")
+        for var, stop in loops:
+            src.append(f"    for (int {var} = 0; {var} < {stop}; ++{var}) {{")
+        if not out_t.batched:
+            src.append("    const int n = 0;")
+        index = f"(long long)n * {out_t.size}" if out_t.batched else "0LL"
+        index += _offsets_of("o", out_t.shape).replace(" + o", " + (long long)o")
+        src.append(f"    long long i = {index};")
+        src += [line.format(total=total, acc=acc) for line in opening]
+        return src, ["    }"] * len(loops)
     src += [line.format(total=total, acc=acc) for line in opening]
     if out_t.batched:
         src.append(f"    int n = (int)(i / {out_t.size}); long long {rest} = i % {out_t.size};")
@@ -299,7 +328,7 @@ def _head(dialect: Dialect, opening: tuple[str, ...], name: str, nodes, params: 
         src.append(f"    int n = 0; long long {rest} = i;")
     if out_t.shape:
         src += ["    " + x for x in _decompose(out_t.shape, rest, "o")]
-    return src
+    return src, []
 
 
 # -- the builder -----------------------------------------------------------------------------
@@ -373,9 +402,9 @@ class KernelBuilder:
         params.append("int N")
         args.append(Arg("int", "N"))
         d = self.dialect
-        src = _head(d, d.map_open, name, nodes, params, out_t, "r")
+        src, close = _head(d, d.map_open, name, nodes, params, out_t, "r")
         src += ["    " + x for x in body]
-        src += ["    " + x for x in stores] + [x.format() for x in d.map_close] + ["}"]
+        src += ["    " + x for x in stores] + [x.format() for x in d.map_close] + close + ["}"]
         self.kernels.append("\n".join(src))
         self.steps.append(Launch(name, args, out_t.size, out_t.batched, False,
                                  tuple(n.id for n in nodes)))
@@ -395,17 +424,44 @@ class KernelBuilder:
         params += ["float* __restrict__ out", "int N"]
         args += [Arg("float*", out_key), Arg("int", "N")]
         d = self.dialect
-        src = _head(d, d.reduce_open, name, nodes, params, out_t, "q", acc)
+        src, close = _head(d, d.reduce_open, name, nodes, params, out_t, "q", acc)
         src += ["    " + x for x in setup]
         src += [f"    {acc} acc_v = 0;",
                 f"    long long R = {red_shape_expr};",
                 d.reduce_loop.format()]
         src += ["        " + x for x in term]
-        src += [x.format(final=final) for x in d.reduce_close] + ["}"]
+        src += [x.format(final=final) for x in d.reduce_close] + close + ["}"]
         self.kernels.append("\n".join(src))
         self.steps.append(Launch(name, args, out_t.size, out_t.batched, True,
                                  tuple(n.id for n in nodes)))
         self._info(name, nodes, "reduce")
+
+    def add_call(self, label: str, nodes: list[Node], code: str, keys) -> None:
+        """A host routine call (C dialect): `code` names buffers as `$key`."""
+        self.steps.append(Call(code, tuple(keys), tuple(n.id for n in nodes)))
+        self._info(f"call:{label}", nodes, "call")
+
+    def call_then(self, grp: Group, call, out_t: TensorType) -> None:
+        """A routine writing the group's anchor: `call(dst, image_stride)` gives the C
+        statement and its buffer keys. Straight into the output (or its concat slot) when
+        nothing is fused after it, else into scratch that a map kernel reads for the
+        epilogue."""
+        n = grp.anchor
+        slot = self.cat_slot.get(self.key(grp.output))
+        if not grp.epilogue and (slot is None or not slot[4]):
+            if slot is None:
+                dst, stride, key = f"${self.key(n)}", out_t.size, self.key(n)
+            else:
+                key, offset, cat_size, _, _ = slot
+                dst, stride = f"${key} + {offset}", cat_size
+            code, keys = call(dst, stride)
+            self.add_call(n.name, grp.nodes, code, list(keys) + [key])
+            return
+        tmp = self.new_scratch(out_t.size, out_t.batched)
+        code, keys = call(f"${tmp}", out_t.size)
+        self.add_call(n.name, [n], code, list(keys) + [tmp])
+        self.finish_map(grp, grp.name + "_epilogue", {tmp: "const float*"},
+                        [f"float v = {_at(out_t, tmp, self.coords(out_t))};"])
 
     def add_gemm(self, gemm: Gemm) -> None:
         """A GEMM: cuBLAS through cupy.matmul, or, in a capturable program (CUDA graphs;

@@ -28,6 +28,15 @@ def lower_maxpool(r: KernelBuilder, grp: Group) -> None:
     r.finish_map(grp, grp.name, {r.key(x): "const float*"}, body)
 
 
+def _covering(j: int, pad: int, reach: int, s: int, out: int, head) -> Loop:
+    """The windows w_j whose taps w * s - pad + [0, reach] cover input pixel o_{j+1}:
+    ceil((o + pad - reach) / s) <= w <= (o + pad) / s, within [0, out)."""
+    a = f"o{j + 1} + {pad} - {reach}"
+    before = (f"int wa{j} = {a} <= 0 ? 0 : ({a} + {s - 1}) / {s};",
+              f"int wb{j} = (o{j + 1} + {pad}) / {s} + 1; if (wb{j} > {out}) wb{j} = {out};")
+    return Loop(f"w{j}", f"wb{j}", tuple(head), f"wa{j}", before)
+
+
 @lowers("maxpool_grad")
 def lower_maxpool_grad(r: KernelBuilder, grp: Group) -> None:
     """dx at an input pixel: the dy of every window whose first maximum is this pixel."""
@@ -39,11 +48,22 @@ def lower_maxpool_grad(r: KernelBuilder, grp: Group) -> None:
     k, s = at["kernel"], at["stride"]
     d = at.get("dilation", (1,) * nd)
     p = at["pad"]
+    if r.dialect.routines and nd in (1, 2):   # scatter each window's dy to its maximum
+        def pad2(v, fill):
+            return [fill] * (2 - nd) + list(v)
+        vals = [x.type.shape[0], *pad2(sp_in, 1), *pad2(sp_out, 1), *pad2(k, 1), *pad2(s, 1),
+                *pad2(p[0::2], 0), *pad2(d, 1)]
+        struct = "nl_pool{" + ", ".join(str(v) for v in vals) + "}"
+
+        def call(dst: str, stride: int):
+            return (f"nl_maxpool_grad(${r.key(dy)}, ${r.key(x)}, {dst}, N, {struct}, "
+                    f"{stride}LL);", [r.key(dy), r.key(x)])
+        return r.call_then(grp, call, n.type)
     # Output windows that may contain this pixel; in each, find the window's first maximum
     # (row-major over the kernel, as NumPy and PyTorch do).
-    windows = [Loop(f"w{j}", sp_out[j], (
+    windows = [_covering(j, p[2 * j], (k[j] - 1) * d[j], s[j], sp_out[j], (
         f"int kk{j} = o{j + 1} + {p[2 * j]} - w{j} * {s[j]};",
-        f"if (kk{j} < 0 || kk{j} % {d[j]} != 0 || kk{j} / {d[j]} >= {k[j]}) continue;"))
+        f"if (kk{j} % {d[j]} != 0) continue;"))
         for j in range(nd)]
     taps = window_taps(k, s, d, p, sp_in, out="w", tap="q", first=0)
     first_max = [f"float t = {r._xat(x, 'o0', [f'i{j}' for j in range(nd)])};",
@@ -97,8 +117,8 @@ def lower_avgpool_grad(r: KernelBuilder, grp: Group) -> None:
     nd = len(sp_in)
     k, s = at["kernel"], at["stride"]
     p = at["pad"]
-    windows = [Loop(f"w{j}", sp_out[j], (f"int kk{j} = o{j + 1} + {p[2 * j]} - w{j} * {s[j]};",
-                                         f"if (kk{j} < 0 || kk{j} >= {k[j]}) continue;"))
+    windows = [_covering(j, p[2 * j], k[j] - 1, s[j], sp_out[j],
+                         (f"int kk{j} = o{j + 1} + {p[2 * j]} - w{j} * {s[j]};",))
                for j in range(nd)]
     dyi = f"(long long)n * {dy.type.size} + (long long)o0 * {math.prod(sp_out)}"
     dyi += _offsets_of("w", sp_out)

@@ -137,7 +137,7 @@ def test_capturable_program_has_no_cublas_and_matches_numpy(backend, monkeypatch
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("file,network,params,batch", SMALL[1:],
                          ids=[c[1] or c[0][:-4] for c in SMALL[1:]])
 def test_every_example_matches_numpy(backend, file, network, params, batch):

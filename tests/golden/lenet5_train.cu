@@ -355,12 +355,14 @@ extern "C" __global__ void k17_avgpool_grad(const float* __restrict__ v38, float
     int o1 = (int)(r / 10); r %= 10;
     int o2 = (int)(r);
     float acc = 0.0f;
-    for (int w0 = 0; w0 < 5; ++w0) {
+    int wa0 = o1 + 0 - 1 <= 0 ? 0 : (o1 + 0 - 1 + 1) / 2;
+    int wb0 = (o1 + 0) / 2 + 1; if (wb0 > 5) wb0 = 5;
+    for (int w0 = wa0; w0 < wb0; ++w0) {
         int kk0 = o1 + 0 - w0 * 2;
-        if (kk0 < 0 || kk0 >= 2) continue;
-        for (int w1 = 0; w1 < 5; ++w1) {
+        int wa1 = o2 + 0 - 1 <= 0 ? 0 : (o2 + 0 - 1 + 1) / 2;
+        int wb1 = (o2 + 0) / 2 + 1; if (wb1 > 5) wb1 = 5;
+        for (int w1 = wa1; w1 < wb1; ++w1) {
             int kk1 = o2 + 0 - w1 * 2;
-            if (kk1 < 0 || kk1 >= 2) continue;
             int cnt = 1;
             { int a = w0 * 2 - 0; int b = a + 2; if (b > 10 + 0) b = 10 + 0; cnt *= (b - a); }
             { int a = w1 * 2 - 0; int b = a + 2; if (b > 10 + 0) b = 10 + 0; cnt *= (b - a); }
@@ -488,12 +490,14 @@ extern "C" __global__ void k22_avgpool_grad(const float* __restrict__ v41, float
     int o1 = (int)(r / 28); r %= 28;
     int o2 = (int)(r);
     float acc = 0.0f;
-    for (int w0 = 0; w0 < 14; ++w0) {
+    int wa0 = o1 + 0 - 1 <= 0 ? 0 : (o1 + 0 - 1 + 1) / 2;
+    int wb0 = (o1 + 0) / 2 + 1; if (wb0 > 14) wb0 = 14;
+    for (int w0 = wa0; w0 < wb0; ++w0) {
         int kk0 = o1 + 0 - w0 * 2;
-        if (kk0 < 0 || kk0 >= 2) continue;
-        for (int w1 = 0; w1 < 14; ++w1) {
+        int wa1 = o2 + 0 - 1 <= 0 ? 0 : (o2 + 0 - 1 + 1) / 2;
+        int wb1 = (o2 + 0) / 2 + 1; if (wb1 > 14) wb1 = 14;
+        for (int w1 = wa1; w1 < wb1; ++w1) {
             int kk1 = o2 + 0 - w1 * 2;
-            if (kk1 < 0 || kk1 >= 2) continue;
             int cnt = 1;
             { int a = w0 * 2 - 0; int b = a + 2; if (b > 28 + 0) b = 28 + 0; cnt *= (b - a); }
             { int a = w1 * 2 - 0; int b = a + 2; if (b > 28 + 0) b = 28 + 0; cnt *= (b - a); }

@@ -101,7 +101,8 @@ class Device:
         del cp
 
     def to_host(self, a) -> np.ndarray:
-        return np.asarray(a) if self.xp is np else self.xp.asnumpy(a)
+        """A host copy (host backends' buffers are the arena, which the next step reuses)."""
+        return np.array(a) if self.xp is np else self.xp.asnumpy(a)
 
 
 def _cupy():
@@ -163,6 +164,7 @@ class Runner:
                         help="use --backend numpy for this network") from None
         self.device = Device(self.backend, self.cprog.source)
         self._arena: dict[int, object] = {}
+        self._scratch: dict[int, dict[str, object]] = {}
 
     def buffers(self, feeds: dict[int, np.ndarray], batch: int) -> dict[str, object]:
         xp = self.device.xp
@@ -181,12 +183,18 @@ class Runner:
                 size = n.type.size * (batch if n.type.batched else 1)
                 off = plan.offsets[n.id] // 4
                 bufs[f"v{n.id}"] = arena[off:off + size]
-        for key, (size, batched) in self.cprog.scratch.items():
-            bufs[key] = xp.zeros(max(size * (batch if batched else 1), 1), dtype=np.float32)
+        if batch not in self._scratch:   # kept between steps: every kernel writes before reading
+            self._scratch[batch] = {
+                key: xp.zeros(max(size * (batch if batched else 1), 1), dtype=np.float32)
+                for key, (size, batched) in self.cprog.scratch.items()}
+        bufs.update(self._scratch[batch])
         return bufs
 
     def run_steps(self, bufs: dict, batch: int, seed: int) -> None:
         xp = self.device.xp
+        if self.backend == "cpu":   # the whole plan is one native call
+            self.device.module.step(self.cprog.buffer_keys, bufs, batch, seed)
+            return
         for st in self.cprog.steps:
             if isinstance(st, R.Gemm):
                 a = bufs[st.a].reshape(_view(st.a_view, batch))
