@@ -542,10 +542,18 @@ extern "C" __global__ void {name}(const float* __restrict__ A, const float* __re
                  coords: list[str]) -> list[str]:
         lines = []
         out_shape = grp.output.type.shape
+        # Values computed inside this kernel that a later op reads again as another operand
+        # (`add(a, a)` fused after a): kept in registers, since they have no buffer.
+        inside = {grp.anchor.id} if nodes and nodes[0] is not grp.anchor else set()
+        reread = {x.id for e in nodes for x in e.inputs[1:]}
+        if grp.anchor.id in inside and grp.anchor.id in reread:
+            lines.append(f"float r{grp.anchor.id} = v;")
         for e in nodes:
             loads = {}
             for k, x in enumerate(e.inputs[1:], start=1):
-                if x.op == "param" or (x.type.rank == 1 and len(out_shape) > 1
+                if x.id in inside:
+                    loads[k] = f"r{x.id}"
+                elif x.op == "param" or (x.type.rank == 1 and len(out_shape) > 1
                                        and x.type.shape[0] == out_shape[0] and not x.type.batched):
                     inputs[self.key(x)] = "const float*"
                     loads[k] = f"{self.key(x)}[o0]" if len(out_shape) else f"{self.key(x)}[0]"
@@ -553,6 +561,9 @@ extern "C" __global__ void {name}(const float* __restrict__ A, const float* __re
                     inputs[self.key(x)] = "const float*"
                     loads[k] = _at(x.type, self.key(x), coords, out_shape=out_shape)
             lines.append(f"v = {_expr(e, 'v', loads)};  // {e.op}")
+            inside.add(e.id)
+            if e.id in reread:
+                lines.append(f"float r{e.id} = v;")
         return lines
 
     def coords(self, t: TensorType) -> list[str]:
