@@ -126,9 +126,11 @@ static inline void nl_span(int off, int S, int W, int OW, int* lo, int* hi) {
     *hi = b;
 }
 
-// Columns of output rows [oh0, oh1): col[(c, kh, kw)][(oh - oh0) * OW + ow].
-static void nl_im2col(const float* x, float* col, const nl_conv& p, int oh0, int oh1) {
-    const long long P = (long long)(oh1 - oh0) * p.OW;
+// Columns of output rows [oh0, oh1): col[(c, kh, kw)][(oh - oh0) * OW + ow]; rows of col
+// are `ld` apart (default: the band's width).
+static void nl_im2col(const float* x, float* col, const nl_conv& p, int oh0, int oh1,
+                      long long ld = -1) {
+    const long long P = ld >= 0 ? ld : (long long)(oh1 - oh0) * p.OW;
     for (int c = 0; c < p.C; ++c)
         for (int kh = 0; kh < p.KH; ++kh)
             for (int kw = 0; kw < p.KW; ++kw) {
@@ -158,8 +160,9 @@ static void nl_im2col(const float* x, float* col, const nl_conv& p, int oh0, int
 
 // x receives the sum over the windows of output rows [oh0, oh1) of the columns (im2col's
 // transpose; x is zeroed by the caller).
-static void nl_col2im(const float* col, float* x, const nl_conv& p, int oh0, int oh1) {
-    const long long P = (long long)(oh1 - oh0) * p.OW;
+static void nl_col2im(const float* col, float* x, const nl_conv& p, int oh0, int oh1,
+                      long long ld = -1) {
+    const long long P = ld >= 0 ? ld : (long long)(oh1 - oh0) * p.OW;
     for (int c = 0; c < p.C; ++c)
         for (int kh = 0; kh < p.KH; ++kh)
             for (int kw = 0; kw < p.KW; ++kw) {
@@ -205,12 +208,71 @@ static float* nl_shared_buffer(long long size) {
     return buf.data();
 }
 
+
+// Small images (deep layers: few positions, many channels) make per-image GEMMs too thin
+// to be efficient: below NL_BATCH_POSITIONS positions a routine lays the whole batch side
+// by side, columns [R, N * P], and runs one GEMM split over the cores by rows.
+#define NL_BATCH_POSITIONS 256
+static inline bool nl_batched(const nl_conv& p, int N) {
+    return (long long)p.OH * p.OW < NL_BATCH_POSITIONS && N > 1;
+}
+
+// C[M, Nc] = op(A) @ B + beta C, the rows of C split over the cores.
+static void nl_gemm_rows(bool ta, int M, int Nc, int K, const float* A, int lda,
+                         const float* B, int ldb, float* C, int ldc) {
+    #pragma omp parallel
+    {
+        const int T = nl_team_size(), t = nl_thread_id();
+        const int rows = (M + T - 1) / T, r0 = t * rows, r1 = r0 + rows < M ? r0 + rows : M;
+        if (r0 < r1)
+            nl_gemm_rm(ta, false, r1 - r0, Nc, K, ta ? A + r0 : A + (long long)r0 * lda, lda,
+                       B, ldb, 0.0f, C + (long long)r0 * ldc, ldc);
+    }
+}
+
+// [N, K, P] (image stride s) <-> [K, N * P]
+static void nl_to_channel_major(const float* y, long long s, float* out, int N, int K,
+                                long long P) {
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int n = 0; n < N; ++n)
+        for (int k = 0; k < K; ++k)
+            memcpy(out + ((long long)k * N + n) * P, y + n * s + k * P, sizeof(float) * P);
+}
+
+static void nl_from_channel_major(const float* in, float* y, long long s, int N, int K,
+                                  long long P, const float* bias) {
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int n = 0; n < N; ++n)
+        for (int k = 0; k < K; ++k) {
+            const float* src = in + ((long long)k * N + n) * P;
+            float* dst = y + n * s + k * P;
+            const float b = bias ? bias[k] : 0.0f;
+            for (long long q = 0; q < P; ++q) dst[q] = src[q] + b;
+        }
+}
+
+static float* nl_batch_columns(const float* x, const nl_conv& p, int N, float* cols) {
+    const long long P = (long long)p.OH * p.OW, xs = (long long)p.C * p.H * p.W;
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; ++n) nl_im2col(x + n * xs, cols + n * P, p, 0, p.OH, N * P);
+    return cols;
+}
+
 // y[n] = W @ cols(x[n]) (+ bias); image n of y starts at y + n * ys (ys > the image size
 // when y is a slot of a concat). Work items are (image, band of output rows).
 static void nl_conv_forward(const float* x, const float* w, const float* bias, float* y,
                             int N, nl_conv p, long long ys) {
     const long long P = (long long)p.OH * p.OW, R = nl_rows(p), xs = (long long)p.C * p.H * p.W;
     const bool direct = nl_direct(p);
+    if (nl_batched(p, N)) {
+        float* cols = nl_shared_buffer(R * N * P + (long long)p.K * N * P);
+        float* out = cols + R * N * P;
+        nl_batch_columns(x, p, N, cols);
+        nl_gemm_rows(false, p.K, (int)(N * P), (int)R, w, (int)R, cols, (int)(N * P), out,
+                     (int)(N * P));
+        nl_from_channel_major(out, y, ys, N, p.K, P, bias);
+        return;
+    }
     const int rows = direct ? p.OH : nl_band_rows(p), bands = (p.OH + rows - 1) / rows;
     #pragma omp parallel for schedule(static)
     for (long long item = 0; item < (long long)N * bands; ++item) {
@@ -243,6 +305,23 @@ static void nl_conv_transposed(const float* dy, const float* w, const float* bia
     const long long P = (long long)p.OH * p.OW, R = nl_rows(p), HW = (long long)p.H * p.W;
     const long long dys = (long long)p.K * P;
     const bool direct = nl_direct(p);
+    if (nl_batched(p, N)) {
+        float* dyc = nl_shared_buffer((long long)p.K * N * P + R * N * P);
+        float* cols = dyc + (long long)p.K * N * P;
+        nl_to_channel_major(dy, dys, dyc, N, p.K, P);
+        nl_gemm_rows(true, (int)R, (int)(N * P), p.K, w, (int)R, dyc, (int)(N * P), cols,
+                     (int)(N * P));
+        #pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; ++n) {
+            float* dxn = dx + n * dxs;
+            for (int c = 0; c < p.C; ++c) memset(dxn + c * HW, 0, sizeof(float) * HW);
+            nl_col2im(cols + n * P, dxn, p, 0, p.OH, N * P);
+            if (bias)
+                for (int c = 0; c < p.C; ++c)
+                    for (long long q = 0; q < HW; ++q) dxn[c * HW + q] += bias[c];
+        }
+        return;
+    }
     const int rows = nl_band_rows(p);
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; ++n) {
@@ -276,6 +355,22 @@ static void nl_conv_weight_grad(const float* dy, const float* x, float* dw, int 
     const long long P = (long long)p.OH * p.OW, R = nl_rows(p), xs = (long long)p.C * p.H * p.W;
     const long long size = (long long)p.K * R;
     const bool direct = nl_direct(p);
+    if (nl_batched(p, N)) {   // dW = dy [K, N * P] @ cols^T [N * P, R], rows of dW split
+        float* dyc = nl_shared_buffer((long long)p.K * N * P + R * N * P);
+        float* cols = dyc + (long long)p.K * N * P;
+        nl_to_channel_major(dy, (long long)p.K * P, dyc, N, p.K, P);
+        nl_batch_columns(x, p, N, cols);
+        #pragma omp parallel
+        {
+            const int T = nl_team_size(), t = nl_thread_id();
+            const int rows = (p.K + T - 1) / T, r0 = t * rows;
+            const int r1 = r0 + rows < p.K ? r0 + rows : p.K;
+            if (r0 < r1)
+                nl_gemm_rm(false, true, r1 - r0, (int)R, (int)(N * P), dyc + r0 * N * P,
+                           (int)(N * P), cols, (int)(N * P), 0.0f, dw + r0 * R, (int)R);
+        }
+        return;
+    }
     const int rows = direct ? p.OH : nl_band_rows(p), bands = (p.OH + rows - 1) / rows;
     const long long items = (long long)N * bands;
     int T = nl_get_threads();
