@@ -39,6 +39,7 @@ def test_a_step_is_one_native_call(monkeypatch):
         if isinstance(st, Launch):
             assert f"{st.kernel}(" in body
     assert body.count("NL_TIC") == len(steps)
+    assert body.count("(implements unet.net:") >= len(steps) // 2   # comments name the lines
     # Convolutions and their gradients are routine calls; no im2col kernel is generated.
     calls = [s.code for s in steps if isinstance(s, Call)]
     for fn in ("nl_conv_forward", "nl_conv_transposed", "nl_conv_weight_grad",

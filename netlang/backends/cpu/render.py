@@ -10,7 +10,9 @@ import re
 from importlib import resources
 
 from netlang.ir.graph import Graph
-from netlang.kernels.builder import C, Call, CudaProgram, Gemm, KernelBuilder, Launch
+from netlang.kernels.builder import (
+    C, Call, CudaProgram, Gemm, KernelBuilder, Launch, source_lines,
+)
 
 _KEY = re.compile(r"\$(\w+)")
 
@@ -36,10 +38,24 @@ def render(g: Graph, gemm_conv_macs: int | None = None, capturable: bool = False
         raise AssertionError("the cpu backend has no CUDA graphs")
     prog = KernelBuilder(g, g.fusion, gemm_conv_macs, dialect=C).build(prelude())
     prog.outputs = {k: f"v{n.id}" for k, n in g.outputs.items()}
-    text, keys = step_function(prog.steps)
+    by_id = {n.id: n for n in g.nodes}
+
+    def describe(st) -> str:
+        nodes = [by_id[i] for i in st.nodes if i in by_id]
+        lines = source_lines(nodes)
+        return ", ".join(n.name for n in nodes[:3]) + (" ..." if len(nodes) > 3 else "") + \
+            (f" (implements {', '.join(lines)})" if lines else "")
+
+    text, keys = step_function(prog.steps, describe)
     prog.source += "\n" + text
     prog.buffer_keys = keys
     return prog
+
+
+def _braced(statement: str) -> str:
+    """`{ NL_TIC; call; NL_TOC(k); }` under its comment line (if any)."""
+    *comment, code = statement.split("\n")
+    return "\n".join(comment + [f"    {{{code.strip()}}}"])
 
 
 def _dims(view) -> tuple:
@@ -48,9 +64,10 @@ def _dims(view) -> tuple:
     return tuple("N" if d == -1 else str(d) for d in v)
 
 
-def step_function(steps) -> tuple[str, list[str]]:
+def step_function(steps, describe=None) -> tuple[str, list[str]]:
     """`extern "C" void nl_step(void** B, int N, int seed)`: every step in order, buffer
-    `key` being B[keys.index(key)]."""
+    `key` being B[keys.index(key)]; `describe(step)` gives each statement's comment (the
+    layers and `.net` lines it implements)."""
     keys: list[str] = []
 
     def buf(key: str, ctype: str = "float*") -> str:
@@ -87,6 +104,8 @@ def step_function(steps) -> tuple[str, list[str]]:
         else:
             raise AssertionError(f"unknown step {st!r}")
     timed = [f"    NL_TIC; {line.strip()} NL_TOC({i});" for i, line in enumerate(body)]
+    if describe is not None:
+        timed = [f"    // {describe(st)}\n{t}" for st, t in zip(steps, timed)]
     src = ['// one training (or inference) step: every kernel and routine in order',
            "// (built with -DNL_PROFILE, each statement's seconds add up in nl_seconds[])",
            "#ifdef NL_PROFILE",
@@ -99,5 +118,5 @@ def step_function(steps) -> tuple[str, list[str]]:
            "#define NL_TOC(k)",
            "#endif",
            'extern "C" void nl_step(void** B, int N, int seed) {',
-           "    (void)seed;", *[f"    {{{t.strip()}}}" for t in timed], "}"]
+           "    (void)seed;", *[_braced(t) for t in timed], "}"]
     return "\n".join(src) + "\n", keys

@@ -211,10 +211,13 @@ static float* nl_shared_buffer(long long size) {
 
 // Small images (deep layers: few positions, many channels) make per-image GEMMs too thin
 // to be efficient: below NL_BATCH_POSITIONS positions a routine lays the whole batch side
-// by side, columns [R, N * P], and runs one GEMM split over the cores by rows.
+// by side, columns [R, N * P], and runs one GEMM split over the cores by rows (of
+// which there must be enough: 64 channels or more).
 #define NL_BATCH_POSITIONS 256
 static inline bool nl_batched(const nl_conv& p, int N) {
-    return (long long)p.OH * p.OW < NL_BATCH_POSITIONS && N > 1;
+    // (with few channels a per-image GEMM is cheap and the row split would be too thin)
+    return (long long)p.OH * p.OW < NL_BATCH_POSITIONS && N > 1 && p.K >= 64 &&
+           nl_rows(p) >= 256;
 }
 
 // C[M, Nc] = op(A) @ B + beta C, the rows of C split over the cores.

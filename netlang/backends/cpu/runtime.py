@@ -135,6 +135,13 @@ def set_threads(n: int | None) -> None:
 
 
 def _default_threads() -> int:
+    """OMP_NUM_THREADS when it is set, else the cores this process may run on."""
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0])
+        if n >= 1:
+            return n
+    except ValueError:
+        pass
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
         (os.cpu_count() or 1)
 
