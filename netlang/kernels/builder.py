@@ -12,6 +12,8 @@ so one compiled module serves every batch size. Three kernel shapes:
           shared-memory tree sums (this is where `__syncthreads` appears).
   gemm    dense layers and their gradients go to cuBLAS through `cupy.matmul` (NumPy in
           the host emulation); a fused epilogue then runs as a map kernel.
+  call    (the C dialect only) a host routine of backends/cpu/routines.h: convolutions as
+          im2col + BLAS, the max-pool gradient as a scatter; an epilogue as a map kernel.
 
 Example (conv 3x3 + bias + relu, one group):
 

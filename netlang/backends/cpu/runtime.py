@@ -111,9 +111,10 @@ class _ScipyBlasThreads:
                         self.controllers.append(c)
         except Exception:   # threadpoolctl cannot read this BLAS: leave it alone
             self.controllers = []
-        self.saved = [c.num_threads for c in self.controllers]
+        self.saved: list[int] = []
 
     def limit(self) -> None:
+        self.saved = [c.num_threads for c in self.controllers]
         for c in self.controllers:
             c.set_num_threads(1)
 
