@@ -459,7 +459,11 @@ class KernelBuilder:
             code, keys = call(dst, stride)
             self.add_call(n.name, grp.nodes, code, list(keys) + [key])
             return
-        tmp = self.new_scratch(out_t.size, out_t.batched)
+        # The routine's result is read once, by the epilogue kernel right after it: all
+        # such results share one scratch buffer (per batched-ness), as large as the largest.
+        tmp = "se" if out_t.batched else "su"
+        size, _ = self.scratch.get(tmp, (0, out_t.batched))
+        self.scratch[tmp] = (max(size, out_t.size), out_t.batched)
         code, keys = call(f"${tmp}", out_t.size)
         self.add_call(n.name, [n], code, list(keys) + [tmp])
         self.finish_map(grp, grp.name + "_epilogue", {tmp: "const float*"},
