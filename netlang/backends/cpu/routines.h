@@ -209,6 +209,27 @@ static float* nl_shared_buffer(long long size) {
 }
 
 
+// Work item `item` of (image, band of `rows` output rows): its image n, first row oh0,
+// width in columns, and the columns themselves with their row stride ld (a direct
+// convolution's input read in place, else im2col into this thread's buffer).
+static const float* nl_band_columns(const float* x, const nl_conv& p, bool direct,
+                                    long long item, int bands, int rows, int* n, int* oh0,
+                                    int* cols, int* ld) {
+    *n = (int)(item / bands);
+    *oh0 = (int)(item % bands) * rows;
+    const int oh1 = *oh0 + rows < p.OH ? *oh0 + rows : p.OH;
+    *cols = (oh1 - *oh0) * p.OW;
+    const float* img = x + (long long)*n * p.C * p.H * p.W;
+    if (direct) {
+        *ld = p.OH * p.OW;
+        return img + (long long)*oh0 * p.OW;
+    }
+    float* col = nl_thread_buffer(nl_rows(p) * *cols);
+    nl_im2col(img, col, p, *oh0, oh1);
+    *ld = *cols;
+    return col;
+}
+
 // Small images (deep layers: few positions, many channels) make per-image GEMMs too thin
 // to be efficient: below NL_BATCH_POSITIONS positions a routine lays the whole batch side
 // by side, columns [R, N * P], and runs one GEMM split over the cores by rows (of
@@ -265,7 +286,7 @@ static float* nl_batch_columns(const float* x, const nl_conv& p, int N, float* c
 // when y is a slot of a concat). Work items are (image, band of output rows).
 static void nl_conv_forward(const float* x, const float* w, const float* bias, float* y,
                             int N, nl_conv p, long long ys) {
-    const long long P = (long long)p.OH * p.OW, R = nl_rows(p), xs = (long long)p.C * p.H * p.W;
+    const long long P = (long long)p.OH * p.OW, R = nl_rows(p);
     const bool direct = nl_direct(p);
     if (nl_batched(p, N)) {
         float* cols = nl_shared_buffer(R * N * P + (long long)p.K * N * P);
@@ -279,18 +300,11 @@ static void nl_conv_forward(const float* x, const float* w, const float* bias, f
     const int rows = direct ? p.OH : nl_band_rows(p), bands = (p.OH + rows - 1) / rows;
     #pragma omp parallel for schedule(static)
     for (long long item = 0; item < (long long)N * bands; ++item) {
-        const int n = (int)(item / bands), oh0 = (int)(item % bands) * rows;
-        const int oh1 = oh0 + rows < p.OH ? oh0 + rows : p.OH;
-        const int cols = (oh1 - oh0) * p.OW;
-        const float* src = x + n * xs;
-        if (!direct) {
-            float* col = nl_thread_buffer(R * cols);
-            nl_im2col(src, col, p, oh0, oh1);
-            src = col;
-        }
+        int n, oh0, cols, ld;
+        const float* src = nl_band_columns(x, p, direct, item, bands, rows, &n, &oh0, &cols,
+                                           &ld);
         float* yn = y + n * ys + (long long)oh0 * p.OW;
-        nl_gemm_rm(false, false, p.K, cols, (int)R, w, (int)R, src, direct ? (int)P : cols,
-                   0.0f, yn, (int)P);
+        nl_gemm_rm(false, false, p.K, cols, (int)R, w, (int)R, src, ld, 0.0f, yn, (int)P);
         if (bias)
             for (int k = 0; k < p.K; ++k) {
                 const float b = bias[k];
@@ -355,7 +369,7 @@ static void nl_conv_transposed(const float* dy, const float* w, const float* bia
 // dW [K, C*kh*kw] = sum_n dy[n] @ cols(x[n])^T over (image, band) items: each thread sums
 // its items into its own partial, then the partials are added.
 static void nl_conv_weight_grad(const float* dy, const float* x, float* dw, int N, nl_conv p) {
-    const long long P = (long long)p.OH * p.OW, R = nl_rows(p), xs = (long long)p.C * p.H * p.W;
+    const long long P = (long long)p.OH * p.OW, R = nl_rows(p);
     const long long size = (long long)p.K * R;
     const bool direct = nl_direct(p);
     if (nl_batched(p, N)) {   // dW = dy [K, N * P] @ cols^T [N * P, R], rows of dW split
@@ -389,17 +403,11 @@ static void nl_conv_weight_grad(const float* dy, const float* x, float* dw, int 
         float beta = 0.0f;
         #pragma omp for schedule(static)
         for (long long item = 0; item < items; ++item) {
-            const int n = (int)(item / bands), oh0 = (int)(item % bands) * rows;
-            const int oh1 = oh0 + rows < p.OH ? oh0 + rows : p.OH;
-            const int cols = (oh1 - oh0) * p.OW;
-            const float* src = x + n * xs;
-            if (!direct) {
-                float* col = nl_thread_buffer(R * cols);
-                nl_im2col(src, col, p, oh0, oh1);
-                src = col;
-            }
+            int n, oh0, cols, ld;
+            const float* src = nl_band_columns(x, p, direct, item, bands, rows, &n, &oh0,
+                                               &cols, &ld);
             nl_gemm_rm(false, true, p.K, (int)R, cols, dy + n * p.K * P + (long long)oh0 * p.OW,
-                       (int)P, src, direct ? (int)P : cols, beta, mine, (int)R);
+                       (int)P, src, ld, beta, mine, (int)R);
             beta = 1.0f;
         }
         if (beta == 0.0f) memset(mine, 0, sizeof(float) * size);

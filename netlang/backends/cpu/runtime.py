@@ -15,26 +15,18 @@ import ctypes
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import time
 
 import numpy as np
 
-from netlang.backends.cuda.emu import Param, cache_dir, check_arg
+from netlang.backends.cuda.emu import Param, cache_dir, check_arg, compiler
 from netlang.diagnostics import error
 
 SIGNATURE = re.compile(r'extern "C" void (\w+)\(([^)]*)\)')
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w"]
 # What the last compile_library call did: "cache" or the seconds the compiler took.
 LAST_COMPILE: dict[str, object] = {}
-
-
-def compiler() -> str | None:
-    """The host C++ compiler the cpu backend uses, or None."""
-    return os.environ.get("CXX") if os.environ.get("CXX") and shutil.which(
-        os.environ["CXX"]) else (shutil.which("g++") or shutil.which("c++")
-                                 or shutil.which("clang++"))
 
 
 def signatures(source: str) -> dict[str, list[Param]]:

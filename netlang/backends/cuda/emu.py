@@ -77,9 +77,18 @@ def cache_dir() -> Path:
     return Path(base) / "netlang" / "emu"
 
 
+def compiler() -> str | None:
+    """The host C++ compiler (cuda-emu and the cpu backend): $CXX when it exists, else g++,
+    c++ or clang++; None when there is none."""
+    cxx = os.environ.get("CXX")
+    if cxx and shutil.which(cxx):
+        return shutil.which(cxx)
+    return shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+
+
 def compile_host(source: str) -> Path:
     """Compile (or reuse) the host library for a program's kernels."""
-    cxx = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    cxx = compiler()
     if cxx is None:
         raise error("E060", "cuda-emu needs a C++ compiler (g++ or clang++)", None,
                     help="install one (`apt-get install g++`) or use --backend numpy")
