@@ -26,7 +26,7 @@ Example (conv 3x3 + bias + relu, one group):
         float acc = 0.0f;
         for (int ci = 0; ci < 16; ++ci) for (int k0 = 0; k0 < 3; ++k0) ...
         float v = acc + a2[o0];
-        v = fmaxf(v, 0.0f);   // relu
+        v = (v < 0.0f ? 0.0f : v);   // relu
         out[i] = v;
     }
 

@@ -20,7 +20,8 @@ from netlang.ir.fusion import Group
 # `{v}` is the flowing value, `{1}`.. the other inputs at the same coordinates (per-channel
 # vectors read at o0), `{alpha}`-style names the op's numeric attributes.
 EXPRESSIONS = {
-    "relu": "fmaxf({v}, 0.0f)",
+    # NaN stays NaN, as in NumPy and PyTorch (fmaxf would return 0 and hide a divergence)
+    "relu": "({v} < 0.0f ? 0.0f : {v})",
     "relu_grad": "({1} > 0.0f ? {v} : 0.0f)",
     "leaky_relu": "({v} > 0.0f ? {v} : {v} * {alpha})",
     "leaky_relu_grad": "({1} > 0.0f ? {v} : {v} * {alpha})",

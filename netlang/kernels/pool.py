@@ -22,7 +22,7 @@ def lower_maxpool(r: KernelBuilder, grp: Group) -> None:
     x = n.inputs[0]
     nd = x.type.rank - 1
     inner = [f"float t = {r._xat(x, 'o0', [f'i{j}' for j in range(nd)])};",
-             "if (t > m) m = t;"]
+             "if (t > m || t != t) m = t;"]   # a NaN propagates, as np.maximum's
     body = ["float m = -NL_INF;"] + _window_loops(r, n.attrs, x.type.shape[1:], nd, inner)
     body.append("float v = m;")
     r.finish_map(grp, grp.name, {r.key(x): "const float*"}, body)

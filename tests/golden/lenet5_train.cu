@@ -36,7 +36,7 @@ extern "C" __global__ void k0_conv_relu(const float* __restrict__ v0, const floa
         }
     }
     float v = acc + v2[o0];
-    v = fmaxf(v, 0.0f);  // relu
+    v = (v < 0.0f ? 0.0f : v);  // relu
     out[i] = v;
 }
 
@@ -90,7 +90,7 @@ extern "C" __global__ void k2_conv_relu(const float* __restrict__ v5, const floa
         }
     }
     float v = acc + v7[o0];
-    v = fmaxf(v, 0.0f);  // relu
+    v = (v < 0.0f ? 0.0f : v);  // relu
     out[i] = v;
 }
 
@@ -142,7 +142,7 @@ extern "C" __global__ void k5_dense_relu_epilogue(const float* __restrict__ s0, 
     int o0 = (int)(r);
     float v = s0[(long long)n * 120 + o0];
     v += v13[o0];
-    v = fmaxf(v, 0.0f);  // relu
+    v = (v < 0.0f ? 0.0f : v);  // relu
     out[i] = v;
 }
 
@@ -155,7 +155,7 @@ extern "C" __global__ void k6_dense_relu_epilogue(const float* __restrict__ s1, 
     int o0 = (int)(r);
     float v = s1[(long long)n * 84 + o0];
     v += v17[o0];
-    v = fmaxf(v, 0.0f);  // relu
+    v = (v < 0.0f ? 0.0f : v);  // relu
     out[i] = v;
 }
 

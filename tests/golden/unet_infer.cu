@@ -36,7 +36,7 @@ extern "C" __global__ void k0_conv_relu(const float* __restrict__ v0, const floa
         }
     }
     float v = acc + v2[o0];
-    v = fmaxf(v, 0.0f);  // relu
+    v = (v < 0.0f ? 0.0f : v);  // relu
     out[i] = v;
 }
 
@@ -63,7 +63,7 @@ extern "C" __global__ void k1_conv_relu(const float* __restrict__ v4, const floa
         }
     }
     float v = acc + v6[o0];
-    v = fmaxf(v, 0.0f);  // relu
+    v = (v < 0.0f ? 0.0f : v);  // relu
     out[i] = v;
     cat[(long long)n * 8192 + 0 + (i - (long long)n * 4096)] = v;
 }
@@ -85,7 +85,7 @@ extern "C" __global__ void k2_maxpool(const float* __restrict__ v8, float* __res
             int i1 = o2 * 2 - 0 + k1 * 1;
             if (i1 < 0 || i1 >= 32) continue;
             float t = v8[(long long)n * 4096 + (long long)o0 * 1024 + i0 * 32 + i1 * 1];
-            if (t > m) m = t;
+            if (t > m || t != t) m = t;
         }
     }
     float v = m;
@@ -115,7 +115,7 @@ extern "C" __global__ void k3_conv_relu(const float* __restrict__ v9, const floa
         }
     }
     float v = acc + v11[o0];
-    v = fmaxf(v, 0.0f);  // relu
+    v = (v < 0.0f ? 0.0f : v);  // relu
     out[i] = v;
 }
 
@@ -142,7 +142,7 @@ extern "C" __global__ void k4_conv_relu(const float* __restrict__ v13, const flo
         }
     }
     float v = acc + v15[o0];
-    v = fmaxf(v, 0.0f);  // relu
+    v = (v < 0.0f ? 0.0f : v);  // relu
     out[i] = v;
     cat[(long long)n * 4096 + 0 + (i - (long long)n * 2048)] = v;
 }
@@ -164,7 +164,7 @@ extern "C" __global__ void k5_maxpool(const float* __restrict__ v17, float* __re
             int i1 = o2 * 2 - 0 + k1 * 1;
             if (i1 < 0 || i1 >= 16) continue;
             float t = v17[(long long)n * 2048 + (long long)o0 * 256 + i0 * 16 + i1 * 1];
-            if (t > m) m = t;
+            if (t > m || t != t) m = t;
         }
     }
     float v = m;
@@ -194,7 +194,7 @@ extern "C" __global__ void k6_conv_relu(const float* __restrict__ v18, const flo
         }
     }
     float v = acc + v20[o0];
-    v = fmaxf(v, 0.0f);  // relu
+    v = (v < 0.0f ? 0.0f : v);  // relu
     out[i] = v;
 }
 
@@ -221,7 +221,7 @@ extern "C" __global__ void k7_conv_relu(const float* __restrict__ v22, const flo
         }
     }
     float v = acc + v24[o0];
-    v = fmaxf(v, 0.0f);  // relu
+    v = (v < 0.0f ? 0.0f : v);  // relu
     out[i] = v;
     cat[(long long)n * 2048 + 0 + (i - (long long)n * 1024)] = v;
 }
@@ -243,7 +243,7 @@ extern "C" __global__ void k8_maxpool(const float* __restrict__ v26, float* __re
             int i1 = o2 * 2 - 0 + k1 * 1;
             if (i1 < 0 || i1 >= 8) continue;
             float t = v26[(long long)n * 1024 + (long long)o0 * 64 + i0 * 8 + i1 * 1];
-            if (t > m) m = t;
+            if (t > m || t != t) m = t;
         }
     }
     float v = m;
@@ -273,7 +273,7 @@ extern "C" __global__ void k9_conv_relu(const float* __restrict__ v27, const flo
         }
     }
     float v = acc + v29[o0];
-    v = fmaxf(v, 0.0f);  // relu
+    v = (v < 0.0f ? 0.0f : v);  // relu
     out[i] = v;
 }
 
@@ -300,7 +300,7 @@ extern "C" __global__ void k10_conv_relu(const float* __restrict__ v31, const fl
         }
     }
     float v = acc + v33[o0];
-    v = fmaxf(v, 0.0f);  // relu
+    v = (v < 0.0f ? 0.0f : v);  // relu
     out[i] = v;
     cat[(long long)n * 1024 + 0 + (i - (long long)n * 512)] = v;
 }
@@ -322,7 +322,7 @@ extern "C" __global__ void k11_maxpool(const float* __restrict__ v35, float* __r
             int i1 = o2 * 2 - 0 + k1 * 1;
             if (i1 < 0 || i1 >= 4) continue;
             float t = v35[(long long)n * 512 + (long long)o0 * 16 + i0 * 4 + i1 * 1];
-            if (t > m) m = t;
+            if (t > m || t != t) m = t;
         }
     }
     float v = m;
@@ -352,7 +352,7 @@ extern "C" __global__ void k12_conv_relu(const float* __restrict__ v36, const fl
         }
     }
     float v = acc + v38[o0];
-    v = fmaxf(v, 0.0f);  // relu
+    v = (v < 0.0f ? 0.0f : v);  // relu
     out[i] = v;
 }
 
@@ -379,7 +379,7 @@ extern "C" __global__ void k13_conv_relu(const float* __restrict__ v40, const fl
         }
     }
     float v = acc + v42[o0];
-    v = fmaxf(v, 0.0f);  // relu
+    v = (v < 0.0f ? 0.0f : v);  // relu
     out[i] = v;
 }
 
@@ -437,7 +437,7 @@ extern "C" __global__ void k15_conv_relu(const float* __restrict__ v48, const fl
         }
     }
     float v = acc + v50[o0];
-    v = fmaxf(v, 0.0f);  // relu
+    v = (v < 0.0f ? 0.0f : v);  // relu
     out[i] = v;
 }
 
@@ -464,7 +464,7 @@ extern "C" __global__ void k16_conv_relu(const float* __restrict__ v52, const fl
         }
     }
     float v = acc + v54[o0];
-    v = fmaxf(v, 0.0f);  // relu
+    v = (v < 0.0f ? 0.0f : v);  // relu
     out[i] = v;
 }
 
@@ -522,7 +522,7 @@ extern "C" __global__ void k18_conv_relu(const float* __restrict__ v60, const fl
         }
     }
     float v = acc + v62[o0];
-    v = fmaxf(v, 0.0f);  // relu
+    v = (v < 0.0f ? 0.0f : v);  // relu
     out[i] = v;
 }
 
@@ -549,7 +549,7 @@ extern "C" __global__ void k19_conv_relu(const float* __restrict__ v64, const fl
         }
     }
     float v = acc + v66[o0];
-    v = fmaxf(v, 0.0f);  // relu
+    v = (v < 0.0f ? 0.0f : v);  // relu
     out[i] = v;
 }
 
@@ -607,7 +607,7 @@ extern "C" __global__ void k21_conv_relu(const float* __restrict__ v72, const fl
         }
     }
     float v = acc + v74[o0];
-    v = fmaxf(v, 0.0f);  // relu
+    v = (v < 0.0f ? 0.0f : v);  // relu
     out[i] = v;
 }
 
@@ -634,7 +634,7 @@ extern "C" __global__ void k22_conv_relu(const float* __restrict__ v76, const fl
         }
     }
     float v = acc + v78[o0];
-    v = fmaxf(v, 0.0f);  // relu
+    v = (v < 0.0f ? 0.0f : v);  // relu
     out[i] = v;
 }
 
@@ -692,7 +692,7 @@ extern "C" __global__ void k24_conv_relu(const float* __restrict__ v84, const fl
         }
     }
     float v = acc + v86[o0];
-    v = fmaxf(v, 0.0f);  // relu
+    v = (v < 0.0f ? 0.0f : v);  // relu
     out[i] = v;
 }
 
@@ -719,7 +719,7 @@ extern "C" __global__ void k25_conv_relu(const float* __restrict__ v88, const fl
         }
     }
     float v = acc + v90[o0];
-    v = fmaxf(v, 0.0f);  // relu
+    v = (v < 0.0f ? 0.0f : v);  // relu
     out[i] = v;
 }
 
