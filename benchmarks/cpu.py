@@ -1,5 +1,5 @@
-"""CPU benchmark: netlang's NumPy backend against PyTorch on the same networks, batches and
-dtype, in one run, reporting ratios.
+"""CPU benchmark: netlang (its NumPy or compiled cpu backend) against PyTorch on the same
+networks, batches and dtype, in one run, reporting ratios.
 
     python benchmarks/cpu.py                  # all networks, 2 threads
     python benchmarks/cpu.py --nets lenet5 --steps 20 --threads 1
@@ -10,7 +10,8 @@ torch's OpenMP pool never spin against each other, and so that peak memory is me
 per framework: the growth of the process's peak RSS (ru_maxrss) from the moment weights
 and data are allocated through the warm-up and the timed steps, i.e. activations,
 gradients, optimizer state and temporaries, not the weights or the data.
-Train step = forward + loss + backward + SGD-momentum update.
+Train step = forward + loss + backward + SGD-momentum update: for netlang, the step
+`netlang train` runs (netlang/train/step.py; on cpu one native call, update included).
 """
 
 from __future__ import annotations
@@ -46,18 +47,20 @@ def worker(framework: str, name: str, steps: int, backend: str = "numpy") -> dic
     weights = net.init(0)
     fwd, step = [], []
     if framework == "netlang":
-        velocity = {k: np.zeros_like(v) for k, v in weights.items()}
+        from netlang.config import Call
+        from netlang.train.optim import Optimizer
+        from netlang.train.step import train_step as make_step
+
         inputs = {k: data[k] for k in net.inputs}
+        # What `netlang train` runs: the backend's step with its fused update.
+        opt = Optimizer.from_config(Call("sgd", (("lr", 0.01), ("momentum", 0.9))))
+        stepper = make_step(net, loss, weights, opt, backend)
 
         def forward():
             net.forward(weights, inputs, backend=backend)
 
         def train_step():
-            _, grads = net.value_and_grad(weights, data, loss=loss, backend=backend)
-            for k, g in grads.items():
-                velocity[k] *= 0.9
-                velocity[k] += g
-                weights[k] -= 0.01 * velocity[k]
+            stepper.run(data, opt.lr, opt.step_count)
     else:
         import torch
 

@@ -53,17 +53,20 @@ def _elapsed(start, end) -> float:
 
 def bench_netlang(name, steps, kind):
     import netlang
-    from netlang.backends.cuda.runtime import DeviceStep
+    from netlang.config import Call
+    from netlang.train.optim import Optimizer
+    from netlang.train.step import TrainStep
 
     file, network, params, batch, loss = NETS[name]
     net = netlang.load(ROOT / "examples" / file, network=network, params=params)
     data = make_batch(net, batch, np)
     out = {}
     for graph in (False, True):
-        ds = DeviceStep(net, loss, net.init(0), data, backend=kind, capturable=graph)
+        opt = Optimizer.from_config(Call("sgd", (("lr", 0.01), ("momentum", 0.9))))
+        ds = TrainStep(net, loss, net.init(0), opt, kind, capturable=graph)
         for _ in range(3):
-            ds.step()
-        if graph and not ds.capture():
+            ds.run(data, opt.lr, opt.step_count)
+        if graph and not ds.capture(batch, opt.lr):
             out["graph"] = None
             out["graph_refusal"] = ds.graph_refusal
             continue
@@ -75,8 +78,10 @@ def bench_netlang(name, steps, kind):
             sync = cupy.cuda.Device().synchronize
         else:
             events, sync = None, (lambda: None)
-        out["graph" if graph else "eager"] = _median_ms(ds.step, steps, sync, events)
-        out["loss_after"] = ds.loss()
+        def step(ds=ds, opt=opt):
+            ds.run(data, opt.lr, opt.step_count, read=False)
+        out["graph" if graph else "eager"] = _median_ms(step, steps, sync, events)
+        out["loss_after"] = ds.loss(batch)
     out["launches"] = len(ds.runner.cprog.steps)
     return out
 

@@ -80,9 +80,11 @@ def _adam_update(decoupled: bool):
 
 def _adam_scalars(decoupled: bool):
     def scalars(a: dict, lr: float, step: int) -> list:
-        b1, b2 = float(a["beta1"]), float(a["beta2"])
-        return [lr, b1, b2, float(a["eps"]), float(a["weight_decay"]), int(decoupled),
-                1.0 - b1 ** step, 1.0 - b2 ** step]
+        # Computed in double here, as the NumPy update computes them, so that the device
+        # element (float32) rounds exactly where NumPy does.
+        b1, b2, wd = float(a["beta1"]), float(a["beta2"]), float(a["weight_decay"])
+        return [lr / (1 - b1 ** step), b1, b2, 1 - b1, 1 - b2, float(a["eps"]), wd,
+                int(decoupled), 1 - lr * wd, math.sqrt(1 - b2 ** step)]
     return scalars
 
 
@@ -98,40 +100,73 @@ OPTIMIZERS = {o.name: o for o in (
                  _adam_update(True), "nl_adam_update", _adam_scalars(True)),
 )}
 
-# The device updates (CUDA C; cuda-emu compiles the same text for the host).
-KERNELS = r'''
-extern "C" __global__ void nl_sgd_update(float* __restrict__ w, const float* __restrict__ g,
-                                         float* __restrict__ buf, float lr, float momentum,
-                                         float weight_decay, int nesterov, int first, int n) {
+# One element of each update, in the CUDA prelude's dialect: the CUDA kernels below call it,
+# and the cpu backend compiles it as host code for its `nl_update` (backends/cpu/routines.h).
+# Scalars as kernel_scalars gives them; the operations, and their order, are the NumPy
+# update's above.
+ELEMENTS = r"""
+__device__ __forceinline__ void nl_sgd_element(float& w, float g, float& buf, float lr,
+                                               float momentum, float weight_decay,
+                                               int nesterov, int first) {
     // PyTorch's SGD: d = g + wd w; buf = first ? d : momentum buf + d; w -= lr (nesterov ?
-    // d + momentum buf : buf). One kernel updates a parameter and its momentum.
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float d = g[i] + weight_decay * w[i];
+    // d + momentum buf : buf).
+    float d = weight_decay != 0.0f ? g + weight_decay * w : g;
     if (momentum != 0.0f) {
-        float b = first ? d : momentum * buf[i] + d;
-        buf[i] = b;
+        float b = first ? d : momentum * buf + d;
+        buf = b;
         d = nesterov ? d + momentum * b : b;
     }
-    w[i] -= lr * d;
+    w -= lr * d;
+}
+
+__device__ __forceinline__ void nl_adam_element(float& w, float g, float& m, float& v,
+                                                float step_size, float beta1, float beta2,
+                                                float one_minus_beta1, float one_minus_beta2,
+                                                float eps, float weight_decay, int decoupled,
+                                                float shrink, float sqrt_bc2) {
+    // PyTorch's Adam (L2 decay in the gradient) / AdamW (decoupled: w *= 1 - lr wd);
+    // step_size = lr / (1 - beta1^t), sqrt_bc2 = sqrt(1 - beta2^t).
+    if (decoupled) w *= shrink;
+    else if (weight_decay != 0.0f) g = g + weight_decay * w;
+    m = beta1 * m + one_minus_beta1 * g;
+    v = beta2 * v + one_minus_beta2 * g * g;
+    w -= step_size * (m / (sqrtf(v) / sqrt_bc2 + eps));
+}
+"""
+
+# The device updates (CUDA C; cuda-emu compiles the same text for the host): one kernel a
+# parameter, updating it and its state together. `loss` is the step's loss on the device: a
+# step whose loss is not finite updates nothing (the training loop stops and reports it).
+KERNELS = ELEMENTS + r"""
+extern "C" __global__ void nl_sgd_update(float* __restrict__ w, const float* __restrict__ g,
+                                         float* __restrict__ buf,
+                                         const float* __restrict__ loss, float lr,
+                                         float momentum, float weight_decay, int nesterov,
+                                         int first, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n || !isfinite(*loss)) return;
+    nl_sgd_element(w[i], g[i], buf[i], lr, momentum, weight_decay, nesterov, first);
 }
 
 extern "C" __global__ void nl_adam_update(float* __restrict__ w, const float* __restrict__ g,
                                           float* __restrict__ m, float* __restrict__ v,
-                                          float lr, float beta1, float beta2, float eps,
-                                          float weight_decay, int decoupled, float bc1,
-                                          float bc2, int n) {
-    // PyTorch's Adam / AdamW, parameter and both moments in one kernel.
+                                          const float* __restrict__ loss, float step_size,
+                                          float beta1, float beta2, float one_minus_beta1,
+                                          float one_minus_beta2, float eps,
+                                          float weight_decay, int decoupled, float shrink,
+                                          float sqrt_bc2, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float gi = g[i];
-    float wi = w[i];
-    if (decoupled) wi *= 1.0f - lr * weight_decay;
-    else gi += weight_decay * wi;
-    float mi = beta1 * m[i] + (1.0f - beta1) * gi;
-    float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    w[i] = wi - (lr / bc1) * mi / (sqrtf(vi) / sqrtf(bc2) + eps);
+    if (i >= n || !isfinite(*loss)) return;
+    nl_adam_element(w[i], g[i], m[i], v[i], step_size, beta1, beta2, one_minus_beta1,
+                    one_minus_beta2, eps, weight_decay, decoupled, shrink, sqrt_bc2);
 }
-'''
+
+extern "C" __global__ void nl_copy_if_finite(float* __restrict__ dst,
+                                             const float* __restrict__ src,
+                                             const float* __restrict__ loss, int n) {
+    // a batchnorm statistic of the step into its parameter
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n || !isfinite(*loss)) return;
+    dst[i] = src[i];
+}
+"""

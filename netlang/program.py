@@ -7,7 +7,7 @@ and reports problems as netlang errors, then runs the NumPy backend.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping
 
 import numpy as np
 
@@ -41,10 +41,16 @@ class Program:
 
     # -- feeding -------------------------------------------------------------------------
     def feeds(self, weights: Mapping[str, np.ndarray], data: Mapping[str, np.ndarray],
-               dtype=np.float32) -> tuple[dict[int, np.ndarray], int]:
-        g = self.graph
+              dtype=np.float32) -> tuple[dict[int, np.ndarray], int]:
+        """Every parameter and input by node id, checked and converted, and the batch."""
+        feeds = self.weight_feeds(weights, dtype)
+        data_feeds, batch = self.data_feeds(data, dtype, extra=weights)
+        return feeds | data_feeds, batch
+
+    def weight_feeds(self, weights: Mapping[str, np.ndarray], dtype=np.float32
+                     ) -> dict[int, np.ndarray]:
         feeds: dict[int, np.ndarray] = {}
-        for p in g.params:
+        for p in self.graph.params:
             if p.name not in weights:
                 raise error("E042", f"weights have no `{p.name}`", p.span,
                             help="use `net.init()` for a complete set of weights, or load a "
@@ -56,9 +62,17 @@ class Program:
                             help="these weights belong to another network or another "
                                  "configuration (`--set`)")
             feeds[p.id] = _floats(arr, p.name, dtype)
+        return feeds
+
+    def data_feeds(self, data: Mapping[str, np.ndarray], dtype=np.float32,
+                   extra: Collection[str] = ()) -> tuple[dict[int, np.ndarray], int]:
+        """The inputs and targets of one batch by node id, checked, and the batch size
+        (names in `extra`, the weights, are not unknown inputs)."""
+        g = self.graph
+        feeds: dict[int, np.ndarray] = {}
         wanted: dict[str, Node] = dict(g.inputs) | dict(g.targets)
         for name in data:
-            if name not in wanted and name not in weights:
+            if name not in wanted and name not in extra:
                 raise error("E040", f"unknown input `{name}`", None,
                             notes=["inputs: " + ", ".join(wanted)],
                             help=did_you_mean(name, wanted))

@@ -29,6 +29,7 @@ from netlang.train import augment, checkpoint
 from netlang.train import data as data_mod
 from netlang.train.metrics import MAXIMIZE, TASK_METRICS, Metrics, task_of
 from netlang.train.optim import Optimizer, Schedule
+from netlang.train.step import train_step
 
 
 def available_memory() -> int | None:
@@ -173,7 +174,7 @@ class Trainer:
     def _check_memory(self) -> None:
         """Refuse, before the first step, a step that cannot fit in this machine's memory."""
         avail = available_memory()
-        if avail is None or self.backend != "numpy":
+        if avail is None or self.backend == "cuda":   # host backends' memory
             return
         prog = self.net.program_for(True, self.cfg.loss_text)
         plan = prog.plan(self.cfg.batch)
@@ -209,6 +210,7 @@ class Trainer:
         for note in self.data.notes:
             self.log(note)
         self._write_config()
+        stepper = train_step(net, cfg.loss_text, weights, opt, self.backend)
         flag: dict = {}
         n_train = len(self.data.train)
         steps = math.ceil(n_train / cfg.batch)
@@ -223,10 +225,8 @@ class Trainer:
                 for step in range(state["step"], steps):
                     batch = self.data.train.take(order[step * cfg.batch:(step + 1) * cfg.batch])
                     batch = self._augment(batch, _rng(cfg.seed, epoch, step, 1))
-                    with np.errstate(over="ignore", invalid="ignore"):  # the NaN guard reports
-                        loss, grads, updates = net.value_and_grad(
-                            weights, batch, loss=cfg.loss_text, seed=state["global_step"],
-                            return_updates=True, backend=self.backend)
+                    # forward, loss, backward and update; nothing changes on a NaN loss
+                    loss = stepper.run(batch, lr, state["global_step"])
                     if not math.isfinite(loss):
                         raise TrainingStopped(
                             f"the loss is {loss} at epoch {epoch + 1}, step {step + 1}: "
@@ -235,8 +235,6 @@ class Trainer:
                             + ("" if (self.out / "last.safetensors").exists() else
                                " (none was written yet)")
                             + ". Try a lower learning rate.")
-                    opt.update(weights, grads, lr)
-                    weights.update(updates)
                     count = len(next(iter(batch.values())))
                     state["loss_sum"] += loss * count
                     state["loss_n"] += count
@@ -252,6 +250,8 @@ class Trainer:
                         break
                 if bar is not None:
                     bar.close()
+                weights = stepper.weights()   # the host's copy, once an epoch
+                stepper.sync()
                 if flag.get("signal") and state["step"] < steps:
                     state["epoch"] = epoch
                     self._save("last", weights, opt, sched, state)
@@ -276,7 +276,7 @@ class Trainer:
                 if improved:
                     state["best"] = {self.monitor: value, "epoch": epoch + 1, **row}
                     state["bad_epochs"] = 0
-                    best_weights = {k: v.copy() for k, v in weights.items()}
+                    best_weights = weights   # a copy of this epoch's, not changed later
                     self._save("best", weights, opt, sched, state)
                 else:
                     state["bad_epochs"] += 1

@@ -18,12 +18,14 @@ _KEY = re.compile(r"\$(\w+)")
 
 
 def prelude() -> str:
-    """The C header lines, then the CUDA prelude as host code (one definition of the
-    helpers both renderings use), then the host routines."""
+    """The C header lines, then the CUDA prelude and the optimizers' update elements as
+    host code (one definition of the helpers both renderings use), then the host
+    routines."""
     from netlang.backends.cuda.render import prelude as cuda_prelude
+    from netlang.optimizers import ELEMENTS
 
     here = resources.files("netlang.backends.cpu")
-    host = cuda_prelude().replace("__device__ __forceinline__", "static inline")
+    host = (cuda_prelude() + ELEMENTS).replace("__device__ __forceinline__", "static inline")
     return here.joinpath("prelude.h").read_text() + host + \
         here.joinpath("routines.h").read_text()
 
@@ -118,5 +120,22 @@ def step_function(steps, describe=None) -> tuple[str, list[str]]:
            "#define NL_TOC(k)",
            "#endif",
            'extern "C" void nl_step(void** B, int N, int seed) {',
-           "    (void)seed;", *[_braced(t) for t in timed], "}"]
+           "    (void)seed;", *[_braced(t) for t in timed], "}", TRAIN]
     return "\n".join(src) + "\n", keys
+
+
+# A training step: the plan, then (when the loss is finite) the batchnorm statistics copied
+# into their parameters and the optimizer's update of every trained parameter (routines.h
+# nl_update). The tables are built once per batch size by netlang/train/step.py.
+TRAIN = """
+// one training step with its update; 0 (and nothing updated) when the loss is not finite
+extern "C" int nl_train(void** B, int N, int seed, const float* loss, int kind,
+                        const float* h, int np, void** P, const long long* n, int nu,
+                        void** U, const long long* un) {
+    nl_step(B, N, seed);
+    if (!isfinite(*loss)) return 0;
+    for (int i = 0; i < nu; ++i)
+        memcpy(U[2 * i + 1], U[2 * i], (size_t)un[i] * sizeof(float));
+    nl_update(kind, h, np, P, n);
+    return 1;
+}"""

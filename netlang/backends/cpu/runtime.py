@@ -50,7 +50,7 @@ def compile_library(source: str, profile: bool = False) -> str:
         raise error("E060", "the cpu backend needs a C++ compiler (g++ or clang++)", None,
                     help="install one (`apt-get install g++`) or use --backend numpy")
     flags = FLAGS + (["-DNL_PROFILE"] if profile else [])
-    digest = hashlib.sha256((source + " ".join(flags) + cxx).encode()).hexdigest()[:20]
+    digest = hashlib.sha256((source + " ".join(flags + cxx)).encode()).hexdigest()[:20]
     out_dir = cache_dir().parent / "cpu"
     out_dir.mkdir(parents=True, exist_ok=True)
     lib = out_dir / f"kernels-{digest}.so"
@@ -61,8 +61,8 @@ def compile_library(source: str, profile: bool = False) -> str:
     src = out_dir / f"kernels-{digest}.cpp"
     src.write_text(source)
     tmp = out_dir / f".kernels-{digest}-{os.getpid()}.so"
-    base = [cxx, *flags, str(src), "-o", str(tmp)]
-    res = subprocess.run(base[:1] + ["-fopenmp"] + base[1:], capture_output=True, text=True)
+    base = [*cxx, *flags, str(src), "-o", str(tmp)]
+    res = subprocess.run([*cxx, "-fopenmp", *base[len(cxx):]], capture_output=True, text=True)
     if res.returncode != 0:   # no OpenMP here: the same kernels, on one core
         res = subprocess.run(base, capture_output=True, text=True)
     if res.returncode != 0:
@@ -167,6 +167,10 @@ class CpuModule:
             self.lib.nl_get_threads.restype = ctypes.c_int
             self.lib.nl_step.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
             self.lib.nl_step.restype = None
+            vp, i32, ll = ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_longlong)
+            self.lib.nl_train.argtypes = [vp, i32, i32, vp, i32, ctypes.POINTER(ctypes.c_float),
+                                          i32, vp, ll, i32, vp, ll]
+            self.lib.nl_train.restype = ctypes.c_int
         self.fixed_threads = threads   # None: follow set_threads
         self.applied = 0
         if _BLAS_THREADS is None:
@@ -199,6 +203,19 @@ class CpuModule:
         _BLAS_THREADS.limit()
         try:
             self.lib.nl_step(self._table[1], int(batch), int(seed) & 0x7FFFFFFF)
+        finally:
+            _BLAS_THREADS.restore()
+
+    def train(self, B, batch: int, seed: int, loss, kind: int, h, np_: int, P, n, nu: int, U,
+              un) -> bool:
+        """One call of nl_train (the step, then the update) on tables that
+        netlang/train/step.py builds once per batch size; False when the loss was not
+        finite and nothing was updated."""
+        self._apply_threads()
+        _BLAS_THREADS.limit()
+        try:
+            return bool(self.lib.nl_train(B, int(batch), int(seed) & 0x7FFFFFFF, loss, kind, h,
+                                          np_, P, n, nu, U, un))
         finally:
             _BLAS_THREADS.restore()
 

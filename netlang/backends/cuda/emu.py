@@ -14,6 +14,7 @@ import ctypes
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -77,13 +78,15 @@ def cache_dir() -> Path:
     return Path(base) / "netlang" / "emu"
 
 
-def compiler() -> str | None:
-    """The host C++ compiler (cuda-emu and the cpu backend): $CXX when it exists, else g++,
-    c++ or clang++; None when there is none."""
-    cxx = os.environ.get("CXX")
-    if cxx and shutil.which(cxx):
-        return shutil.which(cxx)
-    return shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+def compiler() -> list[str] | None:
+    """The host C++ compiler (cuda-emu and the cpu backend) as a command: $CXX when its
+    program exists (it may carry arguments: CXX="python -m ziglang c++" uses the compiler
+    that `pip install ziglang` brings), else g++, c++ or clang++; None when there is none."""
+    cxx = shlex.split(os.environ.get("CXX", ""))
+    if cxx and shutil.which(cxx[0]):
+        return [shutil.which(cxx[0]), *cxx[1:]]
+    found = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    return [found] if found else None
 
 
 def compile_host(source: str) -> Path:
@@ -93,7 +96,7 @@ def compile_host(source: str) -> Path:
         raise error("E060", "cuda-emu needs a C++ compiler (g++ or clang++)", None,
                     help="install one (`apt-get install g++`) or use --backend numpy")
     unit = translation_unit(source)
-    digest = hashlib.sha256(unit.encode()).hexdigest()[:20]
+    digest = hashlib.sha256((unit + " ".join(cxx)).encode()).hexdigest()[:20]
     out_dir = cache_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     lib = out_dir / f"kernels-{digest}.so"
@@ -103,7 +106,7 @@ def compile_host(source: str) -> Path:
     src.write_text(unit)
     tmp = out_dir / f".kernels-{digest}-{os.getpid()}.so"
     # -O1: compiles a large U-Net training program twice as fast as -O2, runs about as fast.
-    res = subprocess.run([cxx, "-O1", "-std=c++17", "-shared", "-fPIC", "-U_FORTIFY_SOURCE",
+    res = subprocess.run([*cxx, "-O1", "-std=c++17", "-shared", "-fPIC", "-U_FORTIFY_SOURCE",
                           "-w", str(src), "-o", str(tmp)], capture_output=True, text=True)
     if res.returncode != 0:
         raise error("E061", "the host compiler rejected the generated kernels", None,

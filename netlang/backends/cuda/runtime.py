@@ -5,22 +5,18 @@ Both walk the same launch plan over the same buffers: one arena for the program'
 reductions some ops need. GEMMs go to `cupy.matmul` (cuBLAS) on the device and to NumPy in
 emulation. Only this module imports CuPy, and only when the `cuda` backend is asked for.
 
-`DeviceStep` keeps weights and optimizer state on the device and runs a whole training
-step (forward, loss, backward, and one fused update kernel per parameter) without host
-round trips; it can capture that step as a CUDA graph and replay it.
+A training step with the optimizer's update on the device (and its CUDA graph) is
+netlang/train/step.py's `TrainStep`, built on this Runner.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from netlang.backends.cuda import render as R
 from netlang.diagnostics import error
-from netlang.optimizers import KERNELS as OPT_KERNELS
-from netlang.optimizers import OPTIMIZERS
 
 BLOCK = R.BLOCK
 
@@ -233,97 +229,3 @@ class Runner:
 
 def _view(v: tuple[int, int], batch: int) -> tuple[int, int]:
     return tuple(batch if d == -1 else d for d in v)
-
-
-class DeviceStep:
-    """A training step that stays on the device: forward, loss, backward and one fused
-    optimizer kernel per parameter (SGD with momentum, Adam, AdamW: the parameter and its
-    moments updated together), optionally captured once as a CUDA graph and replayed.
-
-    CUDA graphs are refused, with the reason in `graph_refusal`, when the program draws
-    dropout masks (a captured seed would repeat the same mask every step) or the optimizer
-    is Adam (its bias correction changes every step, and a graph replays fixed arguments)."""
-
-    def __init__(self, net, loss: str, weights: dict[str, np.ndarray], batch: dict,
-                 optimizer=None, backend: str = "cuda", capturable: bool = False):
-        prog = net.program_for(True, loss)
-        self.runner = Runner(prog, backend, capturable)
-        self.dev = self.runner.device
-        self.upd = Device(backend, OPT_KERNELS)
-        # The optimizer: a train-section `optimizer = name(args)` (a config.Call), by
-        # default SGD with momentum; arguments completed from the optimizer table.
-        self.opt_name = optimizer.name if optimizer is not None else "sgd"
-        given = dict(optimizer.args) if optimizer is not None else {"momentum": 0.9}
-        self.opt_args = OPTIMIZERS[self.opt_name].args_of(given)
-        feeds, n = prog.feeds(weights, batch)
-        self.batch = n
-        self.bufs = self.runner.buffers(feeds, n)
-        g = prog.graph
-        self.shapes = {p.name: p.type.shape for p in g.params}
-        self.params = {p.name: f"v{p.id}" for p in g.params if p.name in g.grads}
-        self.grads = {k: f"v{node.id}" for k, node in g.grads.items()}
-        self.inputs = {**{k: f"v{v.id}" for k, v in g.inputs.items()},
-                       **{k: f"v{v.id}" for k, v in g.targets.items()}}
-        xp = self.dev.xp
-        slots = len(OPTIMIZERS[self.opt_name].slots)
-        self.state = [{k: xp.zeros_like(self.bufs[b]) for k, b in self.params.items()}
-                      for _ in range(slots)]
-        self.steps = 0
-        self.loss_key = f"v{g.loss.id}"
-        self.graph = None
-        self.graph_refusal = None
-        if any(n_.op == "dropout_mask" for n_ in g.nodes):
-            self.graph_refusal = "the program draws dropout masks: a captured step would " \
-                                 "reuse one mask forever"
-        elif self.opt_name != "sgd":
-            self.graph_refusal = f"{self.opt_name}'s bias correction changes every step; a " \
-                                 "graph replays fixed kernel arguments"
-
-    def _update(self) -> None:
-        """One fused update kernel per parameter (the optimizer table's kernel)."""
-        opt = OPTIMIZERS[self.opt_name]
-        scalars = opt.kernel_scalars(self.opt_args, float(self.opt_args["lr"]), self.steps + 1)
-        for k, wkey in self.params.items():
-            w, gr = self.bufs[wkey], self.bufs[self.grads[k]]
-            slots = [state[k] for state in self.state]
-            self.upd.launch(opt.kernel, math.ceil(w.size / BLOCK), BLOCK,
-                            [w, gr, *slots, *scalars, w.size])
-
-    def step(self, batch: dict | None = None) -> None:
-        """One step; `batch` (host arrays) is copied into the step's input buffers."""
-        if batch is not None:
-            for k, arr in batch.items():
-                self.bufs[self.inputs[k]][...] = self.dev.xp.asarray(arr).ravel()
-        if self.graph is not None:
-            self.graph.launch()
-            self.steps += 1
-            return
-        self.runner.run_steps(self.bufs, self.batch, self.steps)
-        self._update()
-        self.steps += 1
-
-    def capture(self) -> bool:
-        """Capture one step (after the first, which sets the momentum) as a CUDA graph."""
-        if self.graph_refusal is not None or self.runner.backend != "cuda":
-            self.graph_refusal = self.graph_refusal or "CUDA graphs need a GPU"
-            return False
-        cp = self.dev.xp
-        stream = cp.cuda.Stream(non_blocking=True)
-        try:
-            with stream:
-                stream.begin_capture()
-                self.runner.run_steps(self.bufs, self.batch, self.steps)
-                self._update()
-                self.graph = stream.end_capture()
-        except Exception as exc:   # a library call that cannot be captured
-            self.graph_refusal = f"capture failed: {type(exc).__name__}: {exc}"
-            self.graph = None
-            return False
-        return True
-
-    def loss(self) -> float:
-        return float(self.dev.to_host(self.bufs[self.loss_key]).reshape(()))
-
-    def weights(self) -> dict[str, np.ndarray]:
-        return {k: self.dev.to_host(self.bufs[b]).reshape(self.shapes[k])
-                for k, b in self.params.items()}

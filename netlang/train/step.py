@@ -1,0 +1,274 @@
+"""The training step on each backend: forward, loss, backward and the optimizer's update.
+
+`TrainStep` (compiled backends: cpu, cuda, cuda-emu) keeps the weights, the batchnorm
+statistics and the optimizer state in the backend's own buffers for the whole run; a step
+copies the batch into fixed input buffers, runs the program, and updates every trained
+parameter with the optimizer table's fused element (netlang/optimizers.py):
+
+- cpu: the whole step, update included, is one native call (`nl_train`);
+- cuda and cuda-emu: the launch plan, then one update kernel per parameter; the kernels read
+  the loss on the device and skip the update when it is not finite, so nothing waits for the
+  host; on a GPU the step can be captured as a CUDA graph and replayed (`capture`).
+
+`NumpyStep` is the reference: the NumPy backend's gradients and the NumPy update rules.
+Both leave weights and state untouched when the loss is not finite, and keep the
+`Optimizer`'s step count, so checkpoints are the same whichever backend wrote them.
+Weights and state reach the host only when asked (`weights()`, `sync()`): at the end of an
+epoch, and when a checkpoint is saved.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+
+import numpy as np
+
+from netlang.optimizers import OPTIMIZERS
+from netlang.train.optim import Optimizer
+
+_KIND = {"nl_sgd_update": 0, "nl_adam_update": 1}   # nl_update's `kind` (routines.h)
+
+
+def train_step(net, loss: str, weights: dict[str, np.ndarray], opt: Optimizer,
+               backend: str = "numpy", capturable: bool = False):
+    """The step object for `backend` (weights: every parameter, as net.init gives them)."""
+    if backend == "numpy":
+        return NumpyStep(net, loss, weights, opt)
+    return TrainStep(net, loss, weights, opt, backend, capturable)
+
+
+class NumpyStep:
+    def __init__(self, net, loss: str, weights: dict[str, np.ndarray], opt: Optimizer):
+        self.net, self.loss_text, self.opt = net, loss, opt
+        self.w = {k: np.array(v, dtype=np.float32) for k, v in weights.items()}
+
+    def run(self, batch: dict, lr: float, seed: int) -> float:
+        with np.errstate(over="ignore", invalid="ignore"):   # the NaN guard reports
+            loss, grads, updates = self.net.value_and_grad(
+                self.w, batch, loss=self.loss_text, seed=seed, return_updates=True)
+        if math.isfinite(loss):
+            self.opt.update(self.w, grads, lr)
+            self.w.update(updates)
+        return loss
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return {k: v.copy() for k, v in self.w.items()}
+
+    def sync(self) -> None:
+        """The optimizer's state is already the NumPy update's own."""
+
+
+class TrainStep:
+    """The step of a compiled backend; see the module docstring."""
+
+    def __init__(self, net, loss: str, weights: dict[str, np.ndarray], opt: Optimizer,
+                 backend: str, capturable: bool = False):
+        self.opt = opt
+        self.odef = OPTIMIZERS[opt.name]
+        self.prog = net.program_for(True, loss)
+        from netlang.backends.cuda.runtime import Device, Runner
+
+        self.runner = Runner(self.prog, backend, capturable)
+        self.dev = self.runner.device
+        self.backend = backend
+        xp = self.dev.xp
+        g = self.prog.graph
+        host = self.prog.weight_feeds(weights)   # checked: names, shapes, numbers
+        self.names = {p.id: p.name for p in g.params}
+        self.shapes = {p.name: p.type.shape for p in g.params}
+        self.w = {self.names[i]: _aligned(xp, a) for i, a in host.items()}
+        self.trained = [p.name for p in g.params if p.name in g.grads]
+        self.grad_keys = {k: f"v{node.id}" for k, node in g.grads.items()}
+        self.copies = [(key, pname) for key, pname in self.runner.cprog.updates.items()]
+        self.loss_key = f"v{g.loss.id}"
+        self.state = self._load_state(xp)
+        self.inputs = {node.id: node for node in [*g.inputs.values(), *g.targets.values()]}
+        self._per_batch: dict[int, dict] = {}
+        self.upd = Device(backend, _kernels()) if backend != "cpu" else None
+        self.graph = None
+        self.graph_refusal = None
+        if any(n.op == "dropout_mask" for n in g.nodes):
+            self.graph_refusal = "the program draws dropout masks: a captured step would " \
+                                 "reuse one mask forever"
+        elif opt.name != "sgd":
+            self.graph_refusal = f"{opt.name}'s bias correction changes every step; a " \
+                                 "graph replays fixed kernel arguments"
+
+    # -- state ---------------------------------------------------------------------------
+    def _load_state(self, xp) -> list[dict[str, object]]:
+        """The optimizer's slots on the backend: the Optimizer's arrays (a resumed run), or
+        zeros; SGD without momentum keeps none."""
+        slots = self.odef.slots
+        if self.opt.name == "sgd" and not self.opt.args.get("momentum"):
+            slots = ()
+        out = []
+        for slot in slots:
+            given = self.opt.state.get(slot, {})
+            out.append({k: _aligned(xp, np.asarray(given[k], np.float32)) if k in given
+                        else xp.zeros(self.shapes[k], np.float32) for k in self.trained})
+        return out
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """Host copies of every parameter (and batchnorm statistic)."""
+        return {k: self.dev.to_host(v).reshape(self.shapes[k]) for k, v in self.w.items()}
+
+    def sync(self) -> None:
+        """Write the optimizer state into the Optimizer (as its NumPy update keeps it), for
+        a checkpoint."""
+        if self.opt.step_count == 0:
+            self.opt.state = {}
+            return
+        state: dict[str, dict[str, np.ndarray]] = {s: {} for s in self.odef.slots}
+        for slot, arrays in zip(self.odef.slots, self.state):
+            state[slot] = {k: self.dev.to_host(a).reshape(self.shapes[k])
+                           for k, a in arrays.items()}
+        self.opt.state = state
+
+    # -- the step ------------------------------------------------------------------------
+    def _buffers(self, batch: int) -> dict:
+        """Per batch size: the program's buffers, with fixed input buffers, and (cpu) the
+        native call's tables."""
+        if batch in self._per_batch:
+            return self._per_batch[batch]
+        xp = self.dev.xp
+        feeds = {pid: self.w[name] for pid, name in self.names.items()}
+        for nid, node in self.inputs.items():
+            dtype = np.int64 if node.type.dtype == "int64" else np.float32
+            feeds[nid] = xp.zeros((batch, *node.type.shape), dtype)
+        bufs = self.runner.buffers(feeds, batch)
+        entry = {"bufs": bufs, "inputs": {nid: bufs[f"v{nid}"] for nid in self.inputs}}
+        if self.backend == "cpu":
+            entry["table"] = self._native_tables(bufs)
+        self._per_batch[batch] = entry
+        return entry
+
+    def _native_tables(self, bufs: dict):
+        keys = self.runner.cprog.buffer_keys
+        arrays = [bufs[k] for k in keys]
+        for k, a in zip(keys, arrays):
+            want = np.int64 if a.dtype == np.int64 else np.float32
+            if a.dtype != want or not a.flags.c_contiguous or a.ctypes.data % 16:
+                raise AssertionError(f"nl_train: buffer {k} is not an aligned contiguous "
+                                     f"{np.dtype(want)} array")
+        ptr = ctypes.c_void_p
+        params = []
+        for k in self.trained:
+            slots = [s[k] for s in self.state] + [None] * (2 - len(self.state))
+            params += [self.w[k], bufs[self.grad_keys[k]], *slots]
+        copies = []
+        for key, pname in self.copies:
+            copies += [bufs[key], self.w[pname]]
+        keep = arrays + [a for a in params + copies if a is not None]   # alive while used
+        return {
+            "B": (ptr * max(len(arrays), 1))(*[a.ctypes.data for a in arrays]),
+            "P": (ptr * max(len(params), 1))(*[None if a is None else a.ctypes.data
+                                              for a in params]),
+            "n": (ctypes.c_longlong * max(len(self.trained), 1))(
+                *[self.w[k].size for k in self.trained]),
+            "U": (ptr * max(len(copies), 1))(*[a.ctypes.data for a in copies]),
+            "un": (ctypes.c_longlong * max(len(self.copies), 1))(
+                *[self.w[p].size for _, p in self.copies]),
+            "loss": ptr(bufs[self.loss_key].ctypes.data),
+            "keep": keep,
+        }
+
+    def _scalars(self, lr: float) -> list:
+        return self.odef.kernel_scalars({**self.opt.args, "lr": lr}, lr,
+                                        self.opt.step_count + 1)
+
+    def run(self, batch: dict, lr: float, seed: int, read: bool = True) -> float | None:
+        """One step on `batch` (host arrays); returns the loss. Weights and state stay as
+        they were when the loss is not finite. On a GPU, `read=False` does not wait for the
+        step to finish (and returns None): the update kernels skip a non-finite loss on the
+        device, which `loss()` reads later."""
+        feeds, n = self.prog.data_feeds(batch)
+        entry = self._buffers(n)
+        for nid, buf in entry["inputs"].items():
+            buf[...] = self.dev.xp.asarray(feeds[nid]).ravel()
+        bufs = entry["bufs"]
+        if self.backend == "cpu":
+            t = entry["table"]
+            scalars = self._scalars(lr)
+            h = (ctypes.c_float * len(scalars))(*scalars)
+            updated = self.dev.module.train(
+                t["B"], n, seed, t["loss"], _KIND[self.odef.kernel], h, len(self.trained),
+                t["P"], t["n"], len(self.copies), t["U"], t["un"])
+            if updated:
+                self.opt.step_count += 1
+            return float(bufs[self.loss_key][0])
+        if self.graph is not None and self.graph[:2] == (n, lr):
+            self.graph[2].launch()
+        else:
+            self.runner.run_steps(bufs, n, seed)
+            self._update(bufs, lr)
+        if not read:
+            self.opt.step_count += 1
+            return None
+        loss = float(self.dev.to_host(bufs[self.loss_key]).reshape(()))
+        if math.isfinite(loss):
+            self.opt.step_count += 1
+        return loss
+
+    def _update(self, bufs: dict, lr: float) -> None:
+        """Batchnorm statistics into their parameters, and one fused update kernel per
+        parameter; both skip on the device when the loss is not finite."""
+        loss = bufs[self.loss_key]
+        block = 256
+        for key, pname in self.copies:
+            w = self.w[pname]
+            self.upd.launch("nl_copy_if_finite", math.ceil(w.size / block), block,
+                            [w, bufs[key], loss, w.size])
+        scalars = self._scalars(lr)
+        for k in self.trained:
+            w = self.w[k]
+            slots = [s[k] for s in self.state] or [w]   # SGD without momentum: unused
+            self.upd.launch(self.odef.kernel, math.ceil(w.size / block), block,
+                            [w, bufs[self.grad_keys[k]], *slots, loss, *scalars, w.size])
+
+    def capture(self, batch: int, lr: float) -> bool:
+        """Capture one step at batch size `batch` as a CUDA graph (after a first step, which
+        sets the momentum); later steps of that size and learning rate replay it. Refused,
+        with the reason in `graph_refusal`, when the program or the optimizer cannot be
+        replayed."""
+        if self.graph_refusal is not None or self.backend != "cuda":
+            self.graph_refusal = self.graph_refusal or "CUDA graphs need a GPU"
+            return False
+        cp = self.dev.xp
+        bufs = self._buffers(batch)["bufs"]
+        stream = cp.cuda.Stream(non_blocking=True)
+        try:
+            with stream:
+                stream.begin_capture()
+                self.runner.run_steps(bufs, batch, 0)
+                self._update(bufs, lr)
+                self.graph = (batch, lr, stream.end_capture())
+        except Exception as exc:   # a library call that cannot be captured
+            self.graph_refusal = f"capture failed: {type(exc).__name__}: {exc}"
+            self.graph = None
+            return False
+        return True
+
+    def loss(self, batch: int) -> float:
+        """The last step's loss at batch size `batch`."""
+        bufs = self._buffers(batch)["bufs"]
+        return float(self.dev.to_host(bufs[self.loss_key]).reshape(()))
+
+
+def _aligned(xp, a) -> object:
+    """A contiguous float32 copy on the backend (host: 64-byte aligned, as the native code
+    needs 16)."""
+    if xp is not np:
+        return xp.ascontiguousarray(xp.asarray(a, dtype=np.float32))
+    a = np.asarray(a, dtype=np.float32)
+    raw = np.empty(a.size + 16, np.float32)
+    start = (-raw.ctypes.data % 64) // 4
+    out = raw[start:start + a.size].reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def _kernels() -> str:
+    from netlang.optimizers import KERNELS
+
+    return KERNELS

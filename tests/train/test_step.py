@@ -1,0 +1,162 @@
+"""The training step on every backend: the compiled steps (weights, batchnorm statistics and
+optimizer state kept in the backend's buffers, the update fused) against the NumPy step
+(the reference gradients and update rules), the NaN guard, the cpu step as one native call,
+and the training loop on cpu (resume exact, checkpoints like NumPy's)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import netlang
+from netlang.config import Call, apply_overrides
+from netlang.train import checkpoint
+from netlang.train.loop import Trainer
+from netlang.train.optim import Optimizer
+from netlang.train.step import NumpyStep, TrainStep, train_step
+from tests.backends.test_cuda import BACKENDS, HAVE_CXX
+from tests.conftest import EXAMPLES
+
+CPU = pytest.param("cpu", marks=pytest.mark.skipif(not HAVE_CXX, reason="no C++ compiler"))
+COMPILED = [CPU, *BACKENDS]
+
+# conv + batchnorm (its statistics are updates the step writes back) + dropout-free head
+NET = """
+network bnnet(classes = 4) {
+    input x: [3, 12, 12]
+    c1 = conv(x, 8, kernel = 3, pad = same, bias = false)
+    b1 = relu(batchnorm(c1))
+    p1 = maxpool(b1, 2)
+    c2 = conv(p1, 8, kernel = 3, pad = same)
+    output logits = dense(flatten(relu(c2)), classes)
+}
+"""
+LOSS = "cross_entropy(logits, label)"
+OPTIMIZERS = [("sgd", (("lr", 0.1), ("momentum", 0.9), ("nesterov", True),
+                       ("weight_decay", 1e-3))),
+              ("sgd", (("lr", 0.1),)),
+              ("adam", (("lr", 0.01), ("weight_decay", 0.01))),
+              ("adamw", (("lr", 0.01), ("weight_decay", 0.1)))]
+IDS = ["sgd-nesterov", "sgd-plain", "adam", "adamw"]
+
+
+def _batch(n: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"x": rng.standard_normal((n, 3, 12, 12)).astype(np.float32),
+            "label": rng.integers(0, 4, n)}
+
+
+def _run(step, batches, lr: float) -> list[float]:
+    return [step.run(b, lr, i) for i, b in enumerate(batches)]
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("name,args", OPTIMIZERS, ids=IDS)
+def test_compiled_step_trains_like_the_numpy_step(backend, name, args):
+    """Three steps (the last at another batch size, as an epoch's last batch) on each
+    backend: losses, weights, batchnorm statistics and optimizer state as NumPy's."""
+    net = netlang.loads(NET)
+    w = net.init(0)
+    batches = [_batch(6, 0), _batch(6, 1), _batch(5, 2)]
+    ref_opt, opt = Optimizer.from_config(Call(name, args)), Optimizer.from_config(Call(name, args))
+    ref = NumpyStep(net, LOSS, w, ref_opt)
+    got = TrainStep(net, LOSS, w, opt, backend)
+    want_losses = _run(ref, batches, ref_opt.lr)
+    losses = _run(got, batches, opt.lr)
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
+    assert opt.step_count == ref_opt.step_count == 3
+    ws, want = got.weights(), ref.weights()
+    assert sorted(ws) == sorted(want)
+    # Adam divides by sqrt(v): for near-zero gradients a float32 rounding difference becomes
+    # a visible fraction of one step, so it gets 1e-3 (0.1% of the weights' scale).
+    tol = 1e-4 if name == "sgd" else 1e-3
+    for k in want:
+        np.testing.assert_allclose(ws[k], want[k], rtol=tol, atol=tol * 0.1, err_msg=k)
+    stat = "b1.batchnorm0.running_mean"
+    assert not np.allclose(ws[stat], w[stat])   # the step's statistics were written back
+    got.sync()
+    assert {s: sorted(v) for s, v in opt.state.items()} == \
+        {s: sorted(v) for s, v in ref_opt.state.items()}
+    for slot, arrays in ref_opt.state.items():
+        for k in arrays:
+            np.testing.assert_allclose(opt.state[slot][k], arrays[k], rtol=tol,
+                                       atol=tol * 0.01, err_msg=f"{slot} {k}")
+
+
+@pytest.mark.parametrize("backend", ["numpy", *COMPILED])
+def test_a_nan_loss_changes_nothing(backend):
+    net = netlang.loads(NET)
+    opt = Optimizer.from_config(Call("adam", (("lr", 0.01),)))
+    step = train_step(net, LOSS, net.init(0), opt, backend)
+    step.run(_batch(4), opt.lr, 0)
+    before, count = step.weights(), opt.step_count
+    step.sync()
+    state = {s: {k: a.copy() for k, a in v.items()} for s, v in opt.state.items()}
+    bad = _batch(4, 1)
+    bad["x"][0, 0, 0, 0] = np.nan
+    assert np.isnan(step.run(bad, opt.lr, 1))
+    after = step.weights()
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+    assert opt.step_count == count
+    step.sync()
+    for s, v in state.items():
+        for k in v:
+            np.testing.assert_array_equal(opt.state[s][k], v[k])
+
+
+@pytest.mark.skipif(not HAVE_CXX, reason="no C++ compiler")
+def test_cpu_step_with_its_update_is_one_native_call(monkeypatch):
+    from netlang.backends.cuda import runtime
+
+    net = netlang.loads(NET)
+    opt = Optimizer.from_config(Call("sgd", (("lr", 0.1), ("momentum", 0.9))))
+    step = TrainStep(net, LOSS, net.init(0), opt, "cpu")
+    step.run(_batch(4), opt.lr, 0)
+
+    def refuse(*a, **k):
+        raise AssertionError("a Python-level launch during a cpu step")
+
+    monkeypatch.setattr(runtime.Runner, "run_steps", refuse)
+    monkeypatch.setattr(runtime.Device, "launch", refuse)
+    calls = []
+    module = step.dev.module
+    real = module.lib.nl_train
+    monkeypatch.setattr(module.lib, "nl_train", lambda *a: calls.append(1) or real(*a))
+    for i in range(3):
+        step.run(_batch(4, i), opt.lr, i + 1)
+    assert len(calls) == 3 and opt.step_count == 4
+
+
+@pytest.mark.skipif(not HAVE_CXX, reason="no C++ compiler")
+def test_training_on_cpu_resumes_exactly_and_saves_numpy_checkpoints(tmp_path):
+    net = netlang.load(EXAMPLES / "lenet_digits.net", params={"width": 4})
+    cfg = apply_overrides(net.train, [("epochs", "2"), ("batch", "64")], list(net.outputs))
+    cfg = dataclasses.replace(cfg, augment=())
+
+    def quiet(*a, **k):
+        pass
+
+    def trainer(out, **kw):
+        return Trainer(net, cfg, tmp_path / out, progress=False, log=quiet, backend="cpu",
+                       **kw)
+
+    full = trainer("full").run()
+    part = trainer("part", stop_after_steps=7).run()
+    assert part.reason.startswith("interrupted")
+    resumed = trainer("part", resume=tmp_path / "part").run()
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.history] == \
+        [{k: v for k, v in r.items() if k != "seconds"} for r in full.history]
+    for k in full.weights:   # the same program on the same cores: bit for bit
+        np.testing.assert_array_equal(resumed.weights[k], full.weights[k], err_msg=k)
+    numpy_run = Trainer(net, cfg, tmp_path / "numpy", progress=False, log=quiet).run()
+    a = checkpoint.load(tmp_path / "full" / "last.safetensors")
+    b = checkpoint.load(tmp_path / "numpy" / "last.safetensors")
+    assert sorted(a.weights) == sorted(b.weights)
+    assert {s: sorted(v) for s, v in a.optimizer.items()} == \
+        {s: sorted(v) for s, v in b.optimizer.items()}
+    steps = -(-len(Trainer(net, cfg, tmp_path / "n").data.train) // 64)   # per epoch
+    assert a.state["optimizer_steps"] == b.state["optimizer_steps"] == 2 * steps
+    assert full.history[-1]["loss"] == pytest.approx(numpy_run.history[-1]["loss"], rel=1e-3)
