@@ -83,3 +83,27 @@ def load_recorded(args, weights: str, prefer: str = "best"):
     net = api.load(args.file, network=network, params=recorded | given)
     checkpoint.check_compatible(ck, net, weights)
     return net, ck
+
+
+BACKENDS = ["auto", "numpy", "cpu", "cuda", "cuda-emu"]
+
+
+def backend_options(sp, what: str) -> None:
+    """--backend and --threads, as train, eval and predict take them."""
+    sp.add_argument("--backend", default="auto", choices=BACKENDS,
+                    help=f"where {what} runs. auto (default): cuda with a GPU, else cpu with "
+                         "a C++ compiler, else numpy (a line says which, and why); numpy: the "
+                         "reference interpreter; cpu: the fused program compiled for this "
+                         "machine; cuda: a GPU; cuda-emu: the CUDA kernels on the host (slow, "
+                         "for checking)")
+    sp.add_argument("--threads", type=int, help="cores the cpu backend uses (default: "
+                    "OMP_NUM_THREADS, else all)")
+
+
+def pick_backend(args, out=sys.stdout) -> str:
+    """The backend for --backend (and --threads), with its line printed to `out`."""
+    if args.threads is not None:
+        api.set_threads(args.threads)
+    backend, line = api.choose_backend(args.backend)
+    print(line, file=out)
+    return backend

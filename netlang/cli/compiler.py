@@ -12,7 +12,7 @@ def cmd_compile(args) -> int:
 
     net = load(args)
     art = compile_artifacts(net, args.train, args.loss, args.batch, tuple(args.dump_after),
-                            fuse=not args.no_fuse)
+                            fuse=not args.no_fuse, backend=args.backend)
     if args.explain == "fusion":
         print(art.explain)
     if args.output is None:
@@ -40,4 +40,7 @@ def add_parser(sub, common, run_options) -> None:
                     help="print the IR after PASS (repeatable; `all` for every pass)")
     sp.add_argument("--explain", choices=["fusion"], help="why pairs of ops were not fused")
     sp.add_argument("--no-fuse", action="store_true", help="one kernel per op (for bisecting)")
+    sp.add_argument("--backend", choices=["all", "cuda", "cpu"], default="all",
+                    help="whose source to write with -o: kernels.cu (cuda), kernels.cpp (cpu, "
+                         "its nl_step included) or both (default)")
     sp.set_defaults(func=cmd_compile)

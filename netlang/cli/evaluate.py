@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from netlang.cli.common import load_recorded, train_config
+from netlang.cli.common import backend_options, load_recorded, pick_backend, train_config
 from netlang.diagnostics import error
 
 
@@ -32,7 +32,8 @@ def cmd_eval(args) -> int:
     if not len(ds.split(split)):
         raise error("E032", f"the {split} split of `{ds.name}` is empty", None,
                     help="choose another with --split, or give a file with --data")
-    m = evaluate(net, ck.weights, ds, split, cfg, task_of(net, cfg.loss))
+    backend = pick_backend(args, sys.stderr)
+    m = evaluate(net, ck.weights, ds, split, cfg, task_of(net, cfg.loss), backend=backend)
     what = (f"all {len(ds.test)} samples of {args.data}" if user_file else
             f"the {split} split, {len(ds.split(split))} samples")
     print(f"{ds.name}: {what}; weights of epoch {ck.state.get('epoch', '?')}")
@@ -49,4 +50,5 @@ def add_parser(sub, common, run_options) -> None:
     sp.add_argument("--split", choices=["test", "val", "train"], default="test",
                     help="which split of the run's data to score (default: test); a file "
                          "given with --data is scored whole")
+    backend_options(sp, "the evaluation")
     sp.set_defaults(func=cmd_eval)

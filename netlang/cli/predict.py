@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from netlang.cli.common import load_recorded
+from netlang.cli.common import backend_options, load_recorded, pick_backend
 from netlang.diagnostics import error
 from netlang.ir.types import fmt_shape
 
@@ -76,7 +77,8 @@ def cmd_predict(args) -> int:
         raise error("E040", "predict feeds networks with one input", None)
     in_name, in_type = next(iter(net.inputs.items()))
     x, names = _read_inputs(args.inputs, in_type.shape)
-    outs = net.forward(weights, {in_name: x})
+    backend = pick_backend(args, sys.stderr)
+    outs = net.forward(weights, {in_name: x}, backend=backend)
     out_name, y = next(iter(outs.items()))
     if y.ndim == 2:
         probs = net.probabilities(out_name, y)
@@ -108,4 +110,5 @@ def add_parser(sub, common, run_options) -> None:
     sp.add_argument("--weights", required=True, help="a checkpoint or run folder")
     sp.add_argument("inputs", nargs="+", help=".npy files or images")
     sp.add_argument("-o", "--output", help="folder for mask overlays (segmentation)")
+    backend_options(sp, "the network")
     sp.set_defaults(func=cmd_predict)

@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 from netlang import api
-from netlang.cli.common import load, load_recorded, print_warnings, train_config
+from netlang.cli.common import (
+    backend_options, load, load_recorded, pick_backend, print_warnings, train_config,
+)
 
 
 def _run_dir(net: api.Network, out: str | None, resume: str | None) -> Path:
@@ -37,10 +39,7 @@ def cmd_train(args) -> int:
     out = _run_dir(net, args.out, args.resume)
     if args.tf32:
         api.use_tf32(True)
-    if args.threads is not None:
-        api.set_threads(args.threads)
-    backend, line = api.choose_backend(args.backend)
-    print(line)
+    backend = pick_backend(args)
     trainer = Trainer(net, cfg, out, resume=Path(args.resume) if args.resume else None,
                       progress=None if not args.no_progress else False, backend=backend,
                       overwrite=args.overwrite)
@@ -79,14 +78,7 @@ def add_parser(sub, common, run_options) -> None:
     sp.add_argument("--overwrite", action="store_true",
                     help="start over in a run folder that holds a run")
     sp.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
-    sp.add_argument("--backend", default="auto",
-                    choices=["auto", "numpy", "cpu", "cuda", "cuda-emu"],
-                    help="auto (default): cuda with a GPU, else cpu with a C++ compiler, else "
-                         "numpy (the first line of the log says which, and why); numpy: the "
-                         "reference interpreter; cpu: the fused program compiled for this "
-                         "machine; cuda: a GPU; cuda-emu: the CUDA kernels on the host (slow, "
-                         "for checking)")
-    sp.add_argument("--threads", type=int, help="cores the cpu backend uses (default: all)")
+    backend_options(sp, "training")
     sp.add_argument("--tf32", action="store_true", help="with --backend cuda: let cuBLAS GEMMs "
                     "use TF32 tensor cores (faster, 10-bit mantissa); off by default")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
