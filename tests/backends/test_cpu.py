@@ -193,3 +193,33 @@ def test_an_epilogue_may_read_a_fused_value_twice(backend):
     v0, g0 = net.value_and_grad({}, batch, loss="mse(y, t)", wrt_inputs=True)
     assert float(v1) == pytest.approx(float(v0), rel=1e-6)
     _close(g1["x"], g0["x"], 1e-6)
+
+
+NAN_NET = """
+network nans {
+    input x: [2, 8, 8]
+    a = relu(x)
+    b = maxpool(leaky_relu(x, alpha = 0.1), 2)
+    c = upsample(avgpool(tanh(x), 2), 2)
+    output y = concat(a, sigmoid(c))
+    output p = b
+    output s = softmax(dense(flatten(relu(conv(x, 3, kernel = 3, pad = same))), 4))
+}
+"""
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda-emu"])
+def test_a_nan_goes_where_numpy_puts_it(backend):
+    """relu, max-pool and the rest keep a NaN where NumPy does (a diverged run must show a
+    NaN loss on every backend, not a finite one computed from zeros)."""
+    net = netlang.loads(NAN_NET)
+    x = np.random.default_rng(0).standard_normal((2, 2, 8, 8)).astype(np.float32)
+    x[0, 1, 3, 4] = np.nan
+    w = net.init(0)
+    want = net.forward(w, {"x": x})
+    got = net.forward(w, {"x": x}, backend=backend)
+    for k in want:
+        assert np.isnan(want[k]).any(), k
+        np.testing.assert_array_equal(np.isnan(got[k]), np.isnan(want[k]), err_msg=k)
+        ok = ~np.isnan(want[k])
+        _close(got[k][ok], want[k][ok], 1e-5)
