@@ -4,8 +4,8 @@
 // their threads in a plain loop. Kernels with __syncthreads run each thread of a block as
 // a fiber (its own stack); __syncthreads switches back to the scheduler, which resumes the
 // next fiber, so every thread reaches the barrier before any passes it. Fibers are started
-// with makecontext/swapcontext once and then switched with _setjmp/_longjmp (no signal-mask
-// system call per switch). __shared__ variables are function statics: one instance, shared
+// with makecontext/swapcontext once per thread index for the whole process and then
+// switched with _setjmp/_longjmp (no signal-mask system call per switch, none per block). __shared__ variables are function statics: one instance, shared
 // by the threads of the block being run, as on the device.
 #include <math.h>
 #include <stdint.h>
@@ -33,8 +33,8 @@ typedef void (*nl_body_fn)(void*);
 #define NL_MAX_BLOCK 1024
 static jmp_buf nl_sched;
 static jmp_buf nl_resume[NL_MAX_BLOCK];
-static char nl_done[NL_MAX_BLOCK], nl_started[NL_MAX_BLOCK];
-static std::vector<char> nl_stack_mem;
+static char nl_done[NL_MAX_BLOCK];
+static char* nl_stacks[NL_MAX_BLOCK];   // a fiber's stack, made once, kept for the process
 static ucontext_t nl_ctx[NL_MAX_BLOCK];
 static ucontext_t nl_boot;
 static nl_body_fn nl_body_current;
@@ -46,17 +46,20 @@ static void __syncthreads() {
     if (!_setjmp(nl_resume[nl_current])) _longjmp(nl_sched, 1);
 }
 
+// A fiber runs the body of its thread index for one block, then waits (at the same kind of
+// jump as a barrier) to be resumed for the next block or launch: fibers are made once, and
+// every later switch is a _setjmp/_longjmp pair.
 static void nl_fiber_entry() {
-    nl_body_current(nl_args_current);
-    nl_done[nl_current] = 1;
-    _longjmp(nl_sched, 1);
+    for (;;) {
+        nl_body_current(nl_args_current);
+        nl_done[nl_current] = 1;
+        if (!_setjmp(nl_resume[nl_current])) _longjmp(nl_sched, 1);
+    }
 }
 
 static void nl_run_block_fibers(int block) {
     if (block > NL_MAX_BLOCK) abort();
-    memset(nl_done, 0, sizeof nl_done);
-    memset(nl_started, 0, sizeof nl_started);
-    if (nl_stack_mem.size() < (size_t)block * NL_STACK) nl_stack_mem.resize((size_t)block * NL_STACK);
+    memset(nl_done, 0, (size_t)block);
     int alive = block;
     while (alive > 0) {
         for (int t = 0; t < block; ++t) {
@@ -64,10 +67,11 @@ static void nl_run_block_fibers(int block) {
             nl_current = t;
             threadIdx.x = t;
             if (!_setjmp(nl_sched)) {
-                if (!nl_started[t]) {
-                    nl_started[t] = 1;
+                if (!nl_stacks[t]) {
+                    nl_stacks[t] = (char*)malloc(NL_STACK);
+                    if (!nl_stacks[t]) abort();
                     getcontext(&nl_ctx[t]);
-                    nl_ctx[t].uc_stack.ss_sp = &nl_stack_mem[(size_t)t * NL_STACK];
+                    nl_ctx[t].uc_stack.ss_sp = nl_stacks[t];
                     nl_ctx[t].uc_stack.ss_size = NL_STACK;
                     nl_ctx[t].uc_link = nullptr;
                     makecontext(&nl_ctx[t], nl_fiber_entry, 0);
