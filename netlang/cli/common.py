@@ -100,10 +100,11 @@ def backend_options(sp, what: str) -> None:
                     "OMP_NUM_THREADS, else all)")
 
 
-def pick_backend(args, out=sys.stdout) -> str:
-    """The backend for --backend (and --threads), with its line printed to `out`."""
+def pick_backend(args, out=None) -> str:
+    """The backend for --backend (and --threads), with its line printed to `out` (the
+    standard output when None)."""
     if args.threads is not None:
         api.set_threads(args.threads)
     backend, line = api.choose_backend(args.backend)
-    print(line, file=out)
+    print(line, file=out or sys.stdout)
     return backend

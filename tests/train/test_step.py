@@ -160,3 +160,88 @@ def test_training_on_cpu_resumes_exactly_and_saves_numpy_checkpoints(tmp_path):
     steps = -(-len(Trainer(net, cfg, tmp_path / "n").data.train) // 64)   # per epoch
     assert a.state["optimizer_steps"] == b.state["optimizer_steps"] == 2 * steps
     assert full.history[-1]["loss"] == pytest.approx(numpy_run.history[-1]["loss"], rel=1e-3)
+
+
+SEG = """
+network seg(classes = 3) {
+    input image: [1, 16, 16]
+    e = image -> conv(4, 3, pad=same) -> batchnorm -> relu
+    d = e -> maxpool(2) -> conv(8, 3, pad=same) -> relu -> conv_transpose(4, 2, stride=2)
+    output logits = concat(e, d) -> conv(classes, 1)
+}
+"""
+
+
+def _network_case(name):
+    """(network, loss, batch of 2) of the whole-step parity cases."""
+    rng = np.random.default_rng(0)
+    if name == "lenet5":
+        net = netlang.load(EXAMPLES / "lenet5.net")
+        return net, "cross_entropy(logits, label)", {
+            "image": rng.standard_normal((2, 1, 28, 28)).astype(np.float32),
+            "label": rng.integers(0, 10, 2)}
+    if name == "unet-bce-dice":
+        net = netlang.load(EXAMPLES / "unet.net", params={"base": 2, "size": 16})
+        return net, "bce(mask, target) + dice(mask, target)", {
+            "image": rng.standard_normal((2, 1, 16, 16)).astype(np.float32),
+            "target": (rng.uniform(size=(2, 1, 16, 16)) > 0.5).astype(np.float32)}
+    if name == "segmentation-ce":   # softmax cross-entropy per pixel
+        net = netlang.loads(SEG)
+        return net, "cross_entropy(logits, label)", {
+            "image": rng.standard_normal((2, 1, 16, 16)).astype(np.float32),
+            "label": rng.integers(0, 3, (2, 16, 16))}
+    net = netlang.load(EXAMPLES / "resnet18.net", network="resnet18_cifar",
+                       params={"base": 4})
+    return net, "cross_entropy(logits, label)", {
+        "image": rng.standard_normal((2, 3, 32, 32)).astype(np.float32),
+        "label": rng.integers(0, 10, 2)}
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("case", ["lenet5", "unet-bce-dice", "segmentation-ce",
+                                  "resnet18-cifar"])
+def test_whole_training_steps_match_numpy(backend, case):
+    """Steps with SGD-momentum through each compiled backend's own step (loss kernels,
+    backward, batchnorm in training mode, update), each against NumPy's step from the
+    same weights and state. (Compared over several steps instead, float32 rounding can
+    move a relu input across 0 and the paths part: ResNet-18 here does at step 2.)"""
+    net, loss, batch = _network_case(case)
+    call = Call("sgd", (("lr", 0.05), ("momentum", 0.9)))
+    opt = Optimizer.from_config(call)
+    got = TrainStep(net, loss, net.init(0), opt, backend)
+    for i in range(3):
+        ref_opt = Optimizer.from_config(call)
+        got.sync()
+        ref_opt.state = {s: {k: a.copy() for k, a in v.items()} for s, v in opt.state.items()}
+        ref_opt.step_count = opt.step_count
+        ref = NumpyStep(net, loss, got.weights(), ref_opt)
+        assert got.run(batch, opt.lr, i) == pytest.approx(ref.run(batch, ref_opt.lr, i),
+                                                          rel=1e-4)
+        want, ws = ref.weights(), got.weights()
+        for k in want:
+            np.testing.assert_allclose(ws[k], want[k], rtol=1e-4, atol=1e-6,
+                                       err_msg=f"step {i + 1}: {k}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", [*BACKENDS, CPU])
+def test_netlang_train_on_the_device_path_matches_numpy(tmp_path, backend, capsys):
+    """`netlang train examples/lenet_digits.net --backend cuda-emu --epochs 1`: the device
+    step (the GPU's kernels, update kernels, batchnorm write-back) through the training
+    loop, against --backend numpy: the same epoch losses and validation metrics."""
+    import json
+
+    from netlang.cli import main
+
+    rows = {}
+    for be in (backend, "numpy"):
+        out = tmp_path / be
+        assert main(["train", str(EXAMPLES / "lenet_digits.net"), "--backend", be,
+                     "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
+        rows[be] = [json.loads(line) for line in (out / "metrics.jsonl").read_text()
+                    .splitlines()]
+    assert capsys.readouterr().out.startswith(f"backend: {backend}")
+    for a, b in zip(rows[backend], rows["numpy"], strict=True):
+        for k in a:
+            if k != "seconds":
+                assert a[k] == pytest.approx(b[k], rel=1e-4), k
