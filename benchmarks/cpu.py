@@ -11,7 +11,7 @@ per framework: the growth of the process's peak RSS (ru_maxrss) from the moment 
 and data are allocated through the warm-up and the timed steps, i.e. activations,
 gradients, optimizer state and temporaries, not the weights or the data.
 Train step = forward + loss + backward + SGD-momentum update: for netlang, the step
-`netlang train` runs (netlang/train/step.py; on cpu one native call, update included).
+`netlang train` runs (netlang/backends/step.py; on cpu one native call, update included).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def worker(framework: str, name: str, steps: int, backend: str = "numpy") -> dic
     if framework == "netlang":
         from netlang.config import Call
         from netlang.train.optim import Optimizer
-        from netlang.train.step import train_step as make_step
+        from netlang.backends.step import train_step as make_step
 
         inputs = {k: data[k] for k in net.inputs}
         # What `netlang train` runs: the backend's step with its fused update.

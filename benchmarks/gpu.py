@@ -55,7 +55,7 @@ def bench_netlang(name, steps, kind):
     import netlang
     from netlang.config import Call
     from netlang.train.optim import Optimizer
-    from netlang.train.step import TrainStep
+    from netlang.backends.step import TrainStep
 
     file, network, params, batch, loss = NETS[name]
     net = netlang.load(ROOT / "examples" / file, network=network, params=params)

@@ -48,7 +48,7 @@ def netlang_worker(backend: str, steps: int) -> dict:
     import netlang
     from netlang.config import Call
     from netlang.train.optim import Optimizer
-    from netlang.train.step import train_step
+    from netlang.backends.step import train_step
 
     net = netlang.loads(LAYER)
     opt = Optimizer.from_config(Call("sgd", (("lr", 0.01), ("momentum", 0.9))))

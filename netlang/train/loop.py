@@ -29,7 +29,6 @@ from netlang.train import augment, checkpoint
 from netlang.train import data as data_mod
 from netlang.train.metrics import MAXIMIZE, TASK_METRICS, Metrics, task_of
 from netlang.train.optim import Optimizer, Schedule
-from netlang.train.step import train_step
 
 
 def available_memory() -> int | None:
@@ -210,7 +209,7 @@ class Trainer:
         for note in self.data.notes:
             self.log(note)
         self._write_config()
-        stepper = train_step(net, cfg.loss_text, weights, opt, self.backend)
+        stepper = net.train_step(weights, opt, cfg.loss_text, self.backend)
         flag: dict = {}
         n_train = len(self.data.train)
         steps = math.ceil(n_train / cfg.batch)

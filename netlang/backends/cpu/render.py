@@ -126,7 +126,7 @@ def step_function(steps, describe=None) -> tuple[str, list[str]]:
 
 # A training step: the plan, then (when the loss is finite) the batchnorm statistics copied
 # into their parameters and the optimizer's update of every trained parameter (routines.h
-# nl_update). The tables are built once per batch size by netlang/train/step.py.
+# nl_update). The tables are built once per batch size by netlang/backends/step.py.
 TRAIN = """
 // one training step with its update; 0 (and nothing updated) when the loss is not finite
 extern "C" int nl_train(void** B, int N, int seed, const float* loss, int kind,

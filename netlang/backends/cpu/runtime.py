@@ -209,7 +209,7 @@ class CpuModule:
     def train(self, B, batch: int, seed: int, loss, kind: int, h, np_: int, P, n, nu: int, U,
               un) -> bool:
         """One call of nl_train (the step, then the update) on tables that
-        netlang/train/step.py builds once per batch size; False when the loss was not
+        netlang/backends/step.py builds once per batch size; False when the loss was not
         finite and nothing was updated."""
         self._apply_threads()
         _BLAS_THREADS.limit()

@@ -6,7 +6,7 @@ reductions some ops need. GEMMs go to `cupy.matmul` (cuBLAS) on the device and t
 emulation. Only this module imports CuPy, and only when the `cuda` backend is asked for.
 
 A training step with the optimizer's update on the device (and its CUDA graph) is
-netlang/train/step.py's `TrainStep`, built on this Runner.
+netlang/backends/step.py's `TrainStep`, built on this Runner.
 """
 
 from __future__ import annotations

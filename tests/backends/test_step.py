@@ -15,7 +15,7 @@ from netlang.config import Call, apply_overrides
 from netlang.train import checkpoint
 from netlang.train.loop import Trainer
 from netlang.train.optim import Optimizer
-from netlang.train.step import NumpyStep, TrainStep, train_step
+from netlang.backends.step import NumpyStep, TrainStep, train_step
 from tests.backends.test_cuda import BACKENDS, HAVE_CXX
 from tests.conftest import EXAMPLES
 

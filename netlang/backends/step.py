@@ -14,18 +14,22 @@ parameter with the optimizer table's fused element (netlang/optimizers.py):
 Both leave weights and state untouched when the loss is not finite, and keep the
 `Optimizer`'s step count, so checkpoints are the same whichever backend wrote them.
 Weights and state reach the host only when asked (`weights()`, `sync()`): at the end of an
-epoch, and when a checkpoint is saved.
+epoch, and when a checkpoint is saved. The training loop gets a step through the public
+API (`Network.train_step`).
 """
 
 from __future__ import annotations
 
 import ctypes
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from netlang.optimizers import OPTIMIZERS
-from netlang.train.optim import Optimizer
+
+if TYPE_CHECKING:   # the training loop's optimizer state (netlang/train/optim.py)
+    from netlang.train.optim import Optimizer
 
 _KIND = {"nl_sgd_update": 0, "nl_adam_update": 1}   # nl_update's `kind` (routines.h)
 
