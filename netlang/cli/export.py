@@ -1,0 +1,45 @@
+"""`netlang export`: the inference graph as an ONNX model (netlang/interop/onnx_export.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from netlang.cli.common import load, load_recorded, print_warnings
+
+
+def cmd_export(args) -> int:
+    from netlang.interop.onnx_export import OPSET, export_model
+
+    if args.weights:
+        net, ck = load_recorded(args, args.weights)
+        weights = ck.weights
+        where = f"the weights of {args.weights} (epoch {ck.state.get('epoch', '?')})"
+    else:
+        net = load(args)
+        weights = net.init(0)
+        where = "the network's initial weights (init seed 0: no --weights given)"
+    print_warnings(net)
+    ex = export_model(net, weights, opset=args.opset or OPSET)
+    out = Path(args.output)
+    if out.parent != Path(""):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(ex.model.SerializeToString())
+    g = ex.model.graph
+    print(f"wrote {out}: {net.name}, opset {ex.model.opset_import[0].version}, "
+          f"{len(g.node)} nodes, {len(g.initializer)} initializers; {where}")
+    def dims(v) -> str:
+        return ", ".join(d.dim_param or str(d.dim_value) for d in v.type.tensor_type.shape.dim)
+
+    print("inputs: " + ", ".join(f"{i.name} [{dims(i)}]" for i in g.input) + "; outputs: "
+          + ", ".join(f"{o.name} [{dims(o)}]" for o in g.output))
+    return 0
+
+
+def add_parser(sub, common, run_options) -> None:
+    sp = sub.add_parser("export", help="write the inference graph as an ONNX model")
+    common(sp)
+    sp.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    sp.add_argument("--weights", help="a checkpoint or run folder (default: the initial "
+                    "weights, init seed 0)")
+    sp.add_argument("--opset", type=int, help="ONNX opset (default 17; 13 or newer)")
+    sp.set_defaults(func=cmd_export)

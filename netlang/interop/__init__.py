@@ -1,0 +1,1 @@
+"""Interop: ONNX export (onnx_export.py)."""

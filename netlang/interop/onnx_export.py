@@ -1,0 +1,219 @@
+"""Export a network's inference graph to ONNX.
+
+The graph exported is the checked forward graph specialised for inference (batchnorm with
+its running statistics, dropout removed), op by op: netlang's fusion is a compiler
+decision, so fused groups are exported as their ops. Every value is [N, ...] with a
+symbolic batch axis `N`; parameters are initializers under their netlang names; each
+node's `doc_string` is the `.net` line it comes from. An op or attribute ONNX cannot
+express is E071 (losses and gradients never reach an export: they are not part of a
+network's graph).
+
+The `onnx` package builds and checks the model (the schema and checker are ONNX's own:
+writing the protobuf by hand would duplicate both); it is imported only here.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from netlang.diagnostics import error
+
+OPSET = 17
+TRAINING_ONLY = {"mse", "cross_entropy", "bce", "bce_logits", "dice", "sum", "sum_to",
+                 "constant", "broadcast_like", "dropout_mask"}
+
+
+@dataclass
+class Exported:
+    model: object                          # onnx.ModelProto
+    notes: list[str] = field(default_factory=list)
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise error("E072", "export needs the `onnx` package, which is not installed", None,
+                    help="pip install 'netlang[onnx]' (or: pip install onnx)") from None
+    return onnx
+
+
+def export_model(net, weights: dict[str, np.ndarray], opset: int = OPSET) -> Exported:
+    """The ONNX model of `net`'s inference graph with `weights` as initializers."""
+    onnx = _onnx()
+    from onnx import TensorProto, helper, numpy_helper
+
+    from netlang.passes.mode import specialize
+    from netlang.passes.simplify import dce
+
+    if opset < 13:
+        raise error("E071", f"opset {opset} is too old: netlang exports opset 13 or newer "
+                    "(Softmax over one axis, Resize with scales)", None,
+                    help=f"use --opset {OPSET}")
+    g = copy.deepcopy(net.graph)
+    specialize(g, False)
+    dce(g)
+    names: dict[int, str] = {}
+    used: set[str] = set()
+
+    def unique(base: str) -> str:
+        name, i = base, 1
+        while name in used:
+            i += 1
+            name = f"{base}_{i}"
+        used.add(name)
+        return name
+
+    inputs, inits, nodes = [], [], []
+    for n in g.nodes:
+        if n.op == "input":
+            names[n.id] = unique(n.name)
+            inputs.append(helper.make_tensor_value_info(
+                names[n.id], TensorProto.FLOAT, ["N", *n.type.shape]))
+        elif n.op == "param":
+            if n.name not in weights:
+                raise error("E042", f"weights have no `{n.name}`", n.span)
+            arr = np.asarray(weights[n.name], dtype=np.float32)
+            if arr.shape != n.type.shape:
+                raise error("E042", f"weight `{n.name}` is {list(arr.shape)}, the network "
+                            f"needs {list(n.type.shape)}", n.span)
+            names[n.id] = unique(n.name)
+            inits.append(numpy_helper.from_array(arr, names[n.id]))
+    consts: list = []
+
+    def const(base: str, values, dtype=np.int64) -> str:
+        name = unique(base)
+        consts.append(numpy_helper.from_array(np.asarray(values, dtype=dtype), name))
+        return name
+
+    out_names: dict[int, str] = {}
+    for key, node in g.outputs.items():
+        out_names.setdefault(node.id, key)
+    for n in g.nodes:
+        if n.op in ("input", "param"):
+            continue
+        if n.op in TRAINING_ONLY or n.op.endswith("_grad"):   # never in a network's graph
+            raise AssertionError(f"{n.name}: training-only op {n.op} in an inference graph")
+        doc = f"{n.span.file.rsplit('/', 1)[-1]}:{n.span.line}" if n.span else ""
+        out = unique(out_names.get(n.id, n.name))   # a network output keeps its name
+        names[n.id] = out
+        ins = [names[i.id] for i in n.inputs]
+        for op_type, node_ins, node_outs, attrs in _lower(n, ins, out, const, unique):
+            nodes.append(helper.make_node(op_type, node_ins, node_outs, name=unique(
+                f"{n.name}/{op_type}"), doc_string=doc, **attrs))
+    outputs = []
+    for key, node in g.outputs.items():
+        name = names[node.id]
+        if name != key:   # a second output of the same value, or an input passed through
+            alias = unique(key)
+            nodes.append(helper.make_node("Identity", [name], [alias], name=unique(alias)))
+            name = alias
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT,
+                                                     ["N", *node.type.shape]))
+    graph = helper.make_graph(nodes, net.name, inputs, outputs, initializer=inits + consts,
+                              doc_string=f"netlang network {net.name} from {net.file}")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="netlang")
+    model.ir_version = min(model.ir_version, 8 if opset <= 17 else model.ir_version)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    return Exported(model)
+
+
+def _pads(flat: tuple[int, ...]) -> list[int]:
+    """netlang's (lo, hi) per spatial dim -> ONNX's [begins..., ends...]."""
+    return list(flat[0::2]) + list(flat[1::2])
+
+
+def _lower(n, ins: list[str], out: str, const, unique):
+    """[(op_type, inputs, outputs, attributes)] for one netlang node."""
+    a = n.attrs
+    op = n.op
+    simple = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "add": "Add",
+              "mul": "Mul"}
+    if op in simple:
+        return [(simple[op], ins, [out], {})]
+    if op == "leaky_relu":
+        return [("LeakyRelu", ins, [out], {"alpha": float(a["alpha"])})]
+    if op == "scale":
+        return [("Mul", [ins[0], const(f"{n.name}.factor", [a["factor"]], np.float32)],
+                 [out], {})]
+    if op == "softmax":
+        return [("Softmax", ins, [out], {"axis": 1})]
+    if op in ("conv", "conv_transpose"):
+        if any(p < 0 for p in a["pad"]):
+            raise error("E071", f"`{n.name}`: a negative padding (a crop) has no ONNX "
+                        "convolution attribute", n.span)
+        attrs = {"kernel_shape": list(a["kernel"]), "strides": list(a["stride"]),
+                 "pads": _pads(a["pad"]), "dilations": list(a["dilation"]),
+                 "group": int(a["groups"])}
+        if op == "conv_transpose":
+            attrs["output_padding"] = list(a["output_padding"])
+        return [("Conv" if op == "conv" else "ConvTranspose", ins, [out], attrs)]
+    if op == "dense":
+        return [("Gemm", ins, [out], {"transB": 1})]
+    if op == "batchnorm":
+        if a["affine"]:
+            x, w, b, mean, var = ins
+        else:
+            x, mean, var = ins
+            c = n.type.shape[0]
+            w = const(f"{n.name}.weight", np.ones(c), np.float32)
+            b = const(f"{n.name}.bias", np.zeros(c), np.float32)
+        return [("BatchNormalization", [x, w, b, mean, var], [out],
+                 {"epsilon": float(a["eps"])})]
+    if op == "maxpool":
+        return [("MaxPool", ins, [out], {
+            "kernel_shape": list(a["kernel"]), "strides": list(a["stride"]),
+            "pads": _pads(a["pad"]), "dilations": list(a["dilation"]),
+            "ceil_mode": int(bool(a["ceil"]))})]
+    if op == "avgpool":
+        return [("AveragePool", ins, [out], {
+            "kernel_shape": list(a["kernel"]), "strides": list(a["stride"]),
+            "pads": _pads(a["pad"]), "ceil_mode": int(bool(a["ceil"])),
+            "count_include_pad": int(bool(a["count_include_pad"]))})]
+    if op == "global_avgpool":
+        pooled = unique(f"{n.name}.pooled")
+        return [("GlobalAveragePool", ins, [pooled], {}),
+                ("Flatten", [pooled], [out], {"axis": 1})]
+    if op == "flatten":
+        return [("Flatten", ins, [out], {"axis": 1})]
+    if op == "reshape":
+        return [("Reshape", [ins[0], const(f"{n.name}.shape", [-1, *n.type.shape])], [out],
+                 {})]
+    if op == "concat":
+        return [("Concat", ins, [out], {"axis": 1})]
+    if op == "slice_channels":
+        return [("Slice", [ins[0], const(f"{n.name}.starts", [a["start"]]),
+                           const(f"{n.name}.ends", [a["stop"]]),
+                           const(f"{n.name}.axes", [1])], [out], {})]
+    if op == "crop":
+        box = a["box"]
+        nd = len(box) // 2
+        src = n.inputs[0].type.shape[1:]
+        return [("Slice", [ins[0], const(f"{n.name}.starts", list(box[0::2])),
+                           const(f"{n.name}.ends", [src[i] - box[2 * i + 1]
+                                                    for i in range(nd)]),
+                           const(f"{n.name}.axes", list(range(2, 2 + nd)))], [out], {})]
+    if op == "pad":   # zeros; box = (before, after) per spatial dim
+        box = a["box"]
+        return [("Pad", [ins[0], const(f"{n.name}.pads", [0, 0, *box[0::2], 0, 0,
+                                                          *box[1::2]])], [out],
+                 {"mode": "constant"})]
+    if op == "upsample":
+        scale = a["scale"]
+        nd = n.type.rank - 1
+        scales = [1.0, 1.0] + [float(s) for s in (scale if isinstance(scale, (tuple, list))
+                                                 else [scale] * nd)]
+        if a["mode"] == "nearest":
+            attrs = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
+                     "nearest_mode": "floor"}
+        else:
+            attrs = {"mode": "linear", "coordinate_transformation_mode": "half_pixel"}
+        return [("Resize", [ins[0], "", const(f"{n.name}.scales", scales, np.float32)],
+                 [out], attrs)]
+    raise error("E071", f"`{n.name}`: no ONNX export for the op `{op}`", n.span,
+                help="file an issue with the network; the op list is in docs/interop.md")

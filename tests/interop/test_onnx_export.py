@@ -1,0 +1,145 @@
+"""ONNX export: every example network exports, passes ONNX's full checker and strict shape
+inference (inside export_model), and onnxruntime's outputs equal netlang's forward pass
+at two batch sizes; the ops no example uses are exported by a network of their own; the
+command writes the file, names what it did, and refuses what it cannot express."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import netlang
+from netlang.cli import main
+from netlang.diagnostics import NetlangError
+from tests.conftest import EXAMPLES
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from netlang.interop.onnx_export import export_model  # noqa: E402
+
+# Every network of every example, at a size that runs in a moment.
+SIZES = {
+    ("alexnet.net", "alexnet"): {"classes": 10},
+    ("attention_unet.net", "attention_unet"): {"base": 2, "size": 16},
+    ("lenet5.net", "lenet5"): {},
+    ("lenet_digits.net", "lenet_digits"): {},
+    ("resnet18.net", "resnet18"): {"base": 4, "size": 64, "classes": 10},
+    ("resnet18.net", "resnet18_cifar"): {"base": 4},
+    ("simple_cnn.net", "simple_cnn"): {},
+    ("unet.net", "unet"): {"base": 2, "size": 16},
+    ("unet3d.net", "unet3d"): {"base": 2, "size": 8},
+    ("unet_plus_plus.net", "unet_plus_plus"): {"base": 2, "size": 16},
+    ("unet_shapes.net", "unet_shapes"): {"base": 2, "size": 16},
+    ("unet_valid.net", "unet_valid"): {"base": 2, "size": 188},
+    ("vgg16.net", "vgg16"): {"width": 2, "size": 32, "classes": 10},
+}
+
+# The ops and attributes no example uses.
+COVERAGE = """
+network coverage {
+    input x: [4, 12, 12]
+    input s: [3, 20]
+    a = x -> conv(8, 3, stride = 2, pad = 1, dilation = 1, groups = 2, bias = false)
+    b = a -> batchnorm(affine = false) -> leaky_relu(0.2) -> dropout(0.3)
+    c = b -> conv_transpose(4, 3, stride = 2, pad = 1, output_padding = 1)
+    d = c -> tanh -> pad(2) -> avgpool(3, stride = 2, pad = 1, count_include_pad = false)
+    e = d -> upsample(2, mode = bilinear) -> crop(x)
+    f = maxpool(e, 3, stride = 2, pad = 1, ceil = true) -> upsample(2) -> crop(x)
+    g = mul(f, sigmoid(f -> conv(1, 1)))
+    output img = concat(g, x -> conv(2, 3, pad = same, dilation = 2)) -> softmax
+    output seq = s -> conv(5, 3, pad = same) -> relu -> global_avgpool -> dense(3, bias = false)
+}
+"""
+
+
+def _ort_outputs(model, inputs: dict) -> list[np.ndarray]:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, inputs)
+
+
+def _check(net, weights, batches=(1, 3)):
+    model = export_model(net, weights).model
+    for n in batches:
+        rng = np.random.default_rng(n)
+        x = {k: rng.standard_normal((n, *t.shape)).astype(np.float32)
+             for k, t in net.inputs.items()}
+        want = net.forward(weights, x)
+        got = _ort_outputs(model, x)
+        assert [o.name for o in model.graph.output] == list(net.outputs)
+        for k, g in zip(net.outputs, got):
+            assert g.shape == want[k].shape, k
+            np.testing.assert_allclose(g, want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    return model
+
+
+def test_the_table_covers_every_example():
+    have = {(p.name, n) for p in EXAMPLES.glob("*.net") for n in netlang.api.network_names(p)}
+    assert have == set(SIZES)
+
+
+@pytest.mark.parametrize("file,network", sorted(SIZES), ids=[n for _, n in sorted(SIZES)])
+def test_every_example_exports_and_matches_onnxruntime(file, network):
+    net = netlang.load(EXAMPLES / file, network=network, params=SIZES[(file, network)])
+    w = net.init(1)
+    for k in w:   # running statistics that are not the identity
+        if "running_var" in k:
+            w[k] = np.linspace(0.5, 2.0, w[k].size, dtype=np.float32)
+        elif "running_mean" in k:
+            w[k] = np.linspace(-0.2, 0.2, w[k].size, dtype=np.float32)
+    model = _check(net, w)
+    names = {i.name for i in model.graph.initializer}
+    assert set(w) <= names   # parameters under their netlang names
+    assert all(i.type.tensor_type.shape.dim[0].dim_param == "N" for i in model.graph.input)
+    lines = [n.doc_string for n in model.graph.node if n.op_type != "Identity"]
+    # the .net line of each node (blocks may come from an imported file)
+    assert all(re.fullmatch(r"\w+\.net:\d+", d) for d in lines), lines[:5]
+    assert any(d.startswith(file + ":") for d in lines)
+
+
+def test_the_ops_no_example_uses_export_too():
+    net = netlang.loads(COVERAGE)
+    model = _check(net, net.init(0))
+    types = {n.op_type for n in model.graph.node}
+    assert {"ConvTranspose", "LeakyRelu", "Tanh", "Pad", "AveragePool", "Resize", "Slice",
+            "MaxPool", "Mul", "Softmax", "GlobalAveragePool", "Gemm"} <= types
+    assert "Dropout" not in types   # inference graph
+
+
+def test_the_command_writes_the_model_and_says_which_weights(tmp_path, capsys):
+    out = tmp_path / "m" / "lenet.onnx"
+    assert main(["export", str(EXAMPLES / "lenet5.net"), "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "initial weights (init seed 0: no --weights given)" in text
+    assert "inputs: image [N, 1, 28, 28]; outputs: logits [N, 10]" in text
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model, full_check=True)
+
+
+def test_trained_weights_export(tmp_path, capsys):
+    net_file = EXAMPLES / "lenet_digits.net"
+    run = tmp_path / "run"
+    assert main(["train", str(net_file), "--set", "width=4", "--epochs", "1", "--out",
+                 str(run), "--no-progress", "--backend", "numpy"]) == 0
+    out = tmp_path / "d.onnx"
+    assert main(["export", str(net_file), "--weights", str(run), "-o", str(out)]) == 0
+    assert f"the weights of {run}" in capsys.readouterr().out
+    from netlang.train import checkpoint
+
+    ck = checkpoint.load(run)
+    net = netlang.load(net_file, params={"width": 4})
+    x = np.random.default_rng(0).uniform(0, 1, (5, 1, 8, 8)).astype(np.float32)
+    got = _ort_outputs(onnx.load(str(out)), {"image": x})[0]
+    np.testing.assert_allclose(got, net.forward(ck.weights, {"image": x})["logits"],
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_refusals_are_clear(capsys, monkeypatch):
+    assert main(["export", str(EXAMPLES / "lenet5.net"), "-o", "/tmp/x.onnx", "--opset",
+                 "11"]) == 1
+    assert "error[E071]: opset 11 is too old" in capsys.readouterr().err
+    monkeypatch.setitem(__import__("sys").modules, "onnx", None)
+    with pytest.raises(NetlangError, match="E072"):
+        export_model(netlang.load(EXAMPLES / "lenet5.net"), {})
