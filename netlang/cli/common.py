@@ -62,8 +62,13 @@ def train_config(net: api.Network, args, recorded: dict | None = None):
 def load_recorded(args, weights: str, prefer: str = "best"):
     """The network as the run that made `weights` was configured: its recorded `--set`
     values (given ones must agree), and its checkpoint, checked against the network."""
+    from pathlib import Path
+
     from netlang.train import checkpoint
 
+    if Path(weights).is_file() and not checkpoint.is_checkpoint(weights):
+        net = load(args)
+        return net, torch_checkpoint(args, weights, net)
     ck = checkpoint.load(weights, prefer=prefer)
     rec = ck.state.get("config", {}) or {}
     recorded = {k: str(v) for k, v in (rec.get("set") or {}).items()}
@@ -83,6 +88,33 @@ def load_recorded(args, weights: str, prefer: str = "best"):
     net = api.load(args.file, network=network, params=recorded | given)
     checkpoint.check_compatible(ck, net, weights)
     return net, ck
+
+
+def weights_label(ck, path) -> str:
+    """How a command names the weights it uses."""
+    return ck.state.get("weights_from") or \
+        f"the weights of {path} (epoch {ck.state.get('epoch', '?')})"
+
+
+def torch_checkpoint(args, path, net=None):
+    """PyTorch weights (a state_dict as safetensors) for the network of `args`, mapped by
+    structure (and `--map`), the mapping printed to stderr; as a Checkpoint."""
+    from netlang.interop.torch_weights import load_torch_weights
+    from netlang.train import checkpoint
+
+    net = net or load(args)
+    m = load_torch_weights(path, net, getattr(args, "map", None))
+    print(f"PyTorch weights {path}: {len(m.pairs)} tensors mapped onto {net.name} by "
+          "structure (netlang layer <- PyTorch module):", file=sys.stderr)
+    for line in m.describe():
+        print("  " + line, file=sys.stderr)
+    return checkpoint.Checkpoint(m.weights, {}, {"weights_from": f"PyTorch weights {path}"})
+
+
+def map_option(sp) -> None:
+    sp.add_argument("--map", metavar="FILE", help="with PyTorch weights: a JSON file "
+                    '{"netlang parameter": "PyTorch tensor"} for pairs the structure cannot '
+                    "settle (docs/interop.md)")
 
 
 BACKENDS = ["auto", "numpy", "cpu", "cuda", "cuda-emu"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from netlang.cli.common import backend_options, load_recorded, pick_backend, train_config
+from netlang.cli.common import (
+    backend_options, load_recorded, map_option, pick_backend, train_config, weights_label,
+)
 from netlang.diagnostics import error
 
 
@@ -36,7 +38,7 @@ def cmd_eval(args) -> int:
     m = evaluate(net, ck.weights, ds, split, cfg, task_of(net, cfg.loss), backend=backend)
     what = (f"all {len(ds.test)} samples of {args.data}" if user_file else
             f"the {split} split, {len(ds.split(split))} samples")
-    print(f"{ds.name}: {what}; weights of epoch {ck.state.get('epoch', '?')}")
+    print(f"{ds.name}: {what}; {weights_label(ck, args.weights)}")
     for k, v in m.items():
         print(f"{k} {v:.4f}")
     return 0
@@ -46,7 +48,9 @@ def add_parser(sub, common, run_options) -> None:
     sp = sub.add_parser("eval", help="metrics of trained weights on a data set")
     common(sp)
     run_options(sp)
-    sp.add_argument("--weights", required=True, help="a checkpoint or run folder")
+    sp.add_argument("--weights", required=True, help="a checkpoint, a run folder, or PyTorch "
+                    "weights (a state_dict as .safetensors)")
+    map_option(sp)
     sp.add_argument("--split", choices=["test", "val", "train"], default="test",
                     help="which split of the run's data to score (default: test); a file "
                          "given with --data is scored whole")

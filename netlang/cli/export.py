@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from netlang.cli.common import load, load_recorded, print_warnings
+from netlang.cli.common import load, load_recorded, map_option, print_warnings, weights_label
 
 
 def cmd_export(args) -> int:
@@ -13,7 +13,7 @@ def cmd_export(args) -> int:
     if args.weights:
         net, ck = load_recorded(args, args.weights)
         weights = ck.weights
-        where = f"the weights of {args.weights} (epoch {ck.state.get('epoch', '?')})"
+        where = weights_label(ck, args.weights)
     else:
         net = load(args)
         weights = net.init(0)
@@ -39,7 +39,8 @@ def add_parser(sub, common, run_options) -> None:
     sp = sub.add_parser("export", help="write the inference graph as an ONNX model")
     common(sp)
     sp.add_argument("-o", "--output", required=True, help="the .onnx file to write")
-    sp.add_argument("--weights", help="a checkpoint or run folder (default: the initial "
-                    "weights, init seed 0)")
+    sp.add_argument("--weights", help="a checkpoint, a run folder, or PyTorch weights (a "
+                    "state_dict as .safetensors) (default: the initial weights, init seed 0)")
+    map_option(sp)
     sp.add_argument("--opset", type=int, help="ONNX opset (default 17; 13 or newer)")
     sp.set_defaults(func=cmd_export)

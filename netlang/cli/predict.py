@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from netlang.cli.common import backend_options, load_recorded, pick_backend
+from netlang.cli.common import backend_options, load_recorded, map_option, pick_backend
 from netlang.diagnostics import error
 from netlang.ir.types import fmt_shape
 
@@ -107,7 +107,9 @@ def cmd_predict(args) -> int:
 def add_parser(sub, common, run_options) -> None:
     sp = sub.add_parser("predict", help="outputs for new inputs (.npy or images)")
     common(sp)
-    sp.add_argument("--weights", required=True, help="a checkpoint or run folder")
+    sp.add_argument("--weights", required=True, help="a checkpoint, a run folder, or PyTorch "
+                    "weights (a state_dict as .safetensors)")
+    map_option(sp)
     sp.add_argument("inputs", nargs="+", help=".npy files or images")
     sp.add_argument("-o", "--output", help="folder for mask overlays (segmentation)")
     backend_options(sp, "the network")

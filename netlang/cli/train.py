@@ -7,7 +7,8 @@ from pathlib import Path
 
 from netlang import api
 from netlang.cli.common import (
-    backend_options, load, load_recorded, pick_backend, print_warnings, train_config,
+    backend_options, load, load_recorded, map_option, pick_backend, print_warnings,
+    torch_checkpoint, train_config,
 )
 
 
@@ -40,9 +41,12 @@ def cmd_train(args) -> int:
     if args.tf32:
         api.use_tf32(True)
     backend = pick_backend(args)
+    init = None
+    if args.init_from and not args.resume:
+        init = _initial_weights(args, net)
     trainer = Trainer(net, cfg, out, resume=Path(args.resume) if args.resume else None,
                       progress=None if not args.no_progress else False, backend=backend,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, init=init)
     d = trainer.data
     print(f"training {net.name} ({net.param_count():,} parameters) on {cfg.data.name}: "
           f"{len(d.train)} training, {len(d.val)} validation and {len(d.test)} test "
@@ -65,6 +69,20 @@ def cmd_train(args) -> int:
     return 130 if result.reason.startswith("interrupted") else 0
 
 
+def _initial_weights(args, net) -> tuple[str, dict]:
+    """--init-from: a netlang checkpoint or run folder of the same network, or PyTorch
+    weights mapped by structure; every parameter must be given."""
+    from netlang.train import checkpoint
+
+    path = args.init_from
+    if Path(path).is_file() and not checkpoint.is_checkpoint(path):
+        ck = torch_checkpoint(args, path, net)
+    else:
+        ck = checkpoint.load(path, prefer="best")
+        checkpoint.check_compatible(ck, net, path)
+    return (ck.state.get("weights_from") or f"{path}", ck.weights)
+
+
 def add_parser(sub, common, run_options) -> None:
     sp = sub.add_parser("train", help="train the network on the data of its train section")
     common(sp)
@@ -78,6 +96,10 @@ def add_parser(sub, common, run_options) -> None:
     sp.add_argument("--overwrite", action="store_true",
                     help="start over in a run folder that holds a run")
     sp.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
+    sp.add_argument("--init-from", metavar="WEIGHTS", help="start from these weights instead "
+                    "of the initialisation: a checkpoint or run folder of this network, or "
+                    "PyTorch weights (a state_dict as .safetensors, mapped by structure)")
+    map_option(sp)
     backend_options(sp, "training")
     sp.add_argument("--tf32", action="store_true", help="with --backend cuda: let cuBLAS GEMMs "
                     "use TF32 tensor cores (faster, 10-bit mantissa); off by default")

@@ -73,6 +73,17 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return stale
 
 
+def is_checkpoint(path: str | Path) -> bool:
+    """A safetensors file that netlang wrote (not, say, a PyTorch state_dict)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except (SafetensorError, OSError, ValueError):
+        return False
+
+
 def load(path: str | Path, prefer: str = "last") -> Checkpoint:
     """A checkpoint file, or a run folder's `last` (to resume) or `best` (to use)."""
     from safetensors import SafetensorError, safe_open

@@ -108,8 +108,10 @@ def evaluate(net, weights, data, split: str, cfg: TrainConfig, task: str, batch:
 class Trainer:
     def __init__(self, net, cfg: TrainConfig, out: Path, resume: Path | None = None,
                  progress: bool | None = None, log=print, stop_after_steps: int | None = None,
-                 backend: str = "numpy", overwrite: bool = False):
+                 backend: str = "numpy", overwrite: bool = False,
+                 init: tuple[str, dict[str, np.ndarray]] | None = None):
         self.net = net
+        self.init = init   # (where from, weights): a start other than net.init(seed)
         self.backend = backend
         self.cfg = cfg
         self.out = Path(out)
@@ -197,6 +199,11 @@ class Trainer:
         opt = Optimizer.from_config(cfg.optimizer)
         sched = Schedule(cfg.schedule, opt.lr, cfg.epochs)
         weights = net.init(cfg.seed)
+        if self.init is not None and self.resume is None:
+            source, given = self.init
+            weights = {k: np.array(given[k], dtype=np.float32) if k in given else v
+                       for k, v in weights.items()}
+            self.log(f"initial weights from {source}")
         state = {"epoch": 0, "step": 0, "loss_sum": 0.0, "loss_n": 0, "history": [],
                  "best": None, "bad_epochs": 0, "global_step": 0}
         best_weights: dict[str, np.ndarray] | None = None
@@ -415,7 +422,8 @@ class Trainer:
                 "epochs": c.epochs, "seed": c.seed,
                 "augment": [[a.name, dict(a.args)] for a in c.augment],
                 "early_stop": dict(c.early_stop.args) if c.early_stop else None,
-                "checkpoint_every": c.checkpoint_every}
+                "checkpoint_every": c.checkpoint_every,
+                "init_from": self.init[0] if self.init is not None else None}
 
     # -- checkpoints ---------------------------------------------------------------------
     def _save(self, which: str, weights, opt: Optimizer, sched: Schedule, state: dict) -> None:

@@ -1,0 +1,208 @@
+"""PyTorch weights in: state_dicts of PyTorch modules written with torchvision's exact
+structure and names (the torchvision wheel does not load with the CPU torch of the tests),
+saved as safetensors, load into the examples and reproduce PyTorch's logits; the mapping
+is printed; another model's weights are refused naming the first mismatch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import netlang
+from netlang.cli import main
+from netlang.diagnostics import NetlangError
+from netlang.interop.torch_weights import load_torch_weights
+from tests.conftest import EXAMPLES
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+save_file = pytest.importorskip("safetensors.torch").save_file
+
+
+class BasicBlock(nn.Module):   # torchvision.models.resnet.BasicBlock
+    def __init__(self, cin, c, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, c, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+        self.downsample = None
+        if stride != 1 or cin != c:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, c, 1, stride, bias=False),
+                                            nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet18(nn.Module):     # torchvision.models.resnet18, widths scaled by `base`
+    def __init__(self, base=64, classes=1000):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, base, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(base)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        chans, layers = base, []
+        for i, c in enumerate([base, base * 2, base * 4, base * 8]):
+            layers.append(nn.Sequential(BasicBlock(chans, c, 1 if i == 0 else 2),
+                                        BasicBlock(c, c)))
+            chans = c
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(base * 8, classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def vgg16(width=64, classes=1000, size=224):   # torchvision.models.vgg16 (configuration D)
+    layers, cin = [], 3
+    for c, n in [(width, 2), (width * 2, 2), (width * 4, 3), (width * 8, 3), (width * 8, 3)]:
+        for _ in range(n):
+            layers += [nn.Conv2d(cin, c, 3, padding=1), nn.ReLU(inplace=True)]
+            cin = c
+        layers.append(nn.MaxPool2d(2, 2))
+    m = nn.Module()
+    m.features = nn.Sequential(*layers)
+    m.avgpool = nn.AdaptiveAvgPool2d((size // 32, size // 32))
+    m.classifier = nn.Sequential(
+        nn.Linear(cin * (size // 32) ** 2, 4096), nn.ReLU(True), nn.Dropout(),
+        nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(), nn.Linear(4096, classes))
+    m.forward = lambda x: m.classifier(torch.flatten(m.avgpool(m.features(x)), 1))
+    return m
+
+
+def alexnet(classes=1000):   # torchvision.models.alexnet
+    m = nn.Module()
+    m.features = nn.Sequential(
+        nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(True),
+        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(True),
+        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(3, 2))
+    m.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+    m.classifier = nn.Sequential(
+        nn.Dropout(), nn.Linear(256 * 36, 4096), nn.ReLU(True),
+        nn.Dropout(), nn.Linear(4096, 4096), nn.ReLU(True), nn.Linear(4096, classes))
+    m.forward = lambda x: m.classifier(torch.flatten(m.avgpool(m.features(x)), 1))
+    return m
+
+
+CASES = {   # (torch model, example file, network, --set values, input size)
+    "resnet18": (lambda: ResNet18(base=16, classes=10), "resnet18.net", "resnet18",
+                 {"base": 16, "size": 64, "classes": 10}, 64),
+    "vgg16": (lambda: vgg16(width=8, classes=10, size=32), "vgg16.net", "vgg16",
+              {"width": 8, "size": 32, "classes": 10}, 32),
+    "alexnet": (lambda: alexnet(classes=10), "alexnet.net", "alexnet", {"classes": 10}, 224),
+}
+
+
+def _saved(tmp_path, model) -> str:
+    torch.manual_seed(0)
+    for mod in model.modules():   # running statistics that are not the identity
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.3, 0.3)
+            mod.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_torchvision_weights_reproduce_pytorchs_logits(tmp_path, case):
+    make, file, network, params, size = CASES[case]
+    torch.manual_seed(1)
+    model = make().eval()
+    path = _saved(tmp_path, model)
+    net = netlang.load(EXAMPLES / file, network=network, params=params)
+    m = load_torch_weights(path, net)
+    assert sorted(m.weights) == sorted(net.params)
+    x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    got = net.forward(m.weights, {"image": x})["logits"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    if case == "resnet18":   # torchvision's names, mapped onto netlang's layers
+        pairs = dict(m.pairs)
+        assert pairs["stem.conv0.weight"] == "conv1.weight"
+        assert pairs["l2.basic_down.shortcut.batchnorm0.running_var"] == \
+            "layer2.0.downsample.1.running_var"
+        assert pairs["logits.dense0.bias"] == "fc.bias"
+
+
+def test_the_commands_take_pytorch_weights_and_print_the_mapping(tmp_path, capsys):
+    make, file, network, params, size = CASES["resnet18"]
+    path = _saved(tmp_path, make().eval())
+    sets = [a for k, v in params.items() for a in ("--set", f"{k}={v}")]
+    out = tmp_path / "r.onnx"
+    assert main(["export", str(EXAMPLES / file), "--network", network, *sets, "--weights",
+                 path, "-o", str(out)]) == 0
+    text = capsys.readouterr()
+    assert f"PyTorch weights {path}: 102 tensors mapped onto resnet18 by structure" in text.err
+    assert "  l4.basic_down.shortcut.conv0 <- layer4.0.downsample.0" in text.err
+    assert f"PyTorch weights {path}" in text.out
+
+
+def test_another_models_weights_are_refused_at_the_first_mismatch(tmp_path):
+    path = _saved(tmp_path, ResNet18(base=16, classes=10))
+    net = netlang.load(EXAMPLES / "resnet18.net", network="resnet18",
+                       params={"base": 32, "size": 64, "classes": 10})
+    with pytest.raises(NetlangError) as exc:
+        load_torch_weights(path, net)
+    text = exc.value.render(net.sources)
+    assert "E073" in text and "no PyTorch module of" in text
+    assert "fits `stem.conv0` (conv weight [32, 3, 7, 7])" in text
+    assert "the next unmapped PyTorch modules: bn1 (batchnorm" in text
+    assert "conv1 (conv weight [16, 3, 7, 7])" in text
+
+
+def test_leftover_tensors_and_a_mapping_file(tmp_path):
+    model = ResNet18(base=16, classes=10)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state["extra.weight"] = torch.zeros(3, 3)
+    path = tmp_path / "x.safetensors"
+    save_file(state, str(path))
+    net = netlang.load(EXAMPLES / "resnet18.net", network="resnet18",
+                       params={"base": 16, "size": 64, "classes": 10})
+    with pytest.raises(NetlangError, match=r"1 tensor\(s\) of .* belong to no layer"):
+        load_torch_weights(path, net)
+    # A mapping file pairs a name by hand: the extra 3x3 linear layer cannot take the
+    # place of a netlang parameter of another shape.
+    bad = tmp_path / "map.json"
+    bad.write_text(json.dumps({"logits.dense0.bias": "extra.weight"}))
+    with pytest.raises(NetlangError, match=r"`extra.weight` is \[3, 3\]; `logits.dense0.bias`"):
+        load_torch_weights(path, net, bad)
+    del state["extra.weight"]
+    swapped = {"logits.dense0.weight": "fc.weight"}
+    save_file(state, str(path))
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(swapped))
+    assert dict(load_torch_weights(path, net, good).pairs)["logits.dense0.weight"] == \
+        "fc.weight"
+
+
+def test_train_init_from_pytorch_weights(tmp_path, capsys):
+    """--init-from takes PyTorch weights: the first epoch starts from them."""
+    model = nn.Module()   # lenet_digits' layers in PyTorch names
+    torch.manual_seed(3)
+    net = netlang.load(EXAMPLES / "lenet_digits.net", params={"width": 4})
+    shapes = [(n.type.shape) for n in net.graph.params]
+    state = {f"layer{i // 2}.{'weight' if i % 2 == 0 else 'bias'}":
+             torch.randn(*s) * 0.1 for i, s in enumerate(shapes)}
+    path = tmp_path / "init.safetensors"
+    save_file(state, str(path))
+    del model
+    run = tmp_path / "run"
+    assert main(["train", str(EXAMPLES / "lenet_digits.net"), "--set", "width=4",
+                 "--epochs", "1", "--init-from", str(path), "--out", str(run),
+                 "--no-progress", "--backend", "numpy"]) == 0
+    out = capsys.readouterr().out
+    assert f"initial weights from PyTorch weights {path}" in out
+    assert json.loads((run / "config.json").read_text())["init_from"] == \
+        f"PyTorch weights {path}"
