@@ -139,13 +139,15 @@ def archs(draw, max_layers: int = 5, illegal: bool = True) -> Arch:
 
 
 def _flat_choices(shape):
-    return ["dense", "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "dropout",
+    return ["dense", "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "dropout", "gelu",
+            "silu", "elu", "softplus",
             "batchnorm", "add"]
 
 
 def _spatial_choices(shape):
     return ["conv", "conv", "conv", "conv_transpose", "conv_transpose", "maxpool", "maxpool",
             "avgpool", "avgpool", "upsample", "batchnorm", "relu", "leaky_relu", "sigmoid",
+            "gelu", "silu", "elu", "softplus",
             "tanh", "softmax", "dropout", "crop", "pad", "flatten", "global_avgpool", "add",
             "concat", "mul"]
 
@@ -164,6 +166,18 @@ def _layer(draw, arch: Arch, shape: tuple[int, ...], illegal: bool):
     if op == "leaky_relu":
         alpha = draw(st.sampled_from([0.01, 0.2, 1.5]))
         return Layer(op, f"leaky_relu({alpha})", {"alpha": alpha}), shape, None
+    if op == "silu":
+        return Layer(op, op, {}), shape, None
+    if op == "gelu":
+        approx = draw(st.sampled_from(["none", "tanh"]))
+        return Layer(op, f"gelu(approximate = {approx})", {"approximate": approx}), shape, None
+    if op == "elu":
+        alpha = draw(st.sampled_from([1.0, 0.5]))
+        return Layer(op, f"elu({alpha})", {"alpha": alpha}), shape, None
+    if op == "softplus":
+        beta = draw(st.sampled_from([1.0, 2.0]))
+        return Layer(op, f"softplus(beta = {beta}, threshold = 3.0)",
+                     {"beta": beta, "threshold": 3.0}), shape, None
     if op == "dropout":
         p = draw(st.sampled_from([0.0, 0.25]))
         return Layer(op, f"dropout({p})", {"p": p}), shape, None
@@ -370,6 +384,14 @@ def torch_forward(arch: Arch, x, params: dict, training: bool, torch):
             y = torch.sigmoid(v)
         elif op == "tanh":
             y = torch.tanh(v)
+        elif op == "gelu":
+            y = F.gelu(v, approximate=a["approximate"])
+        elif op == "silu":
+            y = F.silu(v)
+        elif op == "elu":
+            y = F.elu(v, a["alpha"])
+        elif op == "softplus":
+            y = F.softplus(v, a["beta"], a["threshold"])
         elif op == "softmax":
             y = torch.softmax(v, dim=1)
         elif op == "dropout":

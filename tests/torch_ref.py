@@ -120,6 +120,14 @@ class TorchTwin(nn.Module):
             return torch.sigmoid(x)
         if op == "tanh":
             return torch.tanh(x)
+        if op == "gelu":
+            return F.gelu(x, approximate=a["approximate"])
+        if op == "silu":
+            return F.silu(x)
+        if op == "elu":
+            return F.elu(x, a["alpha"])
+        if op == "softplus":
+            return F.softplus(x, a["beta"], a["threshold"])
         if op == "softmax":
             return torch.softmax(x, dim=1)
         raise NotImplementedError(op)

@@ -138,6 +138,35 @@ def _lower(n, ins: list[str], out: str, const, unique):
         return [(simple[op], ins, [out], {})]
     if op == "leaky_relu":
         return [("LeakyRelu", ins, [out], {"alpha": float(a["alpha"])})]
+    if op == "elu":
+        return [("Elu", ins, [out], {"alpha": float(a["alpha"])})]
+    if op == "silu":
+        s = unique(f"{n.name}.sigmoid")
+        return [("Sigmoid", ins, [s], {}), ("Mul", [ins[0], s], [out], {})]
+    if op == "gelu":   # Gelu is opset 20: its formula in opset 13 ops
+        x, half = ins[0], const(f"{n.name}.half", [0.5], np.float32)
+        one = const(f"{n.name}.one", [1.0], np.float32)
+        t = [unique(f"{n.name}.t{i}") for i in range(6)]
+        if a["approximate"] == "tanh":
+            cube = const(f"{n.name}.c", [0.044715], np.float32)
+            k = const(f"{n.name}.k", [0.7978845608028654], np.float32)
+            x3, xt = unique(f"{n.name}.x3"), unique(f"{n.name}.xt")
+            return [("Mul", [x, x], [t[0]], {}), ("Mul", [t[0], x], [x3], {}),
+                    ("Mul", [x3, cube], [t[1]], {}), ("Add", [x, t[1]], [t[2]], {}),
+                    ("Mul", [t[2], k], [t[3]], {}), ("Tanh", [t[3]], [t[4]], {}),
+                    ("Add", [t[4], one], [t[5]], {}),
+                    ("Mul", [x, t[5]], [xt], {}), ("Mul", [xt, half], [out], {})]
+        r2 = const(f"{n.name}.rsqrt2", [0.7071067811865476], np.float32)
+        return [("Mul", [x, r2], [t[0]], {}), ("Erf", [t[0]], [t[1]], {}),
+                ("Add", [t[1], one], [t[2]], {}), ("Mul", [x, t[2]], [t[3]], {}),
+                ("Mul", [t[3], half], [out], {})]
+    if op == "softplus":   # ONNX Softplus has no beta: softplus(beta x) / beta
+        if a["beta"] == 1.0:
+            return [("Softplus", ins, [out], {})]
+        beta = const(f"{n.name}.beta", [a["beta"]], np.float32)
+        bx, sp = unique(f"{n.name}.bx"), unique(f"{n.name}.sp")
+        return [("Mul", [ins[0], beta], [bx], {}), ("Softplus", [bx], [sp], {}),
+                ("Div", [sp, beta], [out], {})]
     if op == "scale":
         return [("Mul", [ins[0], const(f"{n.name}.factor", [a["factor"]], np.float32)],
                  [out], {})]

@@ -37,6 +37,25 @@ for _op, _text in EXPRESSIONS.items():
     expression(_op, _text)
 
 
+def _gelu_expression(grad: bool):
+    def text(e: Node, v: str, loads: dict) -> str:
+        tanh = "1" if e.attrs["approximate"] == "tanh" else "0"
+        if grad:
+            return f"({v} * nl_gelu_grad({loads[1]}, {tanh}))"
+        return f"nl_gelu({v}, {tanh})"
+    return text
+
+
+expression("gelu", _gelu_expression(False))
+expression("gelu_grad", _gelu_expression(True))
+expression("silu", "({v} * nl_sigmoid({v}))")
+expression("silu_grad", "({v} * nl_silu_grad({1}))")
+expression("elu", "({v} > 0.0f ? {v} : {alpha} * expm1f(fminf({v}, 0.0f)))")
+expression("elu_grad", "({1} > 0.0f ? {v} : {v} * {alpha} * expf(fminf({1}, 0.0f)))")
+expression("softplus", "nl_softplus({v}, {beta}, {threshold})")
+expression("softplus_grad", "({1} * {beta} > {threshold} ? {v} : {v} * nl_sigmoid({1} * {beta}))")
+
+
 @lowers("broadcast_like")
 def lower_broadcast_like(r: KernelBuilder, grp: Group) -> None:
     n = grp.anchor

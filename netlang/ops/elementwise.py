@@ -164,6 +164,111 @@ register(OpDef(
     user=False, doc="dy * (1 - y^2) given the tanh output y."))
 
 
+# Smooth activations (transformers, EfficientNet-style networks), as torch.nn.functional
+# defines them. Each gradient op takes (dy, x) and computes in the input's dtype.
+_SQRT1_2 = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+_TANH_C = 0.7978845608028654   # sqrt(2 / pi)
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    from scipy.special import erf
+
+    return erf(x).astype(x.dtype)
+
+
+def _gelu(xs, a, rt):
+    x = xs[0]
+    if a["approximate"] == "tanh":
+        return (0.5 * x * (1 + np.tanh(_TANH_C * (x + 0.044715 * x ** 3)))).astype(x.dtype)
+    return (0.5 * x * (1 + _erf(x * _SQRT1_2))).astype(x.dtype)
+
+
+def _gelu_grad(xs, a, rt):
+    dy, x = xs
+    if a["approximate"] == "tanh":
+        t = np.tanh(_TANH_C * (x + 0.044715 * x ** 3))
+        d = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _TANH_C * (1 + 3 * 0.044715 * x * x)
+    else:
+        d = 0.5 * (1 + _erf(x * _SQRT1_2)) + x * _INV_SQRT_2PI * np.exp(-0.5 * x * x)
+    return (dy * d).astype(x.dtype)
+
+
+register(OpDef(
+    name="gelu", attrs=(Attr("approximate", "choice", "none", choices=("none", "tanh")),),
+    shape=_same, kind=FusionKind.ELEMWISE, forward=_gelu,
+    vjp=lambda b, node, dy: [b.emit("gelu_grad", [dy, node.inputs[0]],
+                                    approximate=node.attrs["approximate"])],
+    doc="x * Phi(x) (the Gaussian CDF; `approximate=tanh`: the tanh form), as PyTorch."))
+
+register(OpDef(
+    name="gelu_grad", attrs=(Attr("approximate", "choice", "none", choices=("none", "tanh")),),
+    shape=_same, kind=FusionKind.ELEMWISE, min_inputs=2, max_inputs=2, forward=_gelu_grad,
+    user=False, doc="Gradient of gelu given its input."))
+
+register(OpDef(
+    name="silu", attrs=(), shape=_same, kind=FusionKind.ELEMWISE,
+    forward=lambda xs, a, rt: xs[0] * _sigmoid(xs[0]),
+    vjp=lambda b, node, dy: [b.emit("silu_grad", [dy, node.inputs[0]])],
+    doc="x * sigmoid(x) (swish)."))
+
+
+def _silu_grad(xs, a, rt):
+    dy, x = xs
+    s = _sigmoid(x)
+    return (dy * s * (1 + x * (1 - s))).astype(x.dtype)
+
+
+register(OpDef(
+    name="silu_grad", attrs=(), shape=_same, kind=FusionKind.ELEMWISE, min_inputs=2,
+    max_inputs=2, forward=_silu_grad, user=False, doc="Gradient of silu given its input."))
+
+
+def _elu(xs, a, rt):
+    x = xs[0]
+    return np.where(x > 0, x, x.dtype.type(a["alpha"]) * np.expm1(np.minimum(x, 0)))
+
+
+register(OpDef(
+    name="elu", attrs=(Attr("alpha", "float", 1.0),), shape=_same, kind=FusionKind.ELEMWISE,
+    forward=_elu,
+    vjp=lambda b, node, dy: [b.emit("elu_grad", [dy, node.inputs[0]],
+                                    alpha=node.attrs["alpha"])],
+    doc="x if x > 0 else alpha * (exp(x) - 1)."))
+
+register(OpDef(
+    name="elu_grad", attrs=(Attr("alpha", "float"),), shape=_same, kind=FusionKind.ELEMWISE,
+    min_inputs=2, max_inputs=2,
+    forward=lambda xs, a, rt: np.where(xs[1] > 0, xs[0], xs[0] * xs[0].dtype.type(a["alpha"])
+                                       * np.exp(np.minimum(xs[1], 0))),
+    user=False, doc="Gradient of elu given its input."))
+
+
+def _softplus(xs, a, rt):
+    x = xs[0]
+    bx = x * x.dtype.type(a["beta"])
+    soft = np.logaddexp(0, np.minimum(bx, a["threshold"])) / x.dtype.type(a["beta"])
+    return np.where(bx > a["threshold"], x, soft).astype(x.dtype)
+
+
+register(OpDef(
+    name="softplus", attrs=(Attr("beta", "float", 1.0, minimum=1e-6),
+                            Attr("threshold", "float", 20.0)),
+    shape=_same, kind=FusionKind.ELEMWISE, forward=_softplus,
+    vjp=lambda b, node, dy: [b.emit("softplus_grad", [dy, node.inputs[0]],
+                                    beta=node.attrs["beta"],
+                                    threshold=node.attrs["threshold"])],
+    doc="log(1 + exp(beta x)) / beta; x itself where beta x > threshold, as PyTorch."))
+
+register(OpDef(
+    name="softplus_grad", attrs=(Attr("beta", "float"), Attr("threshold", "float")),
+    shape=_same, kind=FusionKind.ELEMWISE, min_inputs=2, max_inputs=2,
+    forward=lambda xs, a, rt: np.where(xs[1] * xs[1].dtype.type(a["beta"]) > a["threshold"],
+                                       xs[0], xs[0] * _sigmoid(xs[1] * xs[1].dtype.type(
+                                           a["beta"]))).astype(xs[0].dtype),
+    user=False, doc="Gradient of softplus given its input."))
+
+
 def softmax(x: np.ndarray, axis: int) -> np.ndarray:
     z = x - x.max(axis=axis, keepdims=True)
     e = np.exp(z)

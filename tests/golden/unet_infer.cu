@@ -2,6 +2,27 @@
 // path). The host emulation defines the same names in emu.h.
 #define NL_INF __int_as_float(0x7f800000)
 __device__ __forceinline__ float nl_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+// gelu as PyTorch: x Phi(x), or its tanh form; gradients given the input.
+__device__ __forceinline__ float nl_gelu(float x, int tanh_form) {
+    if (tanh_form) return 0.5f * x * (1.0f + tanhf(0.7978845608f * (x + 0.044715f * x * x * x)));
+    return 0.5f * x * (1.0f + erff(x * 0.7071067812f));
+}
+__device__ __forceinline__ float nl_gelu_grad(float x, int tanh_form) {
+    if (tanh_form) {
+        float t = tanhf(0.7978845608f * (x + 0.044715f * x * x * x));
+        return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * 0.7978845608f *
+               (1.0f + 3.0f * 0.044715f * x * x);
+    }
+    return 0.5f * (1.0f + erff(x * 0.7071067812f)) + x * 0.3989422804f * expf(-0.5f * x * x);
+}
+__device__ __forceinline__ float nl_silu_grad(float x) {
+    float s = nl_sigmoid(x);
+    return s * (1.0f + x * (1.0f - s));
+}
+__device__ __forceinline__ float nl_softplus(float x, float beta, float threshold) {
+    float bx = beta * x;   // log(1 + exp(bx)) / beta, stable: max(bx, 0) + log1p(exp(-|bx|))
+    return bx > threshold ? x : (fmaxf(bx, 0.0f) + log1pf(expf(-fabsf(bx)))) / beta;
+}
 __device__ __forceinline__ unsigned int nl_hash(unsigned int a, unsigned int b) {
     // A counter-based generator (a murmur3 finaliser of seed and element index).
     unsigned int h = a * 0x9E3779B1u ^ (b + 0x7F4A7C15u + (a << 6) + (a >> 2));

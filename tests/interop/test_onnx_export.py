@@ -50,7 +50,9 @@ network coverage {
     f = maxpool(e, 3, stride = 2, pad = 1, ceil = true) -> upsample(2) -> crop(x)
     g = mul(f, sigmoid(f -> conv(1, 1)))
     output img = concat(g, x -> conv(2, 3, pad = same, dilation = 2)) -> softmax
-    output seq = s -> conv(5, 3, pad = same) -> relu -> global_avgpool -> dense(3, bias = false)
+    t = s -> conv(5, 3, pad = same) -> gelu -> conv(5, 1) -> gelu(approximate = tanh) -> silu
+    output seq = t -> elu(0.5) -> softplus -> softplus(beta = 2.0) -> global_avgpool
+                   -> dense(3, bias = false)
 }
 """
 

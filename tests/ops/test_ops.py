@@ -7,6 +7,8 @@ The test walks the registry: an op with a VJP rule and no row in CASES fails
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -76,6 +78,12 @@ CASES = [
     ("leaky_relu", [(3, 4)], dict(alpha=0.2)),
     ("sigmoid", [(3, 4)], {}),
     ("tanh", [(3, 4)], {}),
+    ("gelu", [(3, 4)], {}),
+    ("gelu", [(3, 4)], dict(approximate="tanh")),
+    ("silu", [(3, 4)], {}),
+    ("elu", [(3, 4)], dict(alpha=0.7)),
+    ("softplus", [(3, 4)], {}),
+    ("softplus", [(3, 4)], dict(beta=2.0, threshold=1.0)),
     ("softmax", [(4, 3)], {}),
     ("scale", [(3,)], dict(factor=-2.5)),
     ("sum", [(3, 2)], {}),
@@ -196,6 +204,15 @@ def _reference(op, xs, params, a):
         "relu": lambda: np.maximum(xs[0], 0),
         "leaky_relu": lambda: np.where(xs[0] > 0, xs[0], a.get("alpha") * xs[0]),
         "sigmoid": lambda: 1 / (1 + np.exp(-xs[0])), "tanh": lambda: np.tanh(xs[0]),
+        # the textbook formulas, in float64
+        "gelu": lambda: (0.5 * xs[0] * (1 + np.tanh(np.sqrt(2 / np.pi) * (
+            xs[0] + 0.044715 * xs[0] ** 3)))) if a["approximate"] == "tanh" else
+        np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in xs[0].ravel()]
+                 ).reshape(xs[0].shape),
+        "silu": lambda: xs[0] / (1 + np.exp(-xs[0])),
+        "elu": lambda: np.where(xs[0] > 0, xs[0], a["alpha"] * (np.exp(xs[0]) - 1)),
+        "softplus": lambda: np.where(a["beta"] * xs[0] > a["threshold"], xs[0],
+                                     np.log(1 + np.exp(a["beta"] * xs[0])) / a["beta"]),
         "scale": lambda: xs[0] * a.get("factor"), "sum": lambda: xs[0].sum(),
         "sum_to": lambda: xs[0].sum(axis=(0, 1, 3), keepdims=True)[0],
         "broadcast_like": lambda: np.broadcast_to(xs[0], xs[1].shape),
