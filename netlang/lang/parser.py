@@ -353,6 +353,15 @@ def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> NetlangError:
             return error("E001", f"expected `=` or `:` after `{value}`", tspan,
                          help="write `name = layer(...)` to define a value, or "
                               "`name: [C, H, W]` to assert its shape")
+    if token.type == "COMMA" and stack and stack[-1][0] == "(":
+        _, sl, sc = stack[-1]
+        before = text.splitlines()[sl - 1][:sc - 1].rstrip()
+        if before.endswith("="):   # `pad = (1, 1)`: a list in parentheses
+            name = before[:-1].split()[-1] if before[:-1].split() else "name"
+            inner = text.splitlines()[sl - 1][sc:].split(")")[0]
+            return error("E001", "a list of values is written in `[ ]`, not `( )`", tspan,
+                         notes=["`( )` groups one expression"],
+                         help=f"write `{name} = [{inner.strip()}]`")
     if token.type == "COMMA":
         return error("E001", "unexpected `,`", tspan, notes=["expected a value before it"],
                      help="remove the extra `,` or add the missing argument")

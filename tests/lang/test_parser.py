@@ -56,6 +56,8 @@ SYNTAX_ERRORS = [
     ("network a { x = conv(3 ", "E001", "unclosed `(`"),
     ("netwrok a {}", "E001", "did you mean `network`?"),
     ("network a { x = conv(3 4) }", "E001", "expected `)` or `,` before `4`"),
+    ("network a { x = conv(3, 3, pad = (1, 2)) }", "E001", "write `pad = [1, 2]`"),
+    ("network a { x = conv(3, , 4) }", "E001", "unexpected `,`"),
     ("network a { x $ }", "E002", "invalid character `$`"),
     ('network a { x = npz("abc) }', "E002", "unterminated string"),
     ("network a { x = [1, 2 }", "E001", "`}` closes `[`"),
