@@ -46,6 +46,7 @@ class TrainConfig:
     augment: tuple[Call, ...] = ()
     metrics: tuple[str, ...] = ()
     checkpoint_every: int = 1
+    freeze: tuple[str, ...] = ()       # parameter-name patterns the optimizer leaves alone
     span: SourceSpan | None = None
 
 
@@ -102,7 +103,7 @@ RANGES: dict[str, tuple[Any, str]] = {
 }
 METRICS = ("loss", "accuracy", "top5", "dice", "iou")
 KEYS = ("data", "loss", "optimizer", "schedule", "batch", "epochs", "seed", "val_split",
-        "test_split", "early_stop", "augment", "metrics", "checkpoint_every")
+        "test_split", "early_stop", "augment", "metrics", "checkpoint_every", "freeze")
 
 
 def _num(v: Any) -> bool:
@@ -276,6 +277,10 @@ def _set(cfg: TrainConfig, key: str, e: ast.Expr, outputs: list[str],
                             help=did_you_mean(bad, METRICS))
             names.append(i.id)
         return replace(cfg, metrics=tuple(names))
+    if key == "freeze":   # `freeze = ["stem.*", "l1.*"]`: glob patterns of parameter names
+        items = e.items if isinstance(e, ast.ListExpr) else (e,)
+        pats = [_check_kind("freeze", STR, _literal(i), i.span) for i in items]
+        return replace(cfg, freeze=tuple(pats))
     v = _literal(e)
     if key in ("batch", "epochs", "seed", "checkpoint_every"):
         v = _check_kind(key, INT, v, e.span)
@@ -326,6 +331,8 @@ def from_record(rec: dict, base: TrainConfig, outputs: list[str]) -> TrainConfig
             cfg = replace(cfg, **{key: rec[key]})
     if "augment" in rec:
         cfg = replace(cfg, augment=tuple(call(a) for a in rec["augment"]))
+    if rec.get("freeze"):
+        cfg = replace(cfg, freeze=tuple(rec["freeze"]))
     if "early_stop" in rec:
         es = rec["early_stop"]
         cfg = replace(cfg, early_stop=Call("early_stop", tuple(es.items())) if es is not None

@@ -35,16 +35,19 @@ _KIND = {"nl_sgd_update": 0, "nl_adam_update": 1}   # nl_update's `kind` (routin
 
 
 def train_step(net, loss: str, weights: dict[str, np.ndarray], opt: Optimizer,
-               backend: str = "numpy", capturable: bool = False):
-    """The step object for `backend` (weights: every parameter, as net.init gives them)."""
+               backend: str = "numpy", capturable: bool = False,
+               frozen: frozenset[str] = frozenset()):
+    """The step object for `backend` (weights: every parameter, as net.init gives them;
+    `frozen`: parameters the update leaves as they are)."""
     if backend == "numpy":
-        return NumpyStep(net, loss, weights, opt)
-    return TrainStep(net, loss, weights, opt, backend, capturable)
+        return NumpyStep(net, loss, weights, opt, frozen)
+    return TrainStep(net, loss, weights, opt, backend, capturable, frozen)
 
 
 class NumpyStep:
-    def __init__(self, net, loss: str, weights: dict[str, np.ndarray], opt: Optimizer):
-        self.net, self.loss_text, self.opt = net, loss, opt
+    def __init__(self, net, loss: str, weights: dict[str, np.ndarray], opt: Optimizer,
+                 frozen: frozenset[str] = frozenset()):
+        self.net, self.loss_text, self.opt, self.frozen = net, loss, opt, frozen
         self.w = {k: np.array(v, dtype=np.float32) for k, v in weights.items()}
 
     def run(self, batch: dict, lr: float, seed: int) -> float:
@@ -52,7 +55,8 @@ class NumpyStep:
             loss, grads, updates = self.net.value_and_grad(
                 self.w, batch, loss=self.loss_text, seed=seed, return_updates=True)
         if math.isfinite(loss):
-            self.opt.update(self.w, grads, lr)
+            self.opt.update(self.w, {k: g for k, g in grads.items() if k not in self.frozen},
+                            lr)
             self.w.update(updates)
         return loss
 
@@ -67,7 +71,7 @@ class TrainStep:
     """The step of a compiled backend; see the module docstring."""
 
     def __init__(self, net, loss: str, weights: dict[str, np.ndarray], opt: Optimizer,
-                 backend: str, capturable: bool = False):
+                 backend: str, capturable: bool = False, frozen: frozenset[str] = frozenset()):
         self.opt = opt
         self.odef = OPTIMIZERS[opt.name]
         self.prog = net.program_for(True, loss)
@@ -82,7 +86,7 @@ class TrainStep:
         self.names = {p.id: p.name for p in g.params}
         self.shapes = {p.name: p.type.shape for p in g.params}
         self.w = {self.names[i]: _aligned(xp, a) for i, a in host.items()}
-        self.trained = [p.name for p in g.params if p.name in g.grads]
+        self.trained = [p.name for p in g.params if p.name in g.grads and p.name not in frozen]
         self.grad_keys = {k: f"v{node.id}" for k, node in g.grads.items()}
         self.copies = [(key, pname) for key, pname in self.runner.cprog.updates.items()]
         self.loss_key = f"v{g.loss.id}"

@@ -127,6 +127,7 @@ class Trainer:
             raise error("E032", "no training data: set `data = ...` in the train section or "
                         "pass --data", cfg.span,
                         help="built-in sets: `digits`, `shapes(size = 64, count = 512)`")
+        self.frozen = self._frozen()
         self.targets = list(dict.fromkeys(t.target for t in cfg.loss))
         self.task = task_of(net, cfg.loss)
         ds = data_mod.from_config(cfg.data, cfg.val_split, cfg.test_split)
@@ -148,6 +149,25 @@ class Trainer:
         self.maximize = monitor.removeprefix("val_") in MAXIMIZE or (
             cfg.early_stop is not None and cfg.early_stop.get("mode") == "max")
         self._check_memory()
+
+    def _frozen(self) -> frozenset[str]:
+        """The trainable parameters that `freeze` patterns name (each must name one)."""
+        from fnmatch import fnmatchcase
+
+        names = self.net.trainable
+        frozen: set[str] = set()
+        for pat in self.cfg.freeze:
+            hit = [n for n in names if fnmatchcase(n, pat)]
+            if not hit:
+                layers = sorted({n.rsplit(".", 2)[0] for n in names})
+                raise error("E030", f"`freeze` pattern \"{pat}\" matches no trainable "
+                            "parameter", self.cfg.span,
+                            notes=["layers: " + ", ".join(layers[:8])
+                                   + (", ..." if len(layers) > 8 else "")],
+                            help="patterns are globs over parameter names, e.g. \"stem.*\" "
+                                 "(`netlang summary` lists the layers)")
+            frozen.update(hit)
+        return frozenset(frozen)
 
     def _check_splits(self) -> None:
         d, cfg = self.data, self.cfg
@@ -215,8 +235,12 @@ class Trainer:
         checkpoint.remove_stale_temporaries(self.out)
         for note in self.data.notes:
             self.log(note)
+        if self.frozen:
+            self.log(f"frozen: {len(self.frozen)} of {len(net.trainable)} trainable parameters "
+                     f"({', '.join(cfg.freeze)}); batchnorm statistics still update")
         self._write_config()
-        stepper = net.train_step(weights, opt, cfg.loss_text, self.backend)
+        stepper = net.train_step(weights, opt, cfg.loss_text, self.backend,
+                                 frozen=self.frozen)
         flag: dict = {}
         n_train = len(self.data.train)
         steps = math.ceil(n_train / cfg.batch)
@@ -423,7 +447,8 @@ class Trainer:
                 "augment": [[a.name, dict(a.args)] for a in c.augment],
                 "early_stop": dict(c.early_stop.args) if c.early_stop else None,
                 "checkpoint_every": c.checkpoint_every,
-                "init_from": self.init[0] if self.init is not None else None}
+                "init_from": self.init[0] if self.init is not None else None,
+                "freeze": list(c.freeze)}
 
     # -- checkpoints ---------------------------------------------------------------------
     def _save(self, which: str, weights, opt: Optimizer, sched: Schedule, state: dict) -> None:

@@ -245,3 +245,29 @@ def test_netlang_train_on_the_device_path_matches_numpy(tmp_path, backend, capsy
         for k in a:
             if k != "seconds":
                 assert a[k] == pytest.approx(b[k], rel=1e-4), k
+
+
+@pytest.mark.parametrize("backend", ["numpy", CPU])
+def test_frozen_layers_keep_their_weights(tmp_path, backend):
+    """`freeze = ["features.conv0.*"]`: the optimizer leaves those parameters alone (no
+    state for them), the others train; a pattern that names nothing is an error."""
+    from netlang.diagnostics import NetlangError
+
+    net = netlang.load(EXAMPLES / "lenet_digits.net", params={"width": 4})
+    cfg = apply_overrides(net.train, [("epochs", "1"), ("freeze", '["features.conv0.*"]')],
+                          list(net.outputs))
+    frozen = [k for k in net.trainable if k.startswith("features.conv0.")]
+    assert frozen
+    logs = []
+    res = Trainer(net, cfg, tmp_path / "run", progress=False, log=logs.append,
+                  backend=backend).run()
+    start = net.init(cfg.seed)
+    for k in net.trainable:
+        same = np.array_equal(res.weights[k], start[k])
+        assert same == (k in frozen), k
+    assert any(line.startswith(f"frozen: {len(frozen)} of ") for line in logs)
+    ck = checkpoint.load(tmp_path / "run" / "last.safetensors")
+    assert not any(k in frozen for slot in ck.optimizer.values() for k in slot)
+    bad = apply_overrides(net.train, [("freeze", '["nope.*"]')], list(net.outputs))
+    with pytest.raises(NetlangError, match='`freeze` pattern "nope.\\*" matches no'):
+        Trainer(net, bad, tmp_path / "b", progress=False, log=logs.append)
