@@ -47,6 +47,7 @@ class TrainConfig:
     metrics: tuple[str, ...] = ()
     checkpoint_every: int = 1
     freeze: tuple[str, ...] = ()       # parameter-name patterns the optimizer leaves alone
+    lr_groups: tuple[tuple[str, float], ...] = ()   # (pattern, learning-rate factor)
     span: SourceSpan | None = None
 
 
@@ -103,7 +104,9 @@ RANGES: dict[str, tuple[Any, str]] = {
 }
 METRICS = ("loss", "accuracy", "top5", "dice", "iou")
 KEYS = ("data", "loss", "optimizer", "schedule", "batch", "epochs", "seed", "val_split",
-        "test_split", "early_stop", "augment", "metrics", "checkpoint_every", "freeze")
+        "test_split", "early_stop", "augment", "metrics", "checkpoint_every", "freeze",
+        "lr_groups")
+LR_GROUP = {"group": {"pattern": STR, "scale": NUM}}
 
 
 def _num(v: Any) -> bool:
@@ -281,6 +284,20 @@ def _set(cfg: TrainConfig, key: str, e: ast.Expr, outputs: list[str],
         items = e.items if isinstance(e, ast.ListExpr) else (e,)
         pats = [_check_kind("freeze", STR, _literal(i), i.span) for i in items]
         return replace(cfg, freeze=tuple(pats))
+    if key == "lr_groups":   # `lr_groups = [group("stem.*", 0.1)]`: the first match wins
+        items = e.items if isinstance(e, ast.ListExpr) else (e,)
+        groups = []
+        for i in items:
+            c = call_from(i, LR_GROUP, "learning-rate group")
+            a = dict(c.args)
+            if "pattern" not in a or "scale" not in a:
+                raise error("E030", "a learning-rate group needs a pattern and a scale", i.span,
+                            help='write `group("stem.*", 0.1)`')
+            if not a["scale"] >= 0:
+                raise error("E030", f"a learning-rate scale must be at least 0, got "
+                            f"{a['scale']:g}", i.span)
+            groups.append((a["pattern"], float(a["scale"])))
+        return replace(cfg, lr_groups=tuple(groups))
     v = _literal(e)
     if key in ("batch", "epochs", "seed", "checkpoint_every"):
         v = _check_kind(key, INT, v, e.span)
@@ -333,6 +350,8 @@ def from_record(rec: dict, base: TrainConfig, outputs: list[str]) -> TrainConfig
         cfg = replace(cfg, augment=tuple(call(a) for a in rec["augment"]))
     if rec.get("freeze"):
         cfg = replace(cfg, freeze=tuple(rec["freeze"]))
+    if rec.get("lr_groups"):
+        cfg = replace(cfg, lr_groups=tuple((p, float(f)) for p, f in rec["lr_groups"]))
     if "early_stop" in rec:
         es = rec["early_stop"]
         cfg = replace(cfg, early_stop=Call("early_stop", tuple(es.items())) if es is not None

@@ -36,18 +36,20 @@ _KIND = {"nl_sgd_update": 0, "nl_adam_update": 1}   # nl_update's `kind` (routin
 
 def train_step(net, loss: str, weights: dict[str, np.ndarray], opt: Optimizer,
                backend: str = "numpy", capturable: bool = False,
-               frozen: frozenset[str] = frozenset()):
+               frozen: frozenset[str] = frozenset(), scales: dict[str, float] | None = None):
     """The step object for `backend` (weights: every parameter, as net.init gives them;
-    `frozen`: parameters the update leaves as they are)."""
+    `frozen`: parameters the update leaves as they are; `scales`: learning-rate factors of
+    some parameters)."""
     if backend == "numpy":
-        return NumpyStep(net, loss, weights, opt, frozen)
-    return TrainStep(net, loss, weights, opt, backend, capturable, frozen)
+        return NumpyStep(net, loss, weights, opt, frozen, scales)
+    return TrainStep(net, loss, weights, opt, backend, capturable, frozen, scales)
 
 
 class NumpyStep:
     def __init__(self, net, loss: str, weights: dict[str, np.ndarray], opt: Optimizer,
-                 frozen: frozenset[str] = frozenset()):
+                 frozen: frozenset[str] = frozenset(), scales: dict[str, float] | None = None):
         self.net, self.loss_text, self.opt, self.frozen = net, loss, opt, frozen
+        self.scales = dict(scales or {})
         self.w = {k: np.array(v, dtype=np.float32) for k, v in weights.items()}
 
     def run(self, batch: dict, lr: float, seed: int) -> float:
@@ -56,7 +58,7 @@ class NumpyStep:
                 self.w, batch, loss=self.loss_text, seed=seed, return_updates=True)
         if math.isfinite(loss):
             self.opt.update(self.w, {k: g for k, g in grads.items() if k not in self.frozen},
-                            lr)
+                            lr, self.scales)
             self.w.update(updates)
         return loss
 
@@ -71,8 +73,10 @@ class TrainStep:
     """The step of a compiled backend; see the module docstring."""
 
     def __init__(self, net, loss: str, weights: dict[str, np.ndarray], opt: Optimizer,
-                 backend: str, capturable: bool = False, frozen: frozenset[str] = frozenset()):
+                 backend: str, capturable: bool = False, frozen: frozenset[str] = frozenset(),
+                 scales: dict[str, float] | None = None):
         self.opt = opt
+        self.scales = dict(scales or {})
         self.odef = OPTIMIZERS[opt.name]
         self.prog = net.program_for(True, loss)
         from netlang.backends.cuda.runtime import Device, Runner
@@ -185,6 +189,14 @@ class TrainStep:
         return self.odef.kernel_scalars({**self.opt.args, "lr": lr}, lr,
                                         self.opt.step_count + 1)
 
+    def _table(self, lr: float) -> np.ndarray:
+        """The update's scalars of every trained parameter, a row each (its learning rate
+        scaled by its group's factor)."""
+        rows = {s: self._scalars(lr * s) for s in {self.scales.get(k, 1.0)
+                                                    for k in self.trained}}
+        table = [rows[self.scales.get(k, 1.0)] for k in self.trained] or [self._scalars(lr)]
+        return np.ascontiguousarray(table, dtype=np.float32)
+
     def run(self, batch: dict, lr: float, seed: int, read: bool = True) -> float | None:
         """One step on `batch` (host arrays); returns the loss. Weights and state stay as
         they were when the loss is not finite. On a GPU, `read=False` does not wait for the
@@ -197,11 +209,11 @@ class TrainStep:
         bufs = entry["bufs"]
         if self.backend == "cpu":
             t = entry["table"]
-            scalars = self._scalars(lr)
-            h = (ctypes.c_float * len(scalars))(*scalars)
+            h = self._table(lr)
             updated = self.dev.module.train(
-                t["B"], n, seed, t["loss"], _KIND[self.odef.kernel], h, len(self.trained),
-                t["P"], t["n"], len(self.copies), t["U"], t["un"])
+                t["B"], n, seed, t["loss"], _KIND[self.odef.kernel], h.ctypes.data,
+                h.shape[1], len(self.trained), t["P"], t["n"], len(self.copies), t["U"],
+                t["un"])
             if updated:
                 self.opt.step_count += 1
             return float(bufs[self.loss_key][0])
@@ -227,12 +239,14 @@ class TrainStep:
             w = self.w[pname]
             self.upd.launch("nl_copy_if_finite", math.ceil(w.size / block), block,
                             [w, bufs[key], loss, w.size])
-        scalars = self._scalars(lr)
+        scalars = {s: self._scalars(lr * s) for s in {self.scales.get(k, 1.0)
+                                                        for k in self.trained}}
         for k in self.trained:
             w = self.w[k]
             slots = [s[k] for s in self.state] or [w]   # SGD without momentum: unused
             self.upd.launch(self.odef.kernel, math.ceil(w.size / block), block,
-                            [w, bufs[self.grad_keys[k]], *slots, loss, *scalars, w.size])
+                            [w, bufs[self.grad_keys[k]], *slots, loss,
+                             *scalars[self.scales.get(k, 1.0)], w.size])
 
     def capture(self, batch: int, lr: float) -> bool:
         """Capture one step at batch size `batch` as a CUDA graph (after a first step, which

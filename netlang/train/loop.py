@@ -128,6 +128,7 @@ class Trainer:
                         "pass --data", cfg.span,
                         help="built-in sets: `digits`, `shapes(size = 64, count = 512)`")
         self.frozen = self._frozen()
+        self.scales = self._scales()
         self.targets = list(dict.fromkeys(t.target for t in cfg.loss))
         self.task = task_of(net, cfg.loss)
         ds = data_mod.from_config(cfg.data, cfg.val_split, cfg.test_split)
@@ -168,6 +169,24 @@ class Trainer:
                                  "(`netlang summary` lists the layers)")
             frozen.update(hit)
         return frozenset(frozen)
+
+    def _scales(self) -> dict[str, float]:
+        """Learning-rate factors by parameter: the first `lr_groups` pattern that names it
+        (each pattern must name one)."""
+        from fnmatch import fnmatchcase
+
+        scales: dict[str, float] = {}
+        self.group_sizes: list[int] = []
+        for pat, factor in self.cfg.lr_groups:
+            hit = [n for n in self.net.trainable if fnmatchcase(n, pat)]
+            if not hit:
+                raise error("E030", f"`lr_groups` pattern \"{pat}\" matches no trainable "
+                            "parameter", self.cfg.span,
+                            help="patterns are globs over parameter names, e.g. \"stem.*\"")
+            new = [n for n in hit if n not in scales]
+            scales.update({n: factor for n in new})
+            self.group_sizes.append(len(new))
+        return scales
 
     def _check_splits(self) -> None:
         d, cfg = self.data, self.cfg
@@ -238,9 +257,13 @@ class Trainer:
         if self.frozen:
             self.log(f"frozen: {len(self.frozen)} of {len(net.trainable)} trainable parameters "
                      f"({', '.join(cfg.freeze)}); batchnorm statistics still update")
+        if self.scales:
+            self.log("learning-rate groups: " + "; ".join(
+                f"{pat} x{f:g} ({size} parameters)"
+                for (pat, f), size in zip(cfg.lr_groups, self.group_sizes)))
         self._write_config()
         stepper = net.train_step(weights, opt, cfg.loss_text, self.backend,
-                                 frozen=self.frozen)
+                                 frozen=self.frozen, scales=self.scales)
         flag: dict = {}
         n_train = len(self.data.train)
         steps = math.ceil(n_train / cfg.batch)
@@ -448,7 +471,7 @@ class Trainer:
                 "early_stop": dict(c.early_stop.args) if c.early_stop else None,
                 "checkpoint_every": c.checkpoint_every,
                 "init_from": self.init[0] if self.init is not None else None,
-                "freeze": list(c.freeze)}
+                "freeze": list(c.freeze), "lr_groups": [list(g) for g in c.lr_groups]}
 
     # -- checkpoints ---------------------------------------------------------------------
     def _save(self, which: str, weights, opt: Optimizer, sched: Schedule, state: dict) -> None:

@@ -34,11 +34,16 @@ class Optimizer:
         return cls(call.name, float(base_lr), args)
 
     def update(self, weights: dict[str, np.ndarray], grads: dict[str, np.ndarray],
-               lr: float) -> None:
-        """One in-place update of every trainable weight."""
+               lr: float, scales: dict[str, float] | None = None) -> None:
+        """One in-place update of every trainable weight; `scales` multiplies the learning
+        rate of some parameters (PyTorch's parameter groups)."""
         self.step_count += 1
-        OPTIMIZERS[self.name].update(weights, grads, self.state, self.args, lr,
-                                     self.step_count)
+        groups: dict[float, dict[str, np.ndarray]] = {}
+        for k, g in grads.items():
+            groups.setdefault((scales or {}).get(k, 1.0), {})[k] = g
+        for scale, part in groups.items():
+            OPTIMIZERS[self.name].update(weights, part, self.state, self.args, lr * scale,
+                                         self.step_count)
 
 
 @dataclass

@@ -271,3 +271,45 @@ def test_frozen_layers_keep_their_weights(tmp_path, backend):
     bad = apply_overrides(net.train, [("freeze", '["nope.*"]')], list(net.outputs))
     with pytest.raises(NetlangError, match='`freeze` pattern "nope.\\*" matches no'):
         Trainer(net, bad, tmp_path / "b", progress=False, log=logs.append)
+
+
+@pytest.mark.parametrize("backend", ["numpy", *COMPILED])
+def test_learning_rate_groups_scale_their_parameters(backend):
+    """Per-parameter learning-rate factors: SGD's first step moves a parameter by
+    lr * factor * grad, on every backend, against the NumPy update at that rate."""
+    net = netlang.loads(NET)
+    w = net.init(0)
+    scales = {"c1.conv0.weight": 0.0, "logits.dense0.weight": 3.0}
+    call = Call("sgd", (("lr", 0.1),))
+    opt = Optimizer.from_config(call)
+    step = train_step(net, LOSS, w, opt, backend, scales=scales)
+    b = _batch(4)
+    step.run(b, opt.lr, 0)
+    _, grads = net.value_and_grad(w, b, loss=LOSS)
+    got = step.weights()
+    for k, g in grads.items():
+        want = w[k] - 0.1 * scales.get(k, 1.0) * g
+        np.testing.assert_allclose(got[k], want, rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_lr_groups_in_the_train_section(tmp_path):
+    net = netlang.load(EXAMPLES / "lenet_digits.net", params={"width": 4})
+    cfg = apply_overrides(net.train, [("epochs", "1"), (
+        "lr_groups", '[group("features.*", 0.0), group("logits.*", scale = 2.0)]')],
+        list(net.outputs))
+    assert cfg.lr_groups == (("features.*", 0.0), ("logits.*", 2.0))
+    logs = []
+    res = Trainer(net, cfg, tmp_path / "run", progress=False, log=logs.append).run()
+    start = net.init(cfg.seed)
+    for k in net.trainable:   # a factor of 0: unchanged
+        assert np.array_equal(res.weights[k], start[k]) == k.startswith("features."), k
+    assert "learning-rate groups: features.* x0 (4 parameters); logits.* x2 (4 parameters)" \
+        in logs
+    from netlang.diagnostics import NetlangError
+
+    for text, msg in [('[group("x.*", 1.0)]', 'pattern "x.\\*" matches no'),
+                      ('[group("logits.*", -1.0)]', "at least 0"),
+                      ('[group("logits.*")]', "needs a pattern and a scale")]:
+        with pytest.raises(NetlangError, match=msg):
+            bad = apply_overrides(net.train, [("lr_groups", text)], list(net.outputs))
+            Trainer(net, bad, tmp_path / "b", progress=False, log=logs.append)

@@ -130,12 +130,12 @@ def step_function(steps, describe=None) -> tuple[str, list[str]]:
 TRAIN = """
 // one training step with its update; 0 (and nothing updated) when the loss is not finite
 extern "C" int nl_train(void** B, int N, int seed, const float* loss, int kind,
-                        const float* h, int np, void** P, const long long* n, int nu,
-                        void** U, const long long* un) {
+                        const float* h, int nh, int np, void** P, const long long* n,
+                        int nu, void** U, const long long* un) {
     nl_step(B, N, seed);
     if (!isfinite(*loss)) return 0;
     for (int i = 0; i < nu; ++i)
         memcpy(U[2 * i + 1], U[2 * i], (size_t)un[i] * sizeof(float));
-    nl_update(kind, h, np, P, n);
+    nl_update(kind, h, nh, np, P, n);
     return 1;
 }"""

@@ -461,20 +461,23 @@ static void nl_maxpool_grad(const float* dy, const float* x, float* dx, int N, n
 }
 
 // The optimizer's update of every trained parameter, in one parallel region: P holds four
-// pointers a parameter (weight, gradient, state slots; unused slots null), n its sizes, h the
-// optimizer's scalars (optimizers.py kernel_scalars); kind 0 is SGD, 1 Adam/AdamW. The
-// element functions are optimizers.py's ELEMENTS, the CUDA kernels' own.
-static void nl_update(int kind, const float* h, int np, void** P, const long long* n) {
+// pointers a parameter (weight, gradient, state slots; unused slots null), n its sizes, h
+// nh scalars a parameter (optimizers.py kernel_scalars, at that parameter's learning
+// rate); kind 0 is SGD, 1 Adam/AdamW. The element functions are optimizers.py's ELEMENTS,
+// the CUDA kernels' own.
+static void nl_update(int kind, const float* h, int nh, int np, void** P,
+                      const long long* n) {
     #pragma omp parallel
     for (int p = 0; p < np; ++p) {
         float* w = (float*)P[4 * p];
         const float* g = (const float*)P[4 * p + 1];
         float* s1 = (float*)P[4 * p + 2];
         float* s2 = (float*)P[4 * p + 3];
+        const float* hp = h + (long long)p * nh;
         const long long m = n[p];
         if (kind == 0) {
-            const float lr = h[0], mom = h[1], wd = h[2];
-            const int nesterov = (int)h[3], first = (int)h[4];
+            const float lr = hp[0], mom = hp[1], wd = hp[2];
+            const int nesterov = (int)hp[3], first = (int)hp[4];
             #pragma omp for schedule(static) nowait
             for (long long i = 0; i < m; ++i) {
                 float unused = 0.0f;
@@ -483,8 +486,8 @@ static void nl_update(int kind, const float* h, int np, void** P, const long lon
         } else {
             #pragma omp for schedule(static) nowait
             for (long long i = 0; i < m; ++i)
-                nl_adam_element(w[i], g[i], s1[i], s2[i], h[0], h[1], h[2], h[3], h[4], h[5],
-                                h[6], (int)h[7], h[8], h[9]);
+                nl_adam_element(w[i], g[i], s1[i], s2[i], hp[0], hp[1], hp[2], hp[3], hp[4],
+                                hp[5], hp[6], (int)hp[7], hp[8], hp[9]);
         }
     }
 }

@@ -168,8 +168,8 @@ class CpuModule:
             self.lib.nl_step.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
             self.lib.nl_step.restype = None
             vp, i32, ll = ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_longlong)
-            self.lib.nl_train.argtypes = [vp, i32, i32, vp, i32, ctypes.POINTER(ctypes.c_float),
-                                          i32, vp, ll, i32, vp, ll]
+            self.lib.nl_train.argtypes = [vp, i32, i32, vp, i32, vp, i32, i32, vp, ll, i32,
+                                          vp, ll]
             self.lib.nl_train.restype = ctypes.c_int
         self.fixed_threads = threads   # None: follow set_threads
         self.applied = 0
@@ -206,8 +206,8 @@ class CpuModule:
         finally:
             _BLAS_THREADS.restore()
 
-    def train(self, B, batch: int, seed: int, loss, kind: int, h, np_: int, P, n, nu: int, U,
-              un) -> bool:
+    def train(self, B, batch: int, seed: int, loss, kind: int, h, nh: int, np_: int, P, n,
+              nu: int, U, un) -> bool:
         """One call of nl_train (the step, then the update) on tables that
         netlang/backends/step.py builds once per batch size; False when the loss was not
         finite and nothing was updated."""
@@ -215,7 +215,7 @@ class CpuModule:
         _BLAS_THREADS.limit()
         try:
             return bool(self.lib.nl_train(B, int(batch), int(seed) & 0x7FFFFFFF, loss, kind, h,
-                                          np_, P, n, nu, U, un))
+                                          nh, np_, P, n, nu, U, un))
         finally:
             _BLAS_THREADS.restore()
 
