@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from netlang.optimizers import OPTIMIZERS
+from netlang.optimizers import KERNELS, OPTIMIZERS
 
 if TYPE_CHECKING:   # the training loop's optimizer state (netlang/train/optim.py)
     from netlang.train.optim import Optimizer
@@ -97,7 +97,7 @@ class TrainStep:
         self.state = self._load_state(xp)
         self.inputs = {node.id: node for node in [*g.inputs.values(), *g.targets.values()]}
         self._per_batch: dict[int, dict] = {}
-        self.upd = Device(backend, _kernels()) if backend != "cpu" else None
+        self.upd = Device(backend, KERNELS) if backend != "cpu" else None
         self.graph = None
         self.graph_refusal = None
         if any(n.op == "dropout_mask" for n in g.nodes):
@@ -289,8 +289,3 @@ def _aligned(xp, a) -> object:
     out[...] = a
     return out
 
-
-def _kernels() -> str:
-    from netlang.optimizers import KERNELS
-
-    return KERNELS

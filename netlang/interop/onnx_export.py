@@ -117,7 +117,8 @@ def export_model(net, weights: dict[str, np.ndarray], opset: int = OPSET) -> Exp
                               doc_string=f"netlang network {net.name} from {net.file}")
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="netlang")
-    model.ir_version = min(model.ir_version, 8 if opset <= 17 else model.ir_version)
+    if opset <= 17:   # the IR version runtimes of that opset read (onnx writes its newest)
+        model.ir_version = min(model.ir_version, 8)
     onnx.checker.check_model(model, full_check=True)
     onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     return Exported(model)
