@@ -2,7 +2,8 @@
 
     check    cli/check.py      summary  cli/summary.py    viz      cli/viz.py
     compile  cli/compiler.py   train    cli/train.py      eval     cli/evaluate.py
-    predict  cli/predict.py    export   cli/export.py     (what they share: cli/common.py)
+    predict  cli/predict.py    export   cli/export.py     import-onnx  cli/import_onnx.py
+    (what they share: cli/common.py)
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from netlang.cli import check, compiler, evaluate, export, predict, summary, train, viz
+from netlang.cli import (check, compiler, evaluate, export, import_onnx, predict, summary,
+                         train, viz)
 from netlang.diagnostics import NetlangError, SourceMap
 
 
@@ -37,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="any train-section setting, e.g. --opt 'schedule=cosine' "
                              "(repeatable; the command line wins over the file)")
 
-    for module in (check, summary, viz, compiler, train, evaluate, predict, export):
+    for module in (check, summary, viz, compiler, train, evaluate, predict, export,
+                   import_onnx):
         module.add_parser(sub, common, run_options)
     return p
 

@@ -117,6 +117,9 @@ def export_model(net, weights: dict[str, np.ndarray], opset: int = OPSET) -> Exp
                               doc_string=f"netlang network {net.name} from {net.file}")
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="netlang")
+    # the blocks of the source, so that `netlang import-onnx` writes the same blocks back
+    # (node names hold the block and statement scopes, but cannot tell them apart)
+    helper.set_model_props(model, {"netlang_blocks": ",".join(sorted(net.source.blocks))})
     if opset <= 17:   # the IR version runtimes of that opset read (onnx writes its newest)
         model.ir_version = min(model.ir_version, 8)
     onnx.checker.check_model(model, full_check=True)
@@ -191,8 +194,9 @@ def _lower(n, ins: list[str], out: str, const, unique):
         else:
             x, mean, var = ins
             c = n.type.shape[0]
-            w = const(f"{n.name}.weight", np.ones(c), np.float32)
-            b = const(f"{n.name}.bias", np.zeros(c), np.float32)
+            # not named as parameters: `import-onnx` reads these names as affine=false
+            w = const(f"{n.name}.unit_scale", np.ones(c), np.float32)
+            b = const(f"{n.name}.zero_shift", np.zeros(c), np.float32)
         return [("BatchNormalization", [x, w, b, mean, var], [out],
                  {"epsilon": float(a["eps"])})]
     if op == "maxpool":

@@ -98,7 +98,7 @@ register(OpDef(
     name="scale", attrs=(Attr("factor", "float"),), shape=_same, kind=FusionKind.ELEMWISE,
     forward=lambda xs, a, rt: xs[0] * xs[0].dtype.type(a["factor"]),
     vjp=lambda b, node, dy: [b.emit("scale", [dy], factor=node.attrs["factor"])],
-    user=False, doc="Multiply by a constant."))
+    doc="Multiply by a constant: `scale(0.5)` (a residual branch's factor, 1/sqrt(d))."))
 
 
 # -- activations -------------------------------------------------------------------------

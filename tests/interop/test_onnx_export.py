@@ -51,7 +51,7 @@ network coverage {
     g = mul(f, sigmoid(f -> conv(1, 1)))
     output img = concat(g, x -> conv(2, 3, pad = same, dilation = 2)) -> softmax
     t = s -> conv(5, 3, pad = same) -> gelu -> conv(5, 1) -> gelu(approximate = tanh) -> silu
-    output seq = t -> elu(0.5) -> softplus -> softplus(beta = 2.0) -> global_avgpool
+    output seq = t -> elu(0.5) -> softplus -> softplus(beta = 2.0) -> scale(0.5) -> global_avgpool
                    -> dense(3, bias = false)
 }
 """
