@@ -55,7 +55,8 @@ class TrainConfig:
 NUM, INT, BOOL, STR, NAME = "number", "integer", "boolean", "string", "name"
 DATA = {
     "digits": {"test_fraction": NUM},
-    "shapes": {"size": INT, "count": INT, "classes": INT, "noise": NUM, "seed": INT},
+    "shapes": {"size": INT, "count": INT, "classes": INT, "noise": NUM, "seed": INT,
+               "channels": INT},
     "npz": {"path": STR, "val": STR, "test": STR},
     "folder": {"images": STR, "masks": STR, "val_images": STR, "val_masks": STR,
                "test_images": STR, "test_masks": STR, "gray": BOOL},

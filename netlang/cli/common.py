@@ -103,11 +103,15 @@ def torch_checkpoint(args, path, net=None):
     from netlang.train import checkpoint
 
     net = net or load(args)
-    m = load_torch_weights(path, net, getattr(args, "map", None))
+    only = getattr(args, "init_only", None)
+    m = load_torch_weights(path, net, getattr(args, "map", None), only=only)
     print(f"PyTorch weights {path}: {len(m.pairs)} tensors mapped onto {net.name} by "
           "structure (netlang layer <- PyTorch module):", file=sys.stderr)
     for line in m.describe():
         print("  " + line, file=sys.stderr)
+    if m.unused:
+        print(f"  not used: {len(m.unused)} PyTorch tensor(s) ({', '.join(m.unused[:6])}"
+              f"{', ...' if len(m.unused) > 6 else ''})", file=sys.stderr)
     return checkpoint.Checkpoint(m.weights, {}, {"weights_from": f"PyTorch weights {path}"})
 
 

@@ -10,6 +10,7 @@ from netlang.cli.common import (
     backend_options, load, load_recorded, map_option, pick_backend, print_warnings,
     torch_checkpoint, train_config,
 )
+from netlang.diagnostics import error
 
 
 def _run_dir(net: api.Network, out: str | None, resume: str | None) -> Path:
@@ -42,6 +43,9 @@ def cmd_train(args) -> int:
         api.use_tf32(True)
     backend = pick_backend(args)
     init = None
+    if args.init_only and not args.init_from:
+        raise error("E030", "--init-only selects parameters of --init-from, which is not "
+                    "given", None, help="add --init-from WEIGHTS")
     if args.init_from and not args.resume:
         init = _initial_weights(args, net)
     trainer = Trainer(net, cfg, out, resume=Path(args.resume) if args.resume else None,
@@ -74,13 +78,37 @@ def _initial_weights(args, net) -> tuple[str, dict]:
     weights mapped by structure; every parameter must be given."""
     from netlang.train import checkpoint
 
+    from netlang.interop.torch_weights import select
+
     path = args.init_from
     if Path(path).is_file() and not checkpoint.is_checkpoint(path):
         ck = torch_checkpoint(args, path, net)
+        weights = ck.weights
+    elif args.init_only:   # the selected parameters, from a checkpoint of any network
+        ck = checkpoint.load(path, prefer="best")
+        chosen = select(net, args.init_only)
+        missing = sorted(k for k in chosen if k not in ck.weights)
+        wrong = [f"{k} {list(ck.weights[k].shape)} vs {list(net.params[k].shape)}"
+                 for k in sorted(chosen) if k in ck.weights and
+                 tuple(ck.weights[k].shape) != net.params[k].shape]
+        if missing or wrong:
+            raise error("E051", f"checkpoint {path} lacks {len(missing)} and has "
+                        f"{len(wrong)} differently shaped parameter(s) of the ones "
+                        f"--init-only selects", None,
+                        notes=(["missing, e.g. " + ", ".join(missing[:3])] if missing else [])
+                        + (["different shapes: " + "; ".join(wrong[:3])] if wrong else []),
+                        help="for weights of another network's names, export them as PyTorch "
+                             "names or pair them with --map")
+        weights = {k: ck.weights[k] for k in chosen}
     else:
         ck = checkpoint.load(path, prefer="best")
         checkpoint.check_compatible(ck, net, path)
-    return (ck.state.get("weights_from") or f"{path}", ck.weights)
+        weights = ck.weights
+    source = ck.state.get("weights_from") or f"{path}"
+    if args.init_only:
+        source += (f" ({len(weights)} of {len(net.params)} parameters: "
+                   f"{', '.join(args.init_only)}; the rest initialised)")
+    return (source, weights)
 
 
 def add_parser(sub, common, run_options) -> None:
@@ -99,6 +127,10 @@ def add_parser(sub, common, run_options) -> None:
     sp.add_argument("--init-from", metavar="WEIGHTS", help="start from these weights instead "
                     "of the initialisation: a checkpoint or run folder of this network, or "
                     "PyTorch weights (a state_dict as .safetensors, mapped by structure)")
+    sp.add_argument("--init-only", metavar="PATTERN", action="append",
+                    help="with --init-from: take only the parameters these name patterns "
+                    'select (e.g. "enc*"; repeatable); the others start from the '
+                    "initialisation, and PyTorch tensors may be left over")
     map_option(sp)
     backend_options(sp, "training")
     sp.add_argument("--tf32", action="store_true", help="with --backend cuda: let cuBLAS GEMMs "

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ SKIPPED = ("num_batches_tracked",)
 class Mapping:
     weights: dict[str, np.ndarray]       # netlang name -> array
     pairs: list[tuple[str, str]]         # (netlang name, PyTorch name), in netlang order
+    unused: list[str] = field(default_factory=list)   # PyTorch tensors left (with `only`)
 
     def describe(self) -> list[str]:
         """One line a layer: `stem.conv0 <- conv1 (weight [64, 3, 7, 7])`."""
@@ -102,11 +104,36 @@ def _fmt(sig: tuple) -> str:
     return f"{kind} " + ", ".join(f"{r} {list(s)}" for r, s in shapes)
 
 
+def select(net, only: list[str] | None) -> set[str]:
+    """The parameters of `net` that name patterns (`enc*`, `l1.*`) select; every pattern
+    must select one (E073)."""
+    names = list(net.params)
+    if only is None:
+        return set(names)
+    chosen: set[str] = set()
+    for pat in only:
+        hit = {n for n in names if fnmatchcase(n, pat)}
+        if not hit:
+            layers = sorted({n.split(".", 1)[0] for n in names})
+            raise error("E073", f"`{pat}` names no parameter of network `{net.name}`", None,
+                        notes=["its statements: " + ", ".join(layers[:12])
+                               + (", ..." if len(layers) > 12 else "")],
+                        help="patterns match parameter names (`netlang summary` lists them); "
+                             'e.g. "enc*" or "l1.*"')
+        chosen |= hit
+    layers = {n.rsplit(".", 1)[0] for n in chosen}   # whole layers: a weight and its bias
+    return {n for n in names if n.rsplit(".", 1)[0] in layers}
+
+
 def map_state_dict(net, state: dict[str, np.ndarray], source: str = "the PyTorch weights",
-                   explicit: dict[str, str] | None = None) -> Mapping:
-    """The network's weights from a PyTorch state_dict (see the module docstring)."""
+                   explicit: dict[str, str] | None = None,
+                   only: list[str] | None = None) -> Mapping:
+    """The network's weights from a PyTorch state_dict (see the module docstring). With
+    `only` (name patterns), just the layers those select, and PyTorch tensors may be left
+    over (`Mapping.unused`): a U-Net's encoder from a classifier."""
     explicit = dict(explicit or {})
-    params = net.params                        # netlang name -> TensorType
+    wanted = select(net, only)
+    params = {k: t for k, t in net.params.items() if k in wanted}   # name -> TensorType
     weights: dict[str, np.ndarray] = {}
     pairs: list[tuple[str, str]] = []
     taken: set[str] = set()
@@ -131,7 +158,7 @@ def map_state_dict(net, state: dict[str, np.ndarray], source: str = "the PyTorch
     used = [False] * len(theirs_layers)
     by_node: dict[int, list] = {}
     for p in net.graph.params:
-        if p.name in weights:
+        if p.name in weights or p.name not in params:
             continue
         node = next((n for n in net.graph.nodes if p in n.inputs and n.op != "param"), None)
         by_node.setdefault(node.id if node is not None else -p.id, [node, []])[1].append(p)
@@ -164,7 +191,7 @@ def map_state_dict(net, state: dict[str, np.ndarray], source: str = "the PyTorch
             pairs.append((p.name, f"{mod}.{role}" if mod else role))
     left = [f"{m}.{r}".lstrip(".") for (m, _, t), u in zip(theirs_layers, used) if not u
             for r in t]
-    if left:
+    if left and only is None:
         raise error("E073", f"{len(left)} tensor(s) of {source} belong to no layer of network "
                     f"`{net.name}`, e.g. " + ", ".join(left[:3]), None,
                     help="the PyTorch model has layers this network lacks; check the "
@@ -173,11 +200,11 @@ def map_state_dict(net, state: dict[str, np.ndarray], source: str = "the PyTorch
     bad = [k for k, v in out.items() if not np.isfinite(v).all()]
     if bad:
         raise error("E050", f"{source} hold NaN or infinite values (e.g. {bad[0]})", None)
-    return Mapping(out, pairs)
+    return Mapping(out, pairs, left)
 
 
-def load_torch_weights(path: str | Path, net, mapping_file: str | Path | None = None
-                       ) -> Mapping:
+def load_torch_weights(path: str | Path, net, mapping_file: str | Path | None = None,
+                       only: list[str] | None = None) -> Mapping:
     """`map_state_dict` of a safetensors file, with an optional JSON mapping file."""
     explicit = None
     if mapping_file is not None:
@@ -190,4 +217,5 @@ def load_torch_weights(path: str | Path, net, mapping_file: str | Path | None = 
                 isinstance(k, str) and isinstance(v, str) for k, v in explicit.items()):
             raise error("E073", f"the mapping file {mapping_file} must be a JSON object of "
                         'names: {"netlang parameter": "PyTorch tensor"}', None)
-    return map_state_dict(net, read_state_dict(path), source=str(path), explicit=explicit)
+    return map_state_dict(net, read_state_dict(path), source=str(path), explicit=explicit,
+                          only=only)

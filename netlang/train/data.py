@@ -104,20 +104,25 @@ def digits(test_fraction: float = 0.2, val_fraction: float = 0.2) -> DataSet:
 
 
 def shapes(size: int = 64, count: int = 512, classes: int = 1, noise: float = 0.15,
-           seed: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2) -> DataSet:
+           seed: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2,
+           channels: int = 1) -> DataSet:
     """A generated segmentation set: ellipses, blobs and cell-like textured discs on a noisy,
     textured background; the mask marks the objects. `count` training samples; the
     validation and test sets (count * fraction samples each) are generated with other
-    seeds. Deterministic in `seed`."""
+    seeds. Deterministic in `seed`. `channels`: the grey image repeated (3 for an encoder
+    pretrained on RGB images)."""
     if classes != 1:
         raise error("E032", "`shapes` generates one class (a binary mask)", None,
                     help="use `classes = 1` with a sigmoid output")
-    if count < 1 or size < 1:
-        raise error("E032", f"`shapes` needs count >= 1 and size >= 1 (got count = {count}, "
-                    f"size = {size})", None)
+    if count < 1 or size < 1 or channels < 1:
+        raise error("E032", f"`shapes` needs count, size and channels >= 1 (got count = "
+                    f"{count}, size = {size}, channels = {channels})", None)
 
     def make(n: int, offset: int) -> Split:
-        return Split(_make_shapes(size, n, noise, np.random.default_rng(seed + offset)))
+        arrays = _make_shapes(size, n, noise, np.random.default_rng(seed + offset))
+        if channels > 1:
+            arrays["input"] = np.repeat(arrays["input"], channels, axis=1)
+        return Split(arrays)
 
     n_val = max(1, int(round(count * val_fraction))) if val_fraction > 0 else 0
     n_test = max(1, int(round(count * test_fraction))) if test_fraction > 0 else 0
@@ -328,7 +333,8 @@ def from_config(call: Call, val_split: float, test_split: float,
         return digits(args.get("test_fraction", test_split), val_split)
     if call.name == "shapes":
         return shapes(args.get("size", 64), args.get("count", 512), args.get("classes", 1),
-                      args.get("noise", 0.15), args.get("seed", 0), val_split, test_split)
+                      args.get("noise", 0.15), args.get("seed", 0), val_split, test_split,
+                      args.get("channels", 1))
     if call.name == "npz":
         if whole_file:
             return whole(Path(args["path"]).stem, _load_npz(args["path"]))

@@ -51,6 +51,7 @@ SMALL = [
     ("unet3d.net", None, {"base": 2, "size": 8}, 2),
     ("vgg16.net", None, {"width": 2, "size": 32, "classes": 10, "p": 0}, 2),
     ("unet_valid.net", None, {"base": 2, "size": 188}, 1),
+    ("unet_resnet18.net", None, {"base": 4, "size": 64}, 2),   # enc4 2x2: batchnorm over 8 values
 ]
 ALL_PROGRAMS = [(p, n) for p in sorted(EXAMPLES.glob("*.net"))
                 for n in netlang.api.network_names(p)]

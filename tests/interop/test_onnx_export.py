@@ -34,6 +34,7 @@ SIZES = {
     ("unet_plus_plus.net", "unet_plus_plus"): {"base": 2, "size": 16},
     ("unet_shapes.net", "unet_shapes"): {"base": 2, "size": 16},
     ("unet_valid.net", "unet_valid"): {"base": 2, "size": 188},
+    ("unet_resnet18.net", "unet_resnet18"): {"base": 4, "size": 32},
     ("vgg16.net", "vgg16"): {"width": 2, "size": 32, "classes": 10},
 }
 

@@ -135,3 +135,57 @@ def test_train_init_from_pytorch_weights(tmp_path, capsys):
     assert f"initial weights from PyTorch weights {path}" in out
     assert json.loads((run / "config.json").read_text())["init_from"] == \
         f"PyTorch weights {path}"
+
+
+def test_a_unet_encoder_starts_from_a_resnet18_and_trains(tmp_path, capsys):
+    """--init-from with --init-only: the encoder of examples/unet_resnet18.net takes a
+    PyTorch ResNet-18's weights (its head is left over, and listed), the decoder its
+    initialisation; with the encoder frozen, training leaves those weights as PyTorch's."""
+    from safetensors.numpy import load_file
+
+    torch.manual_seed(4)
+    path = _saved(tmp_path, ResNet18(base=8, classes=10))
+    file = EXAMPLES / "unet_resnet18.net"
+    net = netlang.load(file, params={"base": 8, "size": 32})
+    m = load_torch_weights(path, net, only=["enc*"])
+    pairs = dict(m.pairs)
+    assert pairs["enc0.conv0.weight"] == "conv1.weight"
+    assert pairs["enc1.repeat0.1.basic.y.batchnorm1.running_var"] == "layer1.1.bn2.running_var"
+    assert pairs["enc4.basic_down.shortcut.conv0.weight"] == "layer4.0.downsample.0.weight"
+    assert m.unused == ["fc.bias", "fc.weight"]
+    assert set(m.weights) == {k for k in net.params if k.startswith("enc")}
+    with pytest.raises(NetlangError, match=r"`dec\*` names no parameter"):
+        load_torch_weights(path, net, only=["dec*"])
+
+    run = tmp_path / "run"
+    assert main(["train", str(file), "--set", "base=8", "--set", "size=32",
+                 "--data", "shapes(size = 32, count = 16, channels = 3)", "--epochs", "1",
+                 "--batch", "8", "--init-from", path, "--init-only", "enc*",
+                 "--opt", 'freeze = ["enc*"]', "--out", str(run), "--no-progress",
+                 "--backend", "numpy"]) == 0
+    text = capsys.readouterr()
+    assert "  enc4.basic.y.conv1 <- layer4.1.conv2" in text.err
+    assert "  not used: 2 PyTorch tensor(s) (fc.bias, fc.weight)" in text.err
+    n_enc = len(m.weights)
+    assert (f"initial weights from PyTorch weights {path} ({n_enc} of {len(net.params)} "
+            "parameters: enc*; the rest initialised)") in text.out
+    state = load_file(path)
+    after = checkpoint_weights(run / "last.safetensors")
+    for ours, theirs in m.pairs:
+        if "running" not in ours:   # frozen: the PyTorch values still
+            np.testing.assert_array_equal(after[ours], state[theirs], err_msg=ours)
+    assert not np.array_equal(after["mask.conv1.weight"],
+                              net.init(0)["mask.conv1.weight"])   # the decoder trained
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["init_from"].startswith(f"PyTorch weights {path} (")
+
+
+def checkpoint_weights(path):
+    from netlang.train import checkpoint
+
+    return checkpoint.load(path).weights
+
+
+def test_init_only_needs_init_from(capsys):
+    assert main(["train", str(EXAMPLES / "unet_resnet18.net"), "--init-only", "enc*"]) == 1
+    assert "--init-only selects parameters of --init-from" in capsys.readouterr().err
