@@ -38,8 +38,10 @@ ALLOWED = {
                         "netlang.diagnostics"),
     "netlang.config": ("netlang.lang", "netlang.ops", "netlang.passes.loss",
                        "netlang.optimizers", "netlang.diagnostics"),
-    # ONNX export reads the checked graph and specialises it for inference.
-    "netlang.interop": ("netlang.ir", "netlang.ops", "netlang.passes", "netlang.diagnostics"),
+    # ONNX export reads the checked graph and specialises it for inference; ONNX import
+    # checks the source it writes with the front end.
+    "netlang.interop": ("netlang.ir", "netlang.ops", "netlang.lang", "netlang.passes",
+                        "netlang.diagnostics"),
     "netlang.train": PUBLIC,
     "netlang.cli": PUBLIC,
 }

@@ -1427,17 +1427,20 @@ def _write(layers, blocks, net_inputs, graph_outputs, outputs, name, netlang, pa
 def _pair_weights(source, name, layers, out_map, net_inputs, path):
     """netlang parameter name -> array, by walking netlang's graph of the written source
     and the translated layers together from the outputs."""
-    from netlang import api
+    from netlang.lang.imports import read_program
+    from netlang.lang.lower import lower
+    from netlang.passes.shape_infer import infer_shapes
 
-    try:
-        net = api.loads(source, file=f"{name}.net")
+    try:   # the front end checks the written source as it would a user's file
+        graph = lower(read_program(source, f"{name}.net"))
+        infer_shapes(graph)
     except Exception as exc:   # the writer's own mistake: say so plainly
         raise error("E074", f"the source written for {path} does not check: {exc}", None,
                     help="this is a netlang bug; please report it with the model") from None
     producer = {L.out: L for L in layers}
     weights: dict[str, np.ndarray] = {}
     seen: dict[int, str] = {}
-    stack = [(net.graph.outputs[k], v) for k, v in out_map.items()]
+    stack = [(graph.outputs[k], v) for k, v in out_map.items()]
     while stack:
         node, v = stack.pop()
         if node.id in seen:
@@ -1465,7 +1468,7 @@ def _pair_weights(source, name, layers, out_map, net_inputs, path):
                                 f"netlang's {p.name} is {list(p.type.shape)}", None)
                 weights[p.name] = arr
         stack.extend(zip(data, L.inputs))
-    missing = [p for p in net.params if p not in weights]
+    missing = [p.name for p in graph.params if p.name not in weights]
     if missing:
         raise AssertionError(f"import: parameters without weights: {missing[:3]}")
     return weights
