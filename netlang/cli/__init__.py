@@ -3,6 +3,7 @@
     check    cli/check.py      summary  cli/summary.py    viz      cli/viz.py
     compile  cli/compiler.py   train    cli/train.py      eval     cli/evaluate.py
     predict  cli/predict.py    export   cli/export.py     import-onnx  cli/import_onnx.py
+    export-weights  cli/export_weights.py
     (what they share: cli/common.py)
 """
 
@@ -12,8 +13,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from netlang.cli import (check, compiler, evaluate, export, import_onnx, predict, summary,
-                         train, viz)
+from netlang.cli import (check, compiler, evaluate, export, export_weights, import_onnx,
+                         predict, summary, train, viz)
 from netlang.diagnostics import NetlangError, SourceMap
 
 
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(repeatable; the command line wins over the file)")
 
     for module in (check, summary, viz, compiler, train, evaluate, predict, export,
-                   import_onnx):
+                   export_weights, import_onnx):
         module.add_parser(sub, common, run_options)
     return p
 

@@ -206,16 +206,82 @@ def map_state_dict(net, state: dict[str, np.ndarray], source: str = "the PyTorch
 def load_torch_weights(path: str | Path, net, mapping_file: str | Path | None = None,
                        only: list[str] | None = None) -> Mapping:
     """`map_state_dict` of a safetensors file, with an optional JSON mapping file."""
-    explicit = None
-    if mapping_file is not None:
+    return map_state_dict(net, read_state_dict(path), source=str(path),
+                          explicit=read_mapping(mapping_file), only=only)
+
+
+def read_mapping(mapping_file: str | Path | None) -> dict[str, str] | None:
+    """A mapping file: JSON, `{"netlang parameter": "PyTorch tensor"}`."""
+    if mapping_file is None:
+        return None
+    try:
+        explicit = json.loads(Path(mapping_file).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise error("E073", f"cannot read the mapping file {mapping_file}: {exc}",
+                    None) from None
+    if not isinstance(explicit, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in explicit.items()):
+        raise error("E073", f"the mapping file {mapping_file} must be a JSON object of "
+                    'names: {"netlang parameter": "PyTorch tensor"}', None)
+    return explicit
+
+
+def read_template(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """The tensor names and shapes of a PyTorch model's state_dict: a safetensors file of
+    it (only the header is read, so any dtype will do) or a JSON object `{name: shape}`."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise error("E050", f"cannot read the template {path}: {exc.strerror or exc}",
+                    None) from None
+    how = ('save one from the PyTorch model: safetensors.torch.save_file(model.state_dict(), '
+           '"template.safetensors"), or json.dump({k: list(v.shape) for k, v in '
+           'model.state_dict().items()}, f)')
+    if p.suffix == ".json":
         try:
-            explicit = json.loads(Path(mapping_file).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise error("E073", f"cannot read the mapping file {mapping_file}: {exc}",
-                        None) from None
-        if not isinstance(explicit, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in explicit.items()):
-            raise error("E073", f"the mapping file {mapping_file} must be a JSON object of "
-                        'names: {"netlang parameter": "PyTorch tensor"}', None)
-    return map_state_dict(net, read_state_dict(path), source=str(path), explicit=explicit,
-                          only=only)
+            doc = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise error("E050", f"the template {path} is not JSON: {exc}", None,
+                        help=how) from None
+        ok = isinstance(doc, dict) and all(
+            isinstance(k, str) and isinstance(v, list)
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in v)
+            for k, v in doc.items())
+        if not ok or not doc:
+            raise error("E050", f"the template {path} must be a JSON object of tensor names "
+                        'and shapes, e.g. {"conv1.weight": [64, 3, 7, 7]}', None, help=how)
+        return {k: tuple(v) for k, v in doc.items()}
+    # safetensors: an 8-byte little-endian header length, then a JSON header
+    try:
+        n = int.from_bytes(raw[:8], "little")
+        if len(raw) < 8 or n <= 0 or 8 + n > len(raw):
+            raise ValueError("the header length does not fit the file")
+        head = json.loads(raw[8:8 + n].decode("utf-8"))
+        out = {k: tuple(int(d) for d in v["shape"]) for k, v in head.items()
+               if k != "__metadata__"}
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise error("E050", f"the template {path} is neither safetensors nor a .json file "
+                    f"({exc})", None, help=how) from None
+    if not out:
+        raise error("E050", f"the template {path} holds no tensors", None, help=how)
+    return out
+
+
+def export_state_dict(net, weights: dict[str, np.ndarray], template: dict[str, tuple],
+                      source: str = "the template", explicit: dict[str, str] | None = None,
+                      batches: int = 0) -> tuple[dict[str, np.ndarray], Mapping]:
+    """The network's weights under the names of a PyTorch state_dict (`template`: names and
+    shapes): the mapping of `map_state_dict`, run on the template, read the other way. Every
+    template tensor gets a value; `num_batches_tracked` is `batches` (int64), the rest are
+    float32 in PyTorch's layouts (netlang's own)."""
+    dummy = {k: np.zeros(s, np.float32) for k, s in template.items()
+             if k.rsplit(".", 1)[-1] not in SKIPPED}
+    m = map_state_dict(net, dummy, source=source, explicit=explicit)
+    out: dict[str, np.ndarray] = {}
+    for ours, theirs in m.pairs:
+        out[theirs] = np.ascontiguousarray(weights[ours], dtype=np.float32)
+    for k, s in template.items():
+        if k.rsplit(".", 1)[-1] in SKIPPED:
+            out[k] = np.full(s, batches, np.int64)
+    return {k: out[k] for k in template}, m

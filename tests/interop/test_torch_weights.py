@@ -189,3 +189,92 @@ def checkpoint_weights(path):
 def test_init_only_needs_init_from(capsys):
     assert main(["train", str(EXAMPLES / "unet_resnet18.net"), "--init-only", "enc*"]) == 1
     assert "--init-only selects parameters of --init-from" in capsys.readouterr().err
+
+
+def _netlang_checkpoint(tmp_path, net, seed=5):
+    """Weights of `net` (batchnorm statistics that are not the identity) as a checkpoint."""
+    from netlang.train import checkpoint
+
+    rng = np.random.default_rng(seed)
+    w = net.init(seed)
+    for k in w:
+        if k.endswith("running_mean"):
+            w[k] = rng.uniform(-0.3, 0.3, w[k].shape).astype(np.float32)
+        elif k.endswith("running_var"):
+            w[k] = rng.uniform(0.5, 2.0, w[k].shape).astype(np.float32)
+    path = tmp_path / "trained.safetensors"
+    checkpoint.save(path, checkpoint.Checkpoint(w, {}, {"network": net.name, "epoch": 3,
+                                                        "global_step": 42}))
+    return path, w
+
+
+@pytest.mark.parametrize("like", ["safetensors", "json"])
+def test_export_weights_loads_into_the_pytorch_model_strictly(tmp_path, capsys, like):
+    """netlang's trained weights under torchvision's names: a ResNet-18 twin loads them
+    with strict=True and gives netlang's logits."""
+    from safetensors.torch import load_file
+
+    make, file, network, params, size = CASES["resnet18"]
+    net = netlang.load(EXAMPLES / file, network=network, params=params)
+    ck, w = _netlang_checkpoint(tmp_path, net)
+    model = make()
+    template = tmp_path / f"template.{like}"
+    if like == "json":
+        template.write_text(json.dumps({k: list(v.shape)
+                                        for k, v in model.state_dict().items()}))
+    else:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(template))
+    out = tmp_path / "for_torch.safetensors"
+    sets = [a for k, v in params.items() for a in ("--set", f"{k}={v}")]
+    assert main(["export-weights", str(EXAMPLES / file), "--network", network, *sets,
+                 "--weights", str(ck), "--like", str(template), "-o", str(out)]) == 0
+    text = capsys.readouterr()
+    assert "102 tensors mapped from resnet18 onto the names of" in text.err
+    assert "  l4.basic_down.shortcut.conv0 -> layer4.0.downsample.0" in text.err
+    assert f"wrote {out}: 122 tensors of resnet18 under the names of {template}" in text.out
+    state = load_file(str(out))
+    assert state["layer1.0.bn1.num_batches_tracked"].dtype == torch.int64
+    assert int(state["layer1.0.bn1.num_batches_tracked"]) == 42
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    got = net.forward(w, {"image": x})["logits"]
+    np.testing.assert_allclose(want, got, rtol=1e-4, atol=1e-5)
+
+
+def test_export_weights_refusals(tmp_path, capsys):
+    make, file, network, params, size = CASES["resnet18"]
+    net = netlang.load(EXAMPLES / file, network=network, params=params)
+    ck, w = _netlang_checkpoint(tmp_path, net)
+    sets = [a for k, v in params.items() for a in ("--set", f"{k}={v}")]
+    base = ["export-weights", str(EXAMPLES / file), "--network", network, *sets,
+            "--weights", str(ck)]
+
+    def err(*extra):
+        assert main([*base, *extra]) == 1
+        return capsys.readouterr().err
+
+    out = str(tmp_path / "o.safetensors")
+    assert "--format torch needs the PyTorch model's names: --like" in err("-o", out)
+    assert "the weights go to a .safetensors file, not" in err("-o", str(tmp_path / "o.pt"))
+    assert "would write over the --weights file" in err("-o", str(ck), "--format", "netlang")
+    other = tmp_path / "vgg.json"   # another model's names: the first layer that does not fit
+    other.write_text(json.dumps({k: list(v.shape) for k, v in
+                                 vgg16(width=8, classes=10, size=32).state_dict().items()}))
+    text = err("--like", str(other), "-o", out)
+    assert "E073" in text and "fits `stem.conv0`" in text
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"conv1.weight": "big"}')
+    assert "must be a JSON object of tensor names and shapes" in err("--like", str(broken),
+                                                                      "-o", out)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x05" * 20)
+    assert "is neither safetensors nor a .json file" in err("--like", str(junk), "-o", out)
+    assert not (tmp_path / "o.safetensors").exists()
+    # netlang's own names need no template
+    assert main([*base, "--format", "netlang", "-o", out]) == 0
+    from safetensors.numpy import load_file
+
+    assert sorted(load_file(out)) == sorted(net.params)
