@@ -19,7 +19,8 @@ def cmd_export(args) -> int:
         weights = net.init(0)
         where = "the network's initial weights (init seed 0: no --weights given)"
     print_warnings(net)
-    ex = export_model(net, weights, opset=args.opset or OPSET)
+    ex = export_model(net, weights, opset=args.opset or OPSET,
+                      fold_batchnorm=args.fold_batchnorm)
     out = Path(args.output)
     if out.parent != Path(""):
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -30,6 +31,8 @@ def cmd_export(args) -> int:
     def dims(v) -> str:
         return ", ".join(d.dim_param or str(d.dim_value) for d in v.type.tensor_type.shape.dim)
 
+    for note in ex.notes:
+        print(f"note: {note}")
     print("inputs: " + ", ".join(f"{i.name} [{dims(i)}]" for i in g.input) + "; outputs: "
           + ", ".join(f"{o.name} [{dims(o)}]" for o in g.output))
     return 0
@@ -43,4 +46,7 @@ def add_parser(sub, common, run_options) -> None:
                     "state_dict as .safetensors) (default: the initial weights, init seed 0)")
     map_option(sp)
     sp.add_argument("--opset", type=int, help="ONNX opset (default 17; 13 or newer)")
+    sp.add_argument("--fold-batchnorm", action="store_true", help="fold each batchnorm into "
+                    "the convolution or dense layer before it (default: BatchNormalization "
+                    "nodes)")
     sp.set_defaults(func=cmd_export)

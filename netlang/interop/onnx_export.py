@@ -41,8 +41,11 @@ def _onnx():
     return onnx
 
 
-def export_model(net, weights: dict[str, np.ndarray], opset: int = OPSET) -> Exported:
-    """The ONNX model of `net`'s inference graph with `weights` as initializers."""
+def export_model(net, weights: dict[str, np.ndarray], opset: int = OPSET,
+                 fold_batchnorm: bool = False) -> Exported:
+    """The ONNX model of `net`'s inference graph with `weights` as initializers; with
+    `fold_batchnorm`, each batchnorm right after a convolution or dense layer is folded
+    into its weights and bias (see `_fold_batchnorm`)."""
     onnx = _onnx()
     from onnx import TensorProto, helper, numpy_helper
 
@@ -56,6 +59,13 @@ def export_model(net, weights: dict[str, np.ndarray], opset: int = OPSET) -> Exp
     g = copy.deepcopy(net.graph)
     specialize(g, False)
     dce(g)
+    notes: list[str] = []
+    if fold_batchnorm:
+        weights, kept = _fold_batchnorm(g, weights)
+        if kept:
+            notes.append(f"{len(kept)} batchnorm(s) kept as BatchNormalization (not right "
+                         "after a convolution or dense layer whose only reader they are): "
+                         + ", ".join(kept[:4]) + (", ..." if len(kept) > 4 else ""))
     names: dict[int, str] = {}
     used: set[str] = set()
 
@@ -124,7 +134,63 @@ def export_model(net, weights: dict[str, np.ndarray], opset: int = OPSET) -> Exp
         model.ir_version = min(model.ir_version, 8)
     onnx.checker.check_model(model, full_check=True)
     onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-    return Exported(model)
+    return Exported(model, notes)
+
+
+FOLDABLE = ("conv", "conv_transpose", "dense")
+
+
+def _fold_batchnorm(g, weights: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray],
+                                                                 list[str]]:
+    """Fold each inference batchnorm into the layer before it, PyTorch's
+    `fuse_conv_bn_eval`: with s = gamma / sqrt(var + eps), the layer's weight is scaled by s
+    per output channel and its bias becomes (bias - mean) * s + beta (a layer without a
+    bias gets one). Only where that layer's output is read by the batchnorm alone, its
+    weight by it alone, and (a transposed convolution) it has one group. Returns the new
+    weights and the batchnorms kept; a folded batchnorm and its parameters leave `g`."""
+    from netlang.ir.types import TensorType
+
+    weights = dict(weights)
+    users = g.users()
+    outs = {n.id for n in g.outputs.values()}
+    kept = []
+    for bn in [n for n in g.nodes if n.op == "batchnorm"]:
+        layer = bn.inputs[0]
+        ok = (layer.op in FOLDABLE and users[layer.id] == [bn] and layer.id not in outs
+              and len(users[layer.inputs[1].id]) == 1
+              and not (layer.op == "conv_transpose" and layer.attrs["groups"] != 1))
+        if not ok:
+            kept.append(bn.name)
+            continue
+        stats = [weights[i.name].astype(np.float64) for i in bn.inputs[1:]]
+        if bn.attrs["affine"]:
+            gamma, beta, mean, var = stats
+        else:
+            mean, var = stats
+            gamma, beta = np.ones_like(mean), np.zeros_like(mean)
+        scale = gamma / np.sqrt(var + float(bn.attrs["eps"]))
+        wnode = layer.inputs[1]
+        w = weights[wnode.name].astype(np.float64)
+        axis = 1 if layer.op == "conv_transpose" else 0   # [in, out, k...] vs [out, ...]
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        weights[wnode.name] = (w * scale.reshape(shape)).astype(np.float32)
+        if len(layer.inputs) > 2:
+            bias = weights[layer.inputs[2].name].astype(np.float64)
+            bname = layer.inputs[2].name
+        else:   # a bias for the folded shift, under the name the layer would give it
+            bias = np.zeros_like(scale)
+            bname = f"{layer.name}.bias"
+            p = g.add("param", [], {"role": "bias"}, name=bname, span=layer.span,
+                      type=TensorType((int(scale.shape[0]),), batched=False))
+            g.nodes.remove(p)
+            g.nodes.insert(g.nodes.index(wnode) + 1, p)
+            layer.inputs.append(p)
+            layer.attrs["bias"] = True
+        weights[bname] = ((bias - mean) * scale + beta).astype(np.float32)
+        g.replace_all_uses(bn, layer)
+        g.remove([bn, *bn.inputs[1:]])   # its parameters are read by nothing else
+    return weights, kept
 
 
 def _pads(flat: tuple[int, ...]) -> list[int]:

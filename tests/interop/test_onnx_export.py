@@ -63,8 +63,8 @@ def _ort_outputs(model, inputs: dict) -> list[np.ndarray]:
     return sess.run(None, inputs)
 
 
-def _check(net, weights, batches=(1, 3)):
-    model = export_model(net, weights).model
+def _check(net, weights, batches=(1, 3), fold=False):
+    model = export_model(net, weights, fold_batchnorm=fold).model
     for n in batches:
         rng = np.random.default_rng(n)
         x = {k: rng.standard_normal((n, *t.shape)).astype(np.float32)
@@ -83,15 +83,20 @@ def test_the_table_covers_every_example():
     assert have == set(SIZES)
 
 
-@pytest.mark.parametrize("file,network", sorted(SIZES), ids=[n for _, n in sorted(SIZES)])
-def test_every_example_exports_and_matches_onnxruntime(file, network):
-    net = netlang.load(EXAMPLES / file, network=network, params=SIZES[(file, network)])
+def _weights(net):
     w = net.init(1)
     for k in w:   # running statistics that are not the identity
         if "running_var" in k:
             w[k] = np.linspace(0.5, 2.0, w[k].size, dtype=np.float32)
         elif "running_mean" in k:
             w[k] = np.linspace(-0.2, 0.2, w[k].size, dtype=np.float32)
+    return w
+
+
+@pytest.mark.parametrize("file,network", sorted(SIZES), ids=[n for _, n in sorted(SIZES)])
+def test_every_example_exports_and_matches_onnxruntime(file, network):
+    net = netlang.load(EXAMPLES / file, network=network, params=SIZES[(file, network)])
+    w = _weights(net)
     model = _check(net, w)
     names = {i.name for i in model.graph.initializer}
     assert set(w) <= names   # parameters under their netlang names
@@ -100,6 +105,41 @@ def test_every_example_exports_and_matches_onnxruntime(file, network):
     # the .net line of each node (blocks may come from an imported file)
     assert all(re.fullmatch(r"\w+\.net:\d+", d) for d in lines), lines[:5]
     assert any(d.startswith(file + ":") for d in lines)
+
+
+FOLD = """
+network folds(c = 4) {
+    input x: [3, 12, 12]
+    a = x -> conv(c, 3, pad=same, bias=false) -> batchnorm -> relu
+    b = a -> conv(c, 3, pad=same) -> batchnorm(affine=false)
+    t = b -> conv_transpose(c, 2, stride=2) -> batchnorm
+    j = concat(a, b) -> batchnorm -> relu
+    output y = concat(t -> maxpool(2), j) -> conv(2, 1)
+    output v = j -> global_avgpool -> dense(5) -> batchnorm
+}
+"""
+
+
+@pytest.mark.parametrize("case", ["resnet18_cifar", "unet_resnet18", "folds"])
+def test_batchnorm_folds_into_the_layer_before_it(case, capsys):
+    """--fold-batchnorm: PyTorch's fuse_conv_bn_eval; outputs unchanged, a batchnorm kept
+    only where no single layer feeds it (after a concat)."""
+    if case == "folds":
+        net = netlang.loads(FOLD)
+    else:
+        file = f"{case.split('_cifar')[0]}.net"
+        net = netlang.load(EXAMPLES / file, network=case, params=SIZES[(file, case)])
+    w = _weights(net)
+    model = _check(net, w, fold=True)
+    n_bn = sum(n.op == "batchnorm" for n in net.graph.nodes)
+    kept = [n for n in model.graph.node if n.op_type == "BatchNormalization"]
+    assert n_bn > 0 and len(kept) == (1 if case == "folds" else 0)
+    if case == "folds":   # a conv without bias gains one; the batchnorm's tensors are gone
+        names = {i.name for i in model.graph.initializer}
+        assert "a.conv0.bias" in names and not any(k.startswith("a.batchnorm") for k in names)
+        assert kept[0].name.startswith("j.batchnorm")
+        assert "1 batchnorm(s) kept as BatchNormalization" in export_model(
+            net, w, fold_batchnorm=True).notes[0]
 
 
 def test_the_ops_no_example_uses_export_too():
@@ -146,3 +186,15 @@ def test_refusals_are_clear(capsys, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "onnx", None)
     with pytest.raises(NetlangError, match="E072"):
         export_model(netlang.load(EXAMPLES / "lenet5.net"), {})
+
+
+def test_the_command_folds_batchnorm_on_request(tmp_path, capsys):
+    src = tmp_path / "folds.net"
+    src.write_text(FOLD)
+    out = tmp_path / "folds.onnx"
+    assert main(["export", str(src), "--fold-batchnorm", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "note: 1 batchnorm(s) kept as BatchNormalization (not right after a convolution " \
+           "or dense layer whose only reader they are): j.batchnorm0" in text
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert ops.count("BatchNormalization") == 1
