@@ -61,14 +61,18 @@ def bench_netlang(name, steps, kind):
     net = netlang.load(ROOT / "examples" / file, network=network, params=params)
     data = make_batch(net, batch, np)
     out = {}
-    for graph in (False, True):
+    # eager: cuBLAS GEMMs, kernels launched one by one; graph: GEMMs as tiled kernels, the
+    # step replayed as a CUDA graph; auto: what `netlang train` picks (backends/step.py)
+    for mode, capturable, graphs in (("eager", False, False), ("graph", True, True),
+                                     ("auto", None, True)):
         opt = Optimizer.from_config(Call("sgd", (("lr", 0.01), ("momentum", 0.9))))
-        ds = TrainStep(net, loss, net.init(0), opt, kind, capturable=graph)
-        for _ in range(3):
+        ds = TrainStep(net, loss, net.init(0), opt, kind, capturable=capturable,
+                       graphs=graphs)
+        for _ in range(3):   # the second step captures the graph
             ds.run(data, opt.lr, opt.step_count)
-        if graph and not ds.capture(batch, opt.lr):
-            out["graph"] = None
-            out["graph_refusal"] = ds.graph_refusal
+        if graphs and not ds.graphs:
+            out[mode] = None
+            out[f"{mode}_refusal"] = ds.graph_refusal
             continue
         if kind == "cuda":
             import cupy
@@ -78,9 +82,10 @@ def bench_netlang(name, steps, kind):
             sync = cupy.cuda.Device().synchronize
         else:
             events, sync = None, (lambda: None)
+
         def step(ds=ds, opt=opt):
             ds.run(data, opt.lr, opt.step_count, read=False)
-        out["graph" if graph else "eager"] = _median_ms(step, steps, sync, events)
+        out[mode] = _median_ms(step, steps, sync, events)
         out["loss_after"] = ds.loss(batch)
     out["launches"] = len(ds.runner.cprog.steps)
     return out
@@ -140,13 +145,16 @@ def main() -> None:
             row["torch"] = bench_torch(name, args.steps)
         rows.append(row)
         nl, th = row["netlang"], row.get("torch", {})
-        g = nl.get("graph")
-        ratio = f"{nl['eager'] / th['eager']:.2f}" if th else "-"
-        gratio = f"{g / th['eager']:.2f}" if th and g else "-"
-        print(f"{name:15} netlang {nl['eager']:8.3f} ms  with graph "
-              f"{(f'{g:8.3f} ms' if g else nl.get('graph_refusal', '-'))}  torch "
-              f"{th.get('eager', float('nan')):8.3f} ms  ratio {ratio} (graph {gratio})  "
-              f"launches {nl['launches']}", flush=True)
+        te = th.get("eager")
+
+        def cell(mode, nl=nl, te=te):
+            ms = nl.get(mode)
+            if ms is None:
+                return f"{mode} -  ({nl.get(f'{mode}_refusal', '')})"
+            return f"{mode} {ms:8.3f} ms" + (f" ({ms / te:.2f}x torch)" if te else "")
+        print(f"{name:15} netlang " + "; ".join(cell(m) for m in ("eager", "graph", "auto"))
+              + (f"; torch eager {te:8.3f} ms" if te else "")
+              + f"; launches {nl['launches']}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device, "rows": rows}, indent=1))
 

@@ -161,18 +161,20 @@ class Network:
         return value, grads
 
     def train_step(self, weights: Mapping[str, np.ndarray], optimizer, loss: str | None = None,
-                   backend: str = "numpy", capturable: bool = False,
+                   backend: str = "numpy", capturable: bool | None = False,
                    frozen: frozenset[str] = frozenset(),
-                   scales: dict[str, float] | None = None):
+                   scales: dict[str, float] | None = None, graphs: bool = True):
         """The training step of `backend` (netlang/backends/step.py): `run(batch, lr, seed)`
         does forward, loss, backward and `optimizer`'s update (a train.optim.Optimizer,
         whose state and step count it keeps) and returns the loss; `weights()` and
         `sync()` bring weights and state back to the host. Parameters in `frozen` are not
-        updated; `scales` multiplies some parameters' learning rates."""
+        updated; `scales` multiplies some parameters' learning rates; `graphs` (cuda,
+        cuda-emu) replays each step after the first as one captured graph when the program
+        allows it (`graph_note()` says whether it does)."""
         from netlang.backends.step import train_step
 
         return train_step(self, self._loss_text(loss), dict(weights), optimizer, backend,
-                          capturable, frozen, scales)
+                          capturable, frozen, scales, graphs)
 
     def probabilities(self, output: str, values: np.ndarray) -> np.ndarray:
         """A flat output's values as class probabilities: as they are when the network

@@ -137,28 +137,27 @@ __device__ __forceinline__ void nl_adam_element(float& w, float g, float& m, flo
 # The device updates (CUDA C; cuda-emu compiles the same text for the host): one kernel a
 # parameter, updating it and its state together. `loss` is the step's loss on the device: a
 # step whose loss is not finite updates nothing (the training loop stops and reports it).
+# The scalars are the parameter's row `h` of the step's table on the device (kernel_scalars,
+# as float32; flags as 0.0/1.0, as the cpu backend's table), so a captured step's kernel
+# arguments never change: the host writes the table before each launch or replay.
 KERNELS = ELEMENTS + r"""
 extern "C" __global__ void nl_sgd_update(float* __restrict__ w, const float* __restrict__ g,
                                          float* __restrict__ buf,
-                                         const float* __restrict__ loss, float lr,
-                                         float momentum, float weight_decay, int nesterov,
-                                         int first, int n) {
+                                         const float* __restrict__ loss,
+                                         const float* __restrict__ h, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n || !isfinite(*loss)) return;
-    nl_sgd_element(w[i], g[i], buf[i], lr, momentum, weight_decay, nesterov, first);
+    nl_sgd_element(w[i], g[i], buf[i], h[0], h[1], h[2], (int)h[3], (int)h[4]);
 }
 
 extern "C" __global__ void nl_adam_update(float* __restrict__ w, const float* __restrict__ g,
                                           float* __restrict__ m, float* __restrict__ v,
-                                          const float* __restrict__ loss, float step_size,
-                                          float beta1, float beta2, float one_minus_beta1,
-                                          float one_minus_beta2, float eps,
-                                          float weight_decay, int decoupled, float shrink,
-                                          float sqrt_bc2, int n) {
+                                          const float* __restrict__ loss,
+                                          const float* __restrict__ h, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n || !isfinite(*loss)) return;
-    nl_adam_element(w[i], g[i], m[i], v[i], step_size, beta1, beta2, one_minus_beta1,
-                    one_minus_beta2, eps, weight_decay, decoupled, shrink, sqrt_bc2);
+    nl_adam_element(w[i], g[i], m[i], v[i], h[0], h[1], h[2], h[3], h[4], h[5], h[6],
+                    (int)h[7], h[8], h[9]);
 }
 
 extern "C" __global__ void nl_copy_if_finite(float* __restrict__ dst,

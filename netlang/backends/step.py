@@ -8,7 +8,13 @@ parameter with the optimizer table's fused element (netlang/optimizers.py):
 - cpu: the whole step, update included, is one native call (`nl_train`);
 - cuda and cuda-emu: the launch plan, then one update kernel per parameter; the kernels read
   the loss on the device and skip the update when it is not finite, so nothing waits for the
-  host; on a GPU the step can be captured as a CUDA graph and replayed (`capture`).
+  host. Every kernel argument is fixed for the run: what changes from step to step is in
+  device buffers the host writes before the step (the batch, the dropout seed, a table of
+  the update's scalars: learning rate, Adam's bias corrections, SGD's first step). So after
+  the first step, a step is replayed as one captured graph (`capture`): a CUDA graph on a
+  GPU, and on cuda-emu the same recorded call list, so CI runs the path a GPU runs. A
+  program whose GEMMs go to cuBLAS is not captured (CuPy refuses cuBLAS during capture),
+  and `graph_note()` says so.
 
 `NumpyStep` is the reference: the NumPy backend's gradients and the NumPy update rules.
 Both leave weights and state untouched when the loss is not finite, and keep the
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,14 +42,17 @@ _KIND = {"nl_sgd_update": 0, "nl_adam_update": 1}   # nl_update's `kind` (routin
 
 
 def train_step(net, loss: str, weights: dict[str, np.ndarray], opt: Optimizer,
-               backend: str = "numpy", capturable: bool = False,
-               frozen: frozenset[str] = frozenset(), scales: dict[str, float] | None = None):
+               backend: str = "numpy", capturable: bool | None = False,
+               frozen: frozenset[str] = frozenset(), scales: dict[str, float] | None = None,
+               graphs: bool = True):
     """The step object for `backend` (weights: every parameter, as net.init gives them;
     `frozen`: parameters the update leaves as they are; `scales`: learning-rate factors of
-    some parameters)."""
+    some parameters; `graphs`: on cuda and cuda-emu, replay each step after the first as
+    one captured graph where the program allows it; `capturable`: GEMMs as generated
+    kernels instead of cuBLAS, None to choose by `_small_gemms`)."""
     if backend == "numpy":
         return NumpyStep(net, loss, weights, opt, frozen, scales)
-    return TrainStep(net, loss, weights, opt, backend, capturable, frozen, scales)
+    return TrainStep(net, loss, weights, opt, backend, capturable, frozen, scales, graphs)
 
 
 class NumpyStep:
@@ -73,14 +83,17 @@ class TrainStep:
     """The step of a compiled backend; see the module docstring."""
 
     def __init__(self, net, loss: str, weights: dict[str, np.ndarray], opt: Optimizer,
-                 backend: str, capturable: bool = False, frozen: frozenset[str] = frozenset(),
-                 scales: dict[str, float] | None = None):
+                 backend: str, capturable: bool | None = False,
+                 frozen: frozenset[str] = frozenset(), scales: dict[str, float] | None = None,
+                 graphs: bool = True):
         self.opt = opt
         self.scales = dict(scales or {})
         self.odef = OPTIMIZERS[opt.name]
         self.prog = net.program_for(True, loss)
         from netlang.backends.cuda.runtime import Device, Runner
 
+        if capturable is None:   # auto: GEMMs as kernels where that lets the step be a graph
+            capturable = graphs and _small_gemms(self.prog, backend)
         self.runner = Runner(self.prog, backend, capturable)
         self.dev = self.runner.device
         self.backend = backend
@@ -98,14 +111,14 @@ class TrainStep:
         self.inputs = {node.id: node for node in [*g.inputs.values(), *g.targets.values()]}
         self._per_batch: dict[int, dict] = {}
         self.upd = Device(backend, KERNELS) if backend != "cpu" else None
-        self.graph = None
-        self.graph_refusal = None
-        if any(n.op == "dropout_mask" for n in g.nodes):
-            self.graph_refusal = "the program draws dropout masks: a captured step would " \
-                                 "reuse one mask forever"
-        elif opt.name != "sgd":
-            self.graph_refusal = f"{opt.name}'s bias correction changes every step; a " \
-                                 "graph replays fixed kernel arguments"
+        # the update's scalars: a row a trained parameter (padded to 16 bytes), written by
+        # the host before each step, read by the update kernels on the device
+        self.width = -(-len(self._scalars(0.0)) // 4) * 4
+        self.h = xp.zeros(max(len(self.trained), 1) * self.width, np.float32) \
+            if backend != "cpu" else None
+        self.graphs: dict[int, object] = {}   # batch size -> captured step
+        self.graph_refusal = _graph_refusal(backend, self.runner.cprog)
+        self.auto_graphs = graphs and self.graph_refusal is None
 
     # -- state ---------------------------------------------------------------------------
     def _load_state(self, xp) -> list[dict[str, object]]:
@@ -217,11 +230,17 @@ class TrainStep:
             if updated:
                 self.opt.step_count += 1
             return float(bufs[self.loss_key][0])
-        if self.graph is not None and self.graph[:2] == (n, lr):
-            self.graph[2].launch()
+        self._write_table(lr)
+        graph = self.graphs.get(n)
+        if graph is None and self.auto_graphs and self.opt.step_count >= 1:
+            graph = self.capture(n)   # after one step uncaptured: everything is warm
+        if graph is not None:
+            self.runner.set_seed(seed)
+            graph.launch()
         else:
             self.runner.run_steps(bufs, n, seed)
-            self._update(bufs, lr)
+            for call in self._update_calls(bufs):
+                call()
         if not read:
             self.opt.step_count += 1
             return None
@@ -230,51 +249,132 @@ class TrainStep:
             self.opt.step_count += 1
         return loss
 
-    def _update(self, bufs: dict, lr: float) -> None:
+    def _write_table(self, lr: float) -> None:
+        """This step's update scalars into the device table the update kernels read."""
+        h = self._table(lr)
+        rows = np.zeros((max(len(self.trained), 1), self.width), np.float32)
+        rows[:h.shape[0], :h.shape[1]] = h
+        self.h[...] = self.dev.xp.asarray(rows.ravel())
+
+    def _update_calls(self, bufs: dict) -> list:
         """Batchnorm statistics into their parameters, and one fused update kernel per
-        parameter; both skip on the device when the loss is not finite."""
+        parameter, as calls with fixed arguments; on the device, both skip when the loss is
+        not finite."""
         loss = bufs[self.loss_key]
         block = 256
+        calls = []
         for key, pname in self.copies:
             w = self.w[pname]
-            self.upd.launch("nl_copy_if_finite", math.ceil(w.size / block), block,
-                            [w, bufs[key], loss, w.size])
-        scalars = {s: self._scalars(lr * s) for s in {self.scales.get(k, 1.0)
-                                                        for k in self.trained}}
-        for k in self.trained:
+            calls.append(partial(self.upd.launch, "nl_copy_if_finite",
+                                 math.ceil(w.size / block), block, [w, bufs[key], loss, w.size]))
+        for i, k in enumerate(self.trained):
             w = self.w[k]
             slots = [s[k] for s in self.state] or [w]   # SGD without momentum: unused
-            self.upd.launch(self.odef.kernel, math.ceil(w.size / block), block,
-                            [w, bufs[self.grad_keys[k]], *slots, loss,
-                             *scalars[self.scales.get(k, 1.0)], w.size])
+            row = self.h[i * self.width:(i + 1) * self.width]
+            calls.append(partial(self.upd.launch, self.odef.kernel, math.ceil(w.size / block),
+                                 block, [w, bufs[self.grad_keys[k]], *slots, loss, row,
+                                         w.size]))
+        return calls
 
-    def capture(self, batch: int, lr: float) -> bool:
-        """Capture one step at batch size `batch` as a CUDA graph (after a first step, which
-        sets the momentum); later steps of that size and learning rate replay it. Refused,
-        with the reason in `graph_refusal`, when the program or the optimizer cannot be
-        replayed."""
-        if self.graph_refusal is not None or self.backend != "cuda":
-            self.graph_refusal = self.graph_refusal or "CUDA graphs need a GPU"
-            return False
-        cp = self.dev.xp
+    def capture(self, batch: int):
+        """The whole step at batch size `batch` (the program's kernels and GEMMs, the
+        batchnorm copies and the update kernels) recorded once with fixed arguments: a CUDA
+        graph on a GPU, the same call list on cuda-emu. What changes from step to step lives
+        in device buffers the host writes before each replay: the batch, the dropout seed,
+        the update's scalar table (learning rate, bias corrections). Returns the graph, or
+        None with the reason in `graph_refusal`."""
+        if self.graph_refusal is not None:
+            return None
         bufs = self._buffers(batch)["bufs"]
-        stream = cp.cuda.Stream(non_blocking=True)
-        try:
-            with stream:
-                stream.begin_capture()
-                self.runner.run_steps(bufs, batch, 0)
-                self._update(bufs, lr)
-                self.graph = (batch, lr, stream.end_capture())
-        except Exception as exc:   # a library call that cannot be captured
-            self.graph_refusal = f"capture failed: {type(exc).__name__}: {exc}"
-            self.graph = None
-            return False
-        return True
+        calls = self.runner.calls(bufs, batch) + self._update_calls(bufs)
+        if self.backend == "cuda-emu":
+            graph = HostGraph(calls)
+        else:
+            cp = self.dev.xp
+            stream = cp.cuda.Stream(non_blocking=True)
+            try:
+                with stream:
+                    stream.begin_capture()
+                    for call in calls:
+                        call()
+                    graph = stream.end_capture()
+            except Exception as exc:   # a library call that cannot be captured
+                self.graph_refusal = f"capture failed: {type(exc).__name__}: {exc}"
+                self.auto_graphs = False
+                return None
+        self.graphs[batch] = graph
+        return graph
+
+    def graph_note(self) -> str | None:
+        """One line on how steps run (compiled device backends), for the training log."""
+        if self.backend == "cpu":
+            return None
+        if self.graph_refusal is not None:
+            return f"step graph: not used ({self.graph_refusal}); kernels launched one by one"
+        what = "a CUDA graph" if self.backend == "cuda" else "one recorded call list (as " \
+            "the CUDA graph on a GPU)"
+        n = len(self.runner.cprog.steps) + len(self.copies) + len(self.trained)
+        return f"step graph: after the first step, each step is replayed as {what} of {n} " \
+            "launches"
 
     def loss(self, batch: int) -> float:
         """The last step's loss at batch size `batch`."""
         bufs = self._buffers(batch)["bufs"]
         return float(self.dev.to_host(bufs[self.loss_key]).reshape(()))
+
+
+class HostGraph:
+    """cuda-emu's captured step: the calls, with their arguments fixed, replayed in order."""
+
+    def __init__(self, calls: list):
+        self.calls = calls
+
+    def launch(self) -> None:
+        for call in self.calls:
+            call()
+
+
+# A step whose GEMMs (dense layers, convolutions above GEMM_CONV_MACS) add up to fewer
+# multiply-adds a sample than this is launch-bound: its GEMMs become generated tiled kernels
+# so that the whole step can be one CUDA graph. Above it, cuBLAS's GEMMs win over the
+# graph (on an H100, U-Net and ResNet-18 steps took 26 ms captured with tiled GEMMs and
+# 11.9 ms uncaptured with cuBLAS). A heuristic until GEMMs are captured through cuBLASLt.
+GRAPH_GEMM_MACS = 1 << 22
+
+
+def _small_gemms(prog, backend: str) -> bool:
+    from netlang.backends.cuda.render import Gemm, render
+
+    if backend not in ("cuda", "cuda-emu"):
+        return False
+    macs = _macs([st for st in render(prog.graph).steps if isinstance(st, Gemm)])
+    return 0 < macs < GRAPH_GEMM_MACS
+
+
+def _graph_refusal(backend: str, cprog) -> str | None:
+    """Why a step of this program cannot be replayed as a graph, or None."""
+    from netlang.backends.cuda.render import Gemm
+
+    if backend not in ("cuda", "cuda-emu"):
+        return "graphs are for the cuda backends"
+    gemms = [st for st in cprog.steps if isinstance(st, Gemm)]
+    if gemms:
+        return (f"{len(gemms)} GEMM(s) go to cuBLAS through CuPy, which refuses stream "
+                f"capture (cupy/cupy#6290); at {_macs(gemms):.2g} multiply-adds a sample "
+                "they run faster there than as tiled kernels in a graph" if
+                _macs(gemms) >= GRAPH_GEMM_MACS else
+                f"{len(gemms)} GEMM(s) go to cuBLAS through CuPy, which refuses stream "
+                "capture (cupy/cupy#6290)")
+    return None
+
+
+def _macs(gemms) -> int:
+    """Multiply-adds a sample of GEMM steps (a batch dimension counts once)."""
+    total = 0
+    for st in gemms:
+        k = st.a_view[-2] if st.trans_a else st.a_view[-1]
+        total += math.prod(abs(d) for d in st.out_view) * abs(k)
+    return total
 
 
 def _aligned(xp, a) -> object:

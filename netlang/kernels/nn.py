@@ -181,9 +181,11 @@ def lower_batchnorm_grad_weight(r: KernelBuilder, grp: Group) -> None:
 def lower_dropout_mask(r: KernelBuilder, grp: Group) -> None:
     p = grp.anchor.attrs["p"]
     keep = 1.0 - p
-    body = [f"float v = nl_uniform((unsigned int)seed, (unsigned int)i) < {_f(keep)} ? "
+    # the seed is read from a one-element buffer, not passed by value: a captured step
+    # (a CUDA graph replays fixed arguments) draws new masks when the host writes it
+    body = [f"float v = nl_uniform((unsigned int)seed[0], (unsigned int)i) < {_f(keep)} ? "
             f"{_f(1.0 / keep)} : 0.0f;"]
-    r.finish_map(grp, grp.name, {}, body, extra=[Arg("int", "seed")])
+    r.finish_map(grp, grp.name, {}, body, extra=[Arg("const long long*", "seed")])
 
 
 def _batchnorm_expression(e: Node, v: str, loads: dict[int, str]) -> str:

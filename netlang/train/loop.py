@@ -262,8 +262,11 @@ class Trainer:
                 f"{pat} x{f:g} ({size} parameters)"
                 for (pat, f), size in zip(cfg.lr_groups, self.group_sizes)))
         self._write_config()
-        stepper = net.train_step(weights, opt, cfg.loss_text, self.backend,
+        stepper = net.train_step(weights, opt, cfg.loss_text, self.backend, capturable=None,
                                  frozen=self.frozen, scales=self.scales)
+        note = getattr(stepper, "graph_note", lambda: None)()
+        if note:
+            self.log(note)
         flag: dict = {}
         n_train = len(self.data.train)
         steps = math.ceil(n_train / cfg.batch)

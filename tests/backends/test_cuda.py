@@ -169,6 +169,17 @@ def _all_sources():
             prog = net.compile(training=training, loss=loss if training else None)
             out.append((f"{network}_{'train' if training else 'infer'}",
                         R.render(prog.graph).source))
+    # the step graph's forms: GEMMs as tiled kernels, a dropout kernel, the update kernels
+    from netlang.optimizers import KERNELS
+
+    drop = netlang.loads("network d() { input x: [4, 8, 8]\n"
+                         "output y = x -> dropout(0.5) -> flatten -> dense(3) }")
+    for net, loss in ((netlang.load(EXAMPLES / "lenet5.net"), "mse(logits, t)"),
+                      (drop, "mse(y, t)")):
+        prog = net.compile(training=True, loss=loss)
+        out.append((f"{net.name}_train_capturable",
+                    R.render(prog.graph, capturable=True).source))
+    out.append(("updates", R.prelude() + KERNELS))
     return out
 
 

@@ -313,3 +313,66 @@ def test_lr_groups_in_the_train_section(tmp_path):
         with pytest.raises(NetlangError, match=msg):
             bad = apply_overrides(net.train, [("lr_groups", text)], list(net.outputs))
             Trainer(net, bad, tmp_path / "b", progress=False, log=logs.append)
+
+
+DROPNET = """
+network dropnet(classes = 4) {
+    input x: [3, 12, 12]
+    c1 = conv(x, 8, kernel = 3, pad = same, bias = false) -> batchnorm -> relu
+    p1 = c1 -> maxpool(2) -> dropout(0.3)
+    output logits = p1 -> flatten -> dense(16) -> relu -> dropout(0.5) -> dense(classes)
+}
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("opt_name", ["adam", "sgd"])
+def test_a_replayed_step_is_the_step(backend, opt_name):
+    """After its first step, a step is replayed as one captured graph (cuda-emu: the same
+    recorded call list) whose kernel arguments never change: dropout seeds, the learning
+    rate, Adam's bias corrections and SGD's first step reach it through device buffers.
+    So replayed steps equal launched ones exactly, across seeds, a learning-rate change and
+    a second batch size (a graph each)."""
+    net = netlang.loads(DROPNET)
+    w = net.init(0)
+    args = (("lr", 0.01),) if opt_name == "adam" else (("lr", 0.05), ("momentum", 0.9))
+    steps = {}
+    for graphs in (True, False):
+        opt = Optimizer.from_config(Call(opt_name, args))
+        step = TrainStep(net, LOSS, w, opt, backend, capturable=True, graphs=graphs)
+        losses = []
+        for i, (n, lr) in enumerate([(6, 0.01), (6, 0.01), (6, 0.005), (5, 0.005),
+                                     (5, 0.005), (6, 0.002)]):
+            losses.append(step.run(_batch(n, i), lr, 100 + i))
+        steps[graphs] = (step, losses, opt)
+    (g, g_losses, g_opt), (e, e_losses, e_opt) = steps[True], steps[False]
+    assert sorted(g.graphs) == [5, 6] and not e.graphs
+    assert "replayed" in g.graph_note()
+    assert g_losses == e_losses   # the same kernels on the same buffers: bit for bit
+    assert len(set(g_losses)) == len(g_losses)
+    gw, ew = g.weights(), e.weights()
+    for k in ew:
+        np.testing.assert_array_equal(gw[k], ew[k], err_msg=k)
+    g.sync()
+    e.sync()
+    assert g_opt.step_count == e_opt.step_count == 6
+    for slot in e_opt.state:
+        for k in e_opt.state[slot]:
+            np.testing.assert_array_equal(g_opt.state[slot][k], e_opt.state[slot][k])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_step_with_cublas_gemms_is_not_captured_and_says_why(backend):
+    net = netlang.loads(NET)
+    opt = Optimizer.from_config(Call("sgd", (("lr", 0.1),)))
+    step = TrainStep(net, LOSS, net.init(0), opt, backend)   # GEMMs to cuBLAS
+    for i in range(3):
+        step.run(_batch(4, i), opt.lr, i)
+    assert not step.graphs
+    assert "GEMM(s) go to cuBLAS through CuPy, which refuses stream capture" in \
+        step.graph_note()
+    # chosen for the training loop: this step's GEMMs are small, so they become kernels
+    auto = TrainStep(net, LOSS, net.init(0), opt, backend, capturable=None)
+    auto.run(_batch(4), opt.lr, 0)
+    auto.run(_batch(4, 1), opt.lr, 1)
+    assert sorted(auto.graphs) == [4]

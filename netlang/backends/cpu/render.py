@@ -84,8 +84,8 @@ def step_function(steps, describe=None) -> tuple[str, list[str]]:
             for a in st.args:
                 if a.key == "N":
                     args.append("N")
-                elif a.key == "seed":
-                    args.append("seed")
+                elif a.key == "seed":   # the dropout kernels read it from memory
+                    args.append("&seed_v")
                 else:
                     args.append(buf(a.key, a.ctype))
             body.append(f"    {st.kernel}({', '.join(args)});")
@@ -120,7 +120,8 @@ def step_function(steps, describe=None) -> tuple[str, list[str]]:
            "#define NL_TOC(k)",
            "#endif",
            'extern "C" void nl_step(void** B, int N, int seed) {',
-           "    (void)seed;", *[_braced(t) for t in timed], "}", TRAIN]
+           "    const long long seed_v = seed; (void)seed_v;", *[_braced(t) for t in timed],
+           "}", TRAIN]
     return "\n".join(src) + "\n", keys
 
 

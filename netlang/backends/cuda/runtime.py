@@ -12,6 +12,7 @@ netlang/backends/step.py's `TrainStep`, built on this Runner.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -161,6 +162,7 @@ class Runner:
         self.device = Device(self.backend, self.cprog.source)
         self._arena: dict[int, object] = {}
         self._scratch: dict[int, dict[str, object]] = {}
+        self._seed = None
 
     def buffers(self, feeds: dict[int, np.ndarray], batch: int) -> dict[str, object]:
         xp = self.device.xp
@@ -186,29 +188,41 @@ class Runner:
         bufs.update(self._scratch[batch])
         return bufs
 
-    def run_steps(self, bufs: dict, batch: int, seed: int) -> None:
+    def seed_buffer(self):
+        """The one-element buffer the dropout kernels read their seed from (a kernel argument
+        would be frozen into a captured step)."""
+        if self._seed is None:
+            self._seed = self.device.xp.zeros(2, dtype=np.int64)   # 16 bytes: aligned
+        return self._seed
+
+    def set_seed(self, seed: int) -> None:
+        self.seed_buffer()[0] = seed & 0x7FFFFFFF
+
+    def calls(self, bufs: dict, batch: int) -> list:
+        """The launch plan at batch size `batch` on `bufs` as calls with every argument
+        fixed: run in order, they are one step; recorded once, replayed as a graph."""
         xp = self.device.xp
-        if self.backend == "cpu":   # the whole plan is one native call
-            self.device.module.step(self.cprog.buffer_keys, bufs, batch, seed)
-            return
+        out = []
         for st in self.cprog.steps:
             if isinstance(st, R.Gemm):
                 a = bufs[st.a].reshape(_view(st.a_view, batch))
                 b = bufs[st.b].reshape(_view(st.b_view, batch))
-                out = bufs[st.out].reshape(_view(st.out_view, batch))
-                xp.matmul(xp.swapaxes(a, -1, -2) if st.trans_a else a,
-                          xp.swapaxes(b, -1, -2) if st.trans_b else b, out=out)
+                o = bufs[st.out].reshape(_view(st.out_view, batch))
+                out.append(partial(xp.matmul, xp.swapaxes(a, -1, -2) if st.trans_a else a,
+                                   xp.swapaxes(b, -1, -2) if st.trans_b else b, out=o))
                 continue
-            grid = st.grid(batch)
-            args = []
-            for a in st.args:
-                if a.key == "N":
-                    args.append(batch)
-                elif a.key == "seed":
-                    args.append(seed & 0x7FFFFFFF)
-                else:
-                    args.append(bufs[a.key])
-            self.device.launch(st.kernel, grid, BLOCK, args)
+            args = [batch if a.key == "N" else self.seed_buffer() if a.key == "seed"
+                    else bufs[a.key] for a in st.args]
+            out.append(partial(self.device.launch, st.kernel, st.grid(batch), BLOCK, args))
+        return out
+
+    def run_steps(self, bufs: dict, batch: int, seed: int) -> None:
+        if self.backend == "cpu":   # the whole plan is one native call
+            self.device.module.step(self.cprog.buffer_keys, bufs, batch, seed)
+            return
+        self.set_seed(seed)
+        for call in self.calls(bufs, batch):
+            call()
 
     def execute(self, feeds: dict[int, np.ndarray], batch: int, seed: int = 0):
         """Same contract as the NumPy backend's execute: (roots by node id, updates)."""
