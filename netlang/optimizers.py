@@ -160,6 +160,21 @@ extern "C" __global__ void nl_adam_update(float* __restrict__ w, const float* __
                     (int)h[7], h[8], h[9]);
 }
 
+extern "C" __global__ void nl_accumulate_loss(float* __restrict__ acc,
+                                              const float* __restrict__ loss, int count) {
+    // the epoch's loss sums on the device, read by the host now and then: acc[0] sum of
+    // loss x batch size, acc[1] samples, acc[2] non-finite steps, acc[3] the first of them
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    float l = *loss;
+    if (isfinite(l)) {
+        acc[0] += l * (float)count;
+        acc[1] += (float)count;
+    } else {
+        if (acc[2] == 0.0f) acc[3] = l;
+        acc[2] += 1.0f;
+    }
+}
+
 extern "C" __global__ void nl_copy_if_finite(float* __restrict__ dst,
                                              const float* __restrict__ src,
                                              const float* __restrict__ loss, int n) {

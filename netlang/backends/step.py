@@ -61,8 +61,10 @@ class NumpyStep:
         self.net, self.loss_text, self.opt, self.frozen = net, loss, opt, frozen
         self.scales = dict(scales or {})
         self.w = {k: np.array(v, dtype=np.float32) for k, v in weights.items()}
+        self.sums = LossSums()
+        self.deferred = False
 
-    def run(self, batch: dict, lr: float, seed: int) -> float:
+    def run(self, batch: dict, lr: float, seed: int, read: bool = True) -> float:
         with np.errstate(over="ignore", invalid="ignore"):   # the NaN guard reports
             loss, grads, updates = self.net.value_and_grad(
                 self.w, batch, loss=self.loss_text, seed=seed, return_updates=True)
@@ -70,7 +72,11 @@ class NumpyStep:
             self.opt.update(self.w, {k: g for k, g in grads.items() if k not in self.frozen},
                             lr, self.scales)
             self.w.update(updates)
+        self.sums.add(loss, len(next(iter(batch.values()))))
         return loss
+
+    def take_losses(self) -> tuple[float, int, int, float]:
+        return self.sums.take()
 
     def weights(self) -> dict[str, np.ndarray]:
         return {k: v.copy() for k, v in self.w.items()}
@@ -116,6 +122,11 @@ class TrainStep:
         self.width = -(-len(self._scalars(0.0)) // 4) * 4
         self.h = xp.zeros(max(len(self.trained), 1) * self.width, np.float32) \
             if backend != "cpu" else None
+        # the epoch's loss sums: on the device for the cuda backends (read with
+        # take_losses), on the host for cpu, whose step returns its loss anyway
+        self.acc = xp.zeros(4, np.float32) if backend != "cpu" else None
+        self.deferred = backend != "cpu"   # the loop reads losses now and then, not a step
+        self.sums = LossSums()
         self.graphs: dict[int, object] = {}   # batch size -> captured step
         self.graph_refusal = _graph_refusal(backend, self.runner.cprog)
         self.auto_graphs = graphs and self.graph_refusal is None
@@ -229,7 +240,9 @@ class TrainStep:
                 t["un"])
             if updated:
                 self.opt.step_count += 1
-            return float(bufs[self.loss_key][0])
+            loss = float(bufs[self.loss_key][0])
+            self.sums.add(loss, n)
+            return loss
         self._write_table(lr)
         graph = self.graphs.get(n)
         if graph is None and self.auto_graphs and self.opt.step_count >= 1:
@@ -239,7 +252,7 @@ class TrainStep:
             graph.launch()
         else:
             self.runner.run_steps(bufs, n, seed)
-            for call in self._update_calls(bufs):
+            for call in self._update_calls(bufs, n):
                 call()
         if not read:
             self.opt.step_count += 1
@@ -256,10 +269,19 @@ class TrainStep:
         rows[:h.shape[0], :h.shape[1]] = h
         self.h[...] = self.dev.xp.asarray(rows.ravel())
 
-    def _update_calls(self, bufs: dict) -> list:
-        """Batchnorm statistics into their parameters, and one fused update kernel per
-        parameter, as calls with fixed arguments; on the device, both skip when the loss is
-        not finite."""
+    def take_losses(self) -> tuple[float, int, int, float]:
+        """(sum of loss x batch size, samples, non-finite steps, the first non-finite loss)
+        since the last call; on a GPU the one read that waits for the steps so far."""
+        if self.acc is None:
+            return self.sums.take()
+        a = self.dev.to_host(self.acc).astype(np.float64)
+        self.acc[...] = 0
+        return float(a[0]), int(a[1]), int(a[2]), float(a[3])
+
+    def _update_calls(self, bufs: dict, batch: int) -> list:
+        """Batchnorm statistics into their parameters, one fused update kernel per
+        parameter, and the loss into the epoch's sums, as calls with fixed arguments; on
+        the device, the first two skip when the loss is not finite."""
         loss = bufs[self.loss_key]
         block = 256
         calls = []
@@ -274,6 +296,8 @@ class TrainStep:
             calls.append(partial(self.upd.launch, self.odef.kernel, math.ceil(w.size / block),
                                  block, [w, bufs[self.grad_keys[k]], *slots, loss, row,
                                          w.size]))
+        calls.append(partial(self.upd.launch, "nl_accumulate_loss", 1, 1,
+                             [self.acc, loss, batch]))
         return calls
 
     def capture(self, batch: int):
@@ -286,7 +310,7 @@ class TrainStep:
         if self.graph_refusal is not None:
             return None
         bufs = self._buffers(batch)["bufs"]
-        calls = self.runner.calls(bufs, batch) + self._update_calls(bufs)
+        calls = self.runner.calls(bufs, batch) + self._update_calls(bufs, batch)
         if self.backend == "cuda-emu":
             graph = HostGraph(calls)
         else:
@@ -321,6 +345,27 @@ class TrainStep:
         """The last step's loss at batch size `batch`."""
         bufs = self._buffers(batch)["bufs"]
         return float(self.dev.to_host(bufs[self.loss_key]).reshape(()))
+
+
+class LossSums:
+    """The host's epoch loss sums (numpy and cpu steps), as the device keeps them."""
+
+    def __init__(self):
+        self.take()
+
+    def add(self, loss: float, count: int) -> None:
+        if math.isfinite(loss):
+            self.total += loss * count
+            self.count += count
+        else:
+            self.first_bad = loss if not self.bad else self.first_bad
+            self.bad += 1
+
+    def take(self) -> tuple[float, int, int, float]:
+        out = (getattr(self, "total", 0.0), getattr(self, "count", 0),
+               getattr(self, "bad", 0), getattr(self, "first_bad", 0.0))
+        self.total, self.count, self.bad, self.first_bad = 0.0, 0, 0, 0.0
+        return out
 
 
 class HostGraph:

@@ -278,30 +278,27 @@ class Trainer:
                 lr = sched.lr(epoch)
                 order = _rng(cfg.seed, epoch).permutation(n_train)
                 bar = self._bar(epoch, steps, state["step"])
+                unread, last_read = state["step"], time.perf_counter()
                 for step in range(state["step"], steps):
                     batch = self.data.train.take(order[step * cfg.batch:(step + 1) * cfg.batch])
                     batch = self._augment(batch, _rng(cfg.seed, epoch, step, 1))
                     # forward, loss, backward and update; nothing changes on a NaN loss
-                    loss = stepper.run(batch, lr, state["global_step"])
-                    if not math.isfinite(loss):
-                        raise TrainingStopped(
-                            f"the loss is {loss} at epoch {epoch + 1}, step {step + 1}: "
-                            "training stopped; the last good checkpoint is "
-                            f"{self.out / 'last.safetensors'}"
-                            + ("" if (self.out / "last.safetensors").exists() else
-                               " (none was written yet)")
-                            + ". Try a lower learning rate.")
-                    count = len(next(iter(batch.values())))
-                    state["loss_sum"] += loss * count
-                    state["loss_n"] += count
+                    stepper.run(batch, lr, state["global_step"], read=not stepper.deferred)
                     state["step"] = step + 1
                     state["global_step"] += 1
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{state['loss_sum'] / state['loss_n']:.4f}")
                     if self.stop_after_steps is not None and \
                             state["global_step"] >= self.stop_after_steps:
                         flag["signal"] = "stop_after_steps"
+                    # The loss sums: every step on the host; from a device, twice a second
+                    # (its one wait for the GPU) and at the end of the epoch or a stop.
+                    if not stepper.deferred or step + 1 == steps or flag.get("signal") or \
+                            time.perf_counter() - last_read >= 0.5:
+                        self._read_losses(stepper, state, epoch, unread, step)
+                        unread, last_read = step + 1, time.perf_counter()
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{state['loss_sum'] / state['loss_n']:.4f}")
+                    if bar is not None:
+                        bar.update(1)
                     if flag.get("signal"):
                         break
                 if bar is not None:
@@ -368,6 +365,22 @@ class Trainer:
                      + "  ".join(f"{k} {v:.4f}" for k, v in test.items() if k.count("_") < 1))
         return Result(state["epoch"], state["history"], state["best"], reason, self.out,
                       weights, test)
+
+    def _read_losses(self, stepper, state: dict, epoch: int, first: int, last: int) -> None:
+        """Add the loss sums of steps first..last (0-based) of this epoch to `state`; a
+        non-finite loss among them stops training (E053)."""
+        total, count, bad, value = stepper.take_losses()
+        if bad:
+            where = f"step {last + 1}" if first == last else f"one of steps {first + 1}-{last + 1}"
+            raise TrainingStopped(
+                f"the loss is {value} at epoch {epoch + 1}, {where}: "
+                "training stopped; the last good checkpoint is "
+                f"{self.out / 'last.safetensors'}"
+                + ("" if (self.out / "last.safetensors").exists() else
+                   " (none was written yet)")
+                + ". Try a lower learning rate.")
+        state["loss_sum"] += total
+        state["loss_n"] += count
 
     def _min_delta(self) -> float:
         return self.cfg.early_stop.get("min_delta", 0.0) if self.cfg.early_stop else 0.0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -302,3 +303,32 @@ def test_a_few_steps_match_pytorch(torch_mod):
         topt.step()
         theirs.append(tl.item())
     np.testing.assert_allclose(ours, theirs, rtol=1e-4)
+
+
+@pytest.mark.emu
+@pytest.mark.skipif(not __import__("shutil").which("g++"), reason="cuda-emu needs g++")
+def test_the_device_path_reads_losses_now_and_then_and_still_stops_on_nan(tmp_path,
+                                                                          monkeypatch):
+    """On cuda / cuda-emu the loss sums accumulate on the device and the loop reads them
+    twice a second and at the end of the epoch; a non-finite loss is reported with the
+    steps it was among."""
+    import netlang.train.loop as loop
+
+    net = digits_net()
+    reads = []
+    real = loop.Trainer._read_losses
+
+    def counted(self, stepper, state, epoch, first, last):
+        reads.append((first, last))
+        return real(self, stepper, state, epoch, first, last)
+
+    monkeypatch.setattr(loop.Trainer, "_read_losses", counted)
+    clock = iter(range(10**6))   # each look at the clock moves it 0.3 s: a read every 2 steps
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: next(clock) * 0.3)
+    cfg = small_cfg(net, epochs=1, optimizer=Call("sgd", (("lr", 1e6),)))
+    with pytest.raises(TrainingStopped) as ei:
+        Trainer(net, cfg, tmp_path / "run", progress=False, log=quiet,
+                backend="cuda-emu").run()
+    assert any(last > first for first, last in reads)   # some reads cover several steps
+    assert re.search(r"the loss is (nan|inf|-inf) at epoch 1, (step \d+|one of steps "
+                     r"\d+-\d+): training stopped", str(ei.value)), str(ei.value)
