@@ -36,6 +36,11 @@ class Tensor:
 
 Value = Union[Tensor, int, float, bool, str, Symbol, list]
 MAX_NODES = 100_000
+# The names a call may have that are not layers: arithmetic on numbers, and the losses
+# (which belong in the train section).
+NUMBER_FUNCTIONS = {"min": min, "max": max}
+LOSSES = ("mse", "bce", "bce_logits", "dice", "cross_entropy")
+NUMERIC_KINDS = ("int", "float", "ints", "size", "floats")
 MAX_BLOCK_DEPTH = 50   # blocks calling blocks; each level costs Python stack
 
 
@@ -94,7 +99,8 @@ class Lowerer:
     def lower_network(self, net: ast.NetworkDef, overrides: dict[str, Value]) -> Graph:
         self.graph.name = net.name
         scope = Scope({}, "")
-        self._bind_params(net.params, scope, overrides, net.span, f"network `{net.name}`")
+        self._bind_params(net.params, scope, overrides, net.span, f"network `{net.name}`",
+                          mark_used=False)
         self._run_body(net.body, scope, is_block=False)
         if not self.graph.outputs:
             raise error("E013", f"network `{net.name}` declares no output", net.span,
@@ -105,10 +111,16 @@ class Lowerer:
                 self.graph.warnings.append(warning(
                     "W002", f"value `{name}` is never used", value.node.span,
                     help=f"use it, mark it with `output {name}`, or remove it"))
+        for p in net.params:
+            if p.name not in scope.used:
+                self.graph.warnings.append(warning(
+                    "W003", f"network parameter `{p.name}` is never used", p.span,
+                    help=f"use it or remove it: `--set {p.name}=...` changes nothing"))
         return self.graph
 
     def _bind_params(self, params: tuple[ast.Param, ...], scope: Scope,
-                     given: dict[str, Value], span: SourceSpan, what: str) -> None:
+                     given: dict[str, Value], span: SourceSpan, what: str,
+                     mark_used: bool = True) -> None:
         names = [p.name for p in params]
         for key in given:
             if key not in names:
@@ -123,7 +135,8 @@ class Lowerer:
             else:
                 raise error("E013", f"{what} needs a value for parameter `{p.name}`", span,
                             help=f"pass `{p.name}=...`")
-        scope.used.update(names)
+        if mark_used:
+            scope.used.update(names)
 
     # -- statements ----------------------------------------------------------------------
     def _run_body(self, body: tuple[ast.Stmt, ...], scope: Scope, is_block: bool) -> Value | None:
@@ -264,8 +277,16 @@ class Lowerer:
         finally:
             scope.prefix = saved
         if isinstance(v, Symbol):
-            raise self._undefined(v.name, expr.span, scope)
+            v = self._implicit_call(v, expr, scope)
         return v
+
+    def _implicit_call(self, v: Symbol, e: ast.Expr, scope: Scope) -> Value:
+        """A bare layer or block name that starts a block's body, `block b(c) { relu }`:
+        applied to the block's input, as `relu()` would be; any other bare name is E014."""
+        if isinstance(e, ast.Name) and scope.implicit_input is not None and \
+                (v.name in registry.user_ops() or v.name in self.prog.blocks):
+            return self._apply(e, scope.implicit_input, scope)
+        raise self._undefined(v.name, e.span, scope)
 
     # -- expressions ---------------------------------------------------------------------
     def _lookup(self, name: str, span: SourceSpan, scope: Scope) -> Value:
@@ -302,7 +323,7 @@ class Lowerer:
         if isinstance(e, ast.Chain):
             v = self.eval(e.items[0], scope)
             if isinstance(v, Symbol):
-                raise self._undefined(v.name, e.items[0].span, scope)
+                v = self._implicit_call(v, e.items[0], scope)
             for item in e.items[1:]:
                 v = self._apply(item, v, scope)
             return v
@@ -413,11 +434,38 @@ class Lowerer:
         ops = registry.user_ops()
         if call.func in ops:
             return self._call_op(ops[call.func], call, args, arg_spans, kwargs, scope)
+        if call.func in NUMBER_FUNCTIONS and piped is None:
+            return self._number_function(call, args, arg_spans, kwargs, scope)
         hint = did_you_mean(call.func, list(ops) + list(self.prog.blocks))
-        if call.func in registry.all_ops() or call.func in ("mse", "bce", "dice"):
+        if call.func in LOSSES:
             raise error("E010", f"`{call.func}` is not a layer", call.name_span,
                         notes=["losses belong in the `train` section"], help=hint)
+        if call.func in registry.all_ops():
+            raise error("E010", f"`{call.func}` is not a layer", call.name_span,
+                        notes=[f"`{call.func}` is an operation the compiler uses inside; "
+                               "the language has no layer of that name"],
+                        help=hint or ("`flatten` turns [C, H, W] into a vector"
+                                      if call.func == "reshape" else None))
         raise error("E010", f"unknown layer or block `{call.func}`", call.name_span, help=hint)
+
+    def _number_function(self, call: ast.Call, args: list[Value], spans: list[SourceSpan],
+                         kwargs: dict, scope: Scope) -> Value:
+        """`min(a, b, ...)` and `max(a, b, ...)` of numbers, in arguments and repeat counts."""
+        if kwargs:
+            name, (_, sp) = next(iter(kwargs.items()))
+            raise error("E011", f"`{call.func}` has no argument `{name}`", sp,
+                        help=f"write `{call.func}(a, b)`")
+        if not args:
+            raise error("E013", f"`{call.func}` needs at least one number", call.span,
+                        help=f"for example `{call.func}(base * 8, 512)`")
+        for v, sp in zip(args, spans):
+            if isinstance(v, Symbol):
+                raise self._undefined(v.name, sp, scope)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise error("E012", f"`{call.func}` takes numbers, got {_kind(v)}", sp,
+                            help="combine tensors with layers, e.g. `add(a, b)`"
+                            if isinstance(v, Tensor) else None)
+        return NUMBER_FUNCTIONS[call.func](args)
 
     def _split(self, call: ast.Call, args: list[Value], spans: list[SourceSpan], scope: Scope,
                what: str) -> tuple[list[Tensor], list[tuple[Value, SourceSpan]]]:
@@ -480,6 +528,10 @@ class Lowerer:
                 v, sp = given[attr.name]
                 if isinstance(v, Tensor):
                     raise error("E012", f"`{attr.name}` must not be a tensor", sp)
+                if attr.kind in NUMERIC_KINDS:   # a bare name here is a missing value
+                    for item in (v if isinstance(v, list) else [v]):
+                        if isinstance(item, Symbol):
+                            raise self._undefined(item.name, sp, scope)
                 try:
                     attrs[attr.name] = registry.coerce_attr(attr, v)
                 except AttrError as exc:

@@ -356,12 +356,16 @@ def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> NetlangError:
     if token.type == "COMMA" and stack and stack[-1][0] == "(":
         _, sl, sc = stack[-1]
         before = text.splitlines()[sl - 1][:sc - 1].rstrip()
+        inner = text.splitlines()[sl - 1][sc:].split(")")[0]
         if before.endswith("="):   # `pad = (1, 1)`: a list in parentheses
             name = before[:-1].split()[-1] if before[:-1].split() else "name"
-            inner = text.splitlines()[sl - 1][sc:].split(")")[0]
             return error("E001", "a list of values is written in `[ ]`, not `( )`", tspan,
                          notes=["`( )` groups one expression"],
                          help=f"write `{name} = [{inner.strip()}]`")
+        if before.endswith(("(", ",", "[")):   # `pad((1, 1))`: the same, as an argument
+            return error("E001", "a list of values is written in `[ ]`, not `( )`", tspan,
+                         notes=["`( )` groups one expression"],
+                         help=f"write `[{inner.strip()}]`")
     if token.type == "COMMA":
         return error("E001", "unexpected `,`", tspan, notes=["expected a value before it"],
                      help="remove the extra `,` or add the missing argument")

@@ -83,6 +83,23 @@ def test_import_errors(tmp_path):
 
 # Each row: source, code, fragments of the rendered diagnostic.
 ERRORS = [
+    ("network n { input x: [1, 8, 8]  output y = x -> conv(channels, 3) }",
+     "E014", ["`channels` is not defined"]),
+    ("network n(base = 4) { input x: [1, 8, 8]  output y = x -> conv(bse, [k, 3]) }",
+     "E014", ["`bse` is not defined", "did you mean `base`?"]),
+    ("network n { input x: [1, 8, 8]  output y = x -> conv(4, [k, 3]) }",
+     "E014", ["`k` is not defined"]),
+    ("network n { input x: [4, 8]  output y = x -> reshape(2, 16) }",
+     "E010", ["`reshape` is not a layer", "the compiler uses inside",
+              "`flatten` turns [C, H, W] into a vector"]),
+    ("network n { input x: [4, 8]  output y = x -> bce(x) }",
+     "E010", ["`bce` is not a layer", "losses belong in the `train` section"]),
+    ("network n { input x: [1, 8, 8]  output y = x -> conv(min(x, 3), 1) }",
+     "E012", ["`min` takes numbers, got a tensor"]),
+    ("network n { input x: [1, 8, 8]  output y = x -> conv(max(), 1) }",
+     "E013", ["`max` needs at least one number"]),
+    ("network n { input x: [1, 8, 8]  output y = x -> conv(max(1, b=2), 1) }",
+     "E011", ["`max` has no argument `b`"]),
     ("network n { input x: [1, 8, 8]  output y = x -> conv2d(4, 3) }",
      "E010", ["unknown layer or block `conv2d`", "did you mean `conv`?"]),
     ("network n { input x: [1, 8, 8]  output y = x -> conv(4, 3, strde=2) }",
@@ -144,3 +161,30 @@ def test_several_networks_need_a_choice():
     assert "several networks" in check_err(src)
     assert netlang.loads(src, network="b").name == "b"
     assert "did you mean `b`?" in check_err(src, network="bb")
+
+
+def test_min_and_max_in_arguments():
+    net = netlang.loads("""
+network n(base = 48) {
+    input x: [1, 8, 8]
+    output y = x -> conv(min(base * 2, 64), 3) -> conv(max(2, min(base, 8), 4), 1)
+}""")
+    assert net.outputs["y"].shape == (8, 6, 6)
+    assert net.params["y.conv0.weight"].shape == (64, 1, 3, 3)
+
+
+def test_a_bare_layer_name_starts_a_block_body():
+    net = netlang.loads("""
+block act(c) { relu }
+block head(c) { tanh -> conv(c, 1) }
+network n { input x: [1, 8, 8]  output y = x -> act(1) -> head(2) }""")
+    assert [n.op for n in net.graph.nodes if n.op not in ("input", "param")] == \
+        ["relu", "tanh", "conv"]
+
+
+def test_an_unused_network_parameter_warns():
+    net = netlang.loads("network n(a = 2, b = a * 2, depth = 3) { input x: [1, 8, 8]  "
+                        "output y = x -> conv(b, 1) }", file="t.net")
+    assert [w.code for w in net.warnings] == ["W003"]
+    assert "network parameter `depth` is never used" in net.warnings[0].message
+    assert net.warnings[0].span.line == 1

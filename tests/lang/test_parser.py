@@ -57,6 +57,7 @@ SYNTAX_ERRORS = [
     ("netwrok a {}", "E001", "did you mean `network`?"),
     ("network a { x = conv(3 4) }", "E001", "expected `)` or `,` before `4`"),
     ("network a { x = conv(3, 3, pad = (1, 2)) }", "E001", "write `pad = [1, 2]`"),
+    ("network a { x = y -> pad((1, 2)) }", "E001", "help: write `[1, 2]`"),
     ("network a { x = conv(3, , 4) }", "E001", "unexpected `,`"),
     ("network a { x $ }", "E002", "invalid character `$`"),
     ('network a { x = npz("abc) }', "E002", "unterminated string"),
