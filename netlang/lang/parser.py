@@ -342,6 +342,19 @@ def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> NetlangError:
     expected = set(getattr(exc, "expected", ()) or ())
     value = str(token)
     stack, _ = _bracket_scan(text, (token.line, token.column))
+    lines = text.splitlines()
+    here = lines[token.line - 1].split() if token.line <= len(lines) else []
+    braces = [b for b in stack if b[0] == "{"]
+    if braces and here and here[0] in TOP_LEVEL and braces[-1][1] < token.line:
+        # a new item starts while an earlier `{` is open: the error is that `{`
+        _, sl, sc = braces[-1]
+        notes = ["a new item starts on line %d while it is open" % token.line]
+        hidden = next((i + 1 for i in range(sl - 1, token.line - 1)
+                       if "#" in lines[i] and "}" in lines[i].split("#", 1)[1]), None)
+        if hidden is not None:
+            notes.append(f"the `}}` on line {hidden} is inside a comment")
+        return error("E001", "unclosed `{`", SourceSpan(file, sl, sc, sl, sc + 1),
+                     notes=notes, help="add `}` before the next item")
     if token.type == "NAME":
         keywords = [k for k in TOP_LEVEL if k.upper() in expected]
         if keywords or not expected - {"IMPORT", "BLOCK", "NETWORK", "TRAIN", "$END"}:
