@@ -49,16 +49,51 @@ class DataSet:
     val: Split
     test: Split
     notes: list[str] = field(default_factory=list)   # what loading detected, for the log
+    # targets larger than the output of a valid-padding network: their centre crop, per
+    # name, applied to each batch (after augmentation, which sees the whole mask)
+    crops: dict[str, tuple[slice, ...]] = field(default_factory=dict)
 
     def split(self, name: str) -> Split:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
+
+    def crop(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.crops:
+            return batch
+        return {k: np.ascontiguousarray(v[(slice(None),) + self.crops[k]])
+                if k in self.crops else v for k, v in batch.items()}
 
     def batches(self, split: str, batch: int, order: np.ndarray | None = None
                 ) -> Iterator[dict[str, np.ndarray]]:
         s = self.split(split)
         idx = np.arange(len(s)) if order is None else order
         for i in range(0, len(idx), batch):
-            yield s.take(idx[i:i + batch])
+            yield self.crop(s.take(idx[i:i + batch]))
+
+
+def fit_targets(ds: DataSet, needs: dict) -> DataSet:
+    """Centre-crop targets that are larger than the loss needs (`needs`: target name ->
+    its TensorType), as for a valid-padding U-Net whose output is smaller than its input:
+    the crop the network's own `crop` layer makes (the odd pixel off the far side). Only
+    spatial axes shrink (a float target's first axis is its channels); anything else is
+    left for the caller's shape check."""
+    crops = dict(ds.crops)
+    notes = list(ds.notes)
+    for name, t in needs.items():
+        arr = ds.train.arrays.get(name)
+        if arr is None or name in crops:
+            continue
+        have, want = arr.shape[1:], tuple(t.shape)
+        if len(have) != len(want) or have == want:
+            continue
+        lead = 0 if t.dtype == "int64" else 1   # class-index targets are all spatial
+        if have[:lead] != want[:lead] or any(h < w for h, w in zip(have, want)):
+            continue
+        box = tuple(slice(None) for _ in range(lead)) + tuple(
+            slice((h - w) // 2, (h - w) // 2 + w) for h, w in zip(have[lead:], want[lead:]))
+        crops[name] = box
+        notes.append(f"targets `{name}` cropped from {fmt_shape(have)} to {fmt_shape(want)} "
+                     "(centred) to fit the output")
+    return DataSet(ds.name, ds.train, ds.val, ds.test, notes, crops)
 
 
 def split_arrays(arrays: dict[str, np.ndarray], val_fraction: float, test_fraction: float

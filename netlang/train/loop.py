@@ -202,8 +202,12 @@ class Trainer:
 
     def _check_targets(self) -> None:
         prog = self.net.program_for(True, self.cfg.loss_text)
+        self.data = data_mod.fit_targets(self.data, {k: n.type for k, n in
+                                                     prog.graph.targets.items()})
         for name, node in prog.graph.targets.items():
             arr = self.data.train.arrays[name]
+            if name in self.data.crops:
+                arr = arr[(slice(None),) + self.data.crops[name]]
             if arr.shape[1:] != node.type.shape:
                 raise error("E032", f"target `{name}` is {fmt_shape(arr.shape[1:])} per sample; "
                             f"the loss needs {fmt_shape(node.type.shape)}"
@@ -281,7 +285,8 @@ class Trainer:
                 unread, last_read = state["step"], time.perf_counter()
                 for step in range(state["step"], steps):
                     batch = self.data.train.take(order[step * cfg.batch:(step + 1) * cfg.batch])
-                    batch = self._augment(batch, _rng(cfg.seed, epoch, step, 1))
+                    batch = self.data.crop(self._augment(batch, _rng(cfg.seed, epoch, step,
+                                                                     1)))
                     # forward, loss, backward and update; nothing changes on a NaN loss
                     stepper.run(batch, lr, state["global_step"], read=not stepper.deferred)
                     state["step"] = step + 1

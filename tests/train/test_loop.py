@@ -332,3 +332,38 @@ def test_the_device_path_reads_losses_now_and_then_and_still_stops_on_nan(tmp_pa
     assert any(last > first for first, last in reads)   # some reads cover several steps
     assert re.search(r"the loss is (nan|inf|-inf) at epoch 1, (step \d+|one of steps "
                      r"\d+-\d+): training stopped", str(ei.value)), str(ei.value)
+
+
+def test_a_valid_padding_unet_trains_on_targets_cropped_to_its_output(tmp_path, capsys):
+    """unet_valid's output is 184 pixels smaller than its input: the `shapes` masks are
+    centre-cropped to it (after augmentation), in training, validation and `eval`."""
+    from netlang.cli import main
+
+    sets = ["--set", "size=188", "--set", "base=2", "--set", "classes=1"]
+    common = [str(EXAMPLES / "unet_valid.net"), *sets, "--data",
+              "shapes(size=188, count=12)", "--loss", "bce(scores, target)"]
+    assert main(["train", *common, "--epochs", "1", "--out", str(tmp_path / "run"),
+                 "--no-progress", "--backend", "numpy", "--opt", "augment=[flip]"]) == 0
+    out = capsys.readouterr().out
+    assert "targets `target` cropped from [1, 188, 188] to [1, 4, 4] (centred) to fit the " \
+           "output" in out
+    assert main(["eval", *common, "--weights", str(tmp_path / "run"),
+                 "--backend", "numpy"]) == 0
+    text = capsys.readouterr()
+    assert "cropped from [1, 188, 188] to [1, 4, 4]" in text.err
+    assert "dice " in text.out
+
+
+def test_fit_targets_crops_the_centre_and_leaves_other_mismatches_alone():
+    from netlang.ir.types import TensorType
+    from netlang.train.data import DataSet, Split, fit_targets
+
+    mask = np.arange(2 * 9 * 9, dtype=np.float32).reshape(2, 1, 9, 9)
+    labels = np.zeros((2, 8, 8), np.int64)
+    ds = DataSet("t", Split({"m": mask, "c": labels, "w": mask}), Split({}), Split({}))
+    got = fit_targets(ds, {"m": TensorType((1, 4, 4)), "c": TensorType((6, 6), dtype="int64"),
+                           "w": TensorType((2, 4, 4))})
+    assert set(got.crops) == {"m", "c"}   # `w` has other channels: not a crop
+    b = got.crop({"m": mask, "c": labels, "w": mask})
+    np.testing.assert_array_equal(b["m"], mask[:, :, 2:6, 2:6])   # (9 - 4) // 2 = 2
+    assert b["c"].shape == (2, 6, 6) and b["w"] is mask
