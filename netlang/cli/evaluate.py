@@ -13,7 +13,6 @@ from netlang.diagnostics import error
 def cmd_eval(args) -> int:
     from netlang.train import data as data_mod
     from netlang.train.loop import evaluate
-    from netlang.train.metrics import task_of
 
     net, ck = load_recorded(args, args.weights)
     # The run's data, loss and splits, unless the command line says otherwise.
@@ -37,7 +36,7 @@ def cmd_eval(args) -> int:
         raise error("E032", f"the {split} split of `{ds.name}` is empty", None,
                     help="choose another with --split, or give a file with --data")
     backend = pick_backend(args, sys.stderr)
-    m = evaluate(net, ck.weights, ds, split, cfg, task_of(net, cfg.loss), backend=backend)
+    m = evaluate(net, ck.weights, ds, split, cfg, backend=backend)
     what = (f"all {len(ds.test)} samples of {args.data}" if user_file else
             f"the {split} split, {len(ds.split(split))} samples")
     print(f"{ds.name}: {what}; {weights_label(ck, args.weights)}")

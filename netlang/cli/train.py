@@ -11,6 +11,7 @@ from netlang.cli.common import (
     torch_checkpoint, train_config,
 )
 from netlang.diagnostics import error
+from netlang.train.metrics import per_class
 
 
 def _run_dir(net: api.Network, out: str | None, resume: str | None) -> Path:
@@ -61,12 +62,12 @@ def cmd_train(args) -> int:
         print(f"error[E053]: {exc}", file=sys.stderr)
         return 2
     best = result.best or {}
-    shown = {k: v for k, v in best.items() if k.startswith("val_") and k.count("_") == 1}
+    shown = {k: v for k, v in best.items() if k.startswith("val_") and not per_class(k)}
     print(f"{result.reason}; best epoch {best.get('epoch', '-')}: "
           + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
     if result.test is not None:
         print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in result.test.items()
-                                   if k.count("_") == 0)
+                                   if not per_class(k))
               + f"  ({len(d.test)} samples never used in training)")
     print(f"checkpoints: {out / 'best.safetensors'}, {out / 'last.safetensors'}; "
           f"log {out / 'metrics.jsonl'}; curves {out / 'curves.png'}")

@@ -27,7 +27,9 @@ from netlang.diagnostics import did_you_mean, error
 from netlang.ir.types import fmt_shape
 from netlang.train import augment, checkpoint
 from netlang.train import data as data_mod
-from netlang.train.metrics import MAXIMIZE, TASK_METRICS, Metrics, task_of
+from netlang.train.metrics import (
+    Metrics, _prefixes, heads, maximized, metric_names, per_class, task_of,
+)
 from netlang.train.optim import Optimizer, Schedule
 
 
@@ -93,16 +95,23 @@ RUN_FILES = ("metrics.jsonl", "last.safetensors", "best.safetensors", "config.js
              "test.json", "curves.png")
 
 
-def evaluate(net, weights, data, split: str, cfg: TrainConfig, task: str, batch: int = 64,
+def evaluate(net, weights, data, split: str, cfg: TrainConfig, batch: int = 64,
              backend: str = "numpy") -> dict[str, float]:
-    """Loss and task metrics of `weights` on one split (inference mode)."""
-    out_name, target = cfg.loss[0].pred, cfg.loss[0].target
-    shape = net.outputs[out_name].shape
-    m = Metrics(task, shape[0] if shape else 0)
+    """Loss and task metrics of `weights` on one split (inference mode): the metrics of
+    each output the loss reads, named `OUTPUT_metric` when it reads several."""
+    hs = heads(net, cfg.loss)
+    ms = [Metrics(task, net.outputs[p].shape[0] if net.outputs[p].shape else 0)
+          for p, _, task in hs]
     for b in data.batches(split, batch):
         loss, outs = net.evaluate(weights, b, loss=cfg.loss_text, backend=backend)
-        m.add(loss, outs[out_name], b[target], len(b[target]))
-    return m.result()
+        for i, ((p, tg, _), m) in enumerate(zip(hs, ms)):
+            m.add(loss if i == 0 else 0.0, outs[p], b[tg], len(b[tg]))
+    out = ms[0].result()
+    if len(hs) > 1:
+        names = _prefixes(hs)
+        out = {"loss": out["loss"]} | {f"{names[i]}_{k}": v for i, m in enumerate(ms)
+                                       for k, v in m.result().items() if k != "loss"}
+    return out
 
 
 class Trainer:
@@ -138,16 +147,17 @@ class Trainer:
         monitor = cfg.early_stop.get("monitor", "val_loss") if cfg.early_stop else "val_loss"
         if not monitor.startswith("val_"):
             monitor = "val_" + monitor
-        allowed = ("loss",) + TASK_METRICS[self.task]
+        allowed = ("loss", *metric_names(net, cfg.loss))
         if monitor[4:] not in allowed:
-            raise error("E030", f"early stopping monitors `{monitor[4:]}`, which a "
-                        f"{self.task} network does not report", cfg.span,
+            who = "this network" if len(heads(net, cfg.loss)) > 1 else f"a {self.task} network"
+            raise error("E030", f"early stopping monitors `{monitor[4:]}`, which {who} does "
+                        "not report", cfg.span,
                         notes=["metrics: " + ", ".join(allowed)],
                         help=did_you_mean(monitor[4:], allowed) or "monitor `loss`")
         if not len(self.data.val):   # val_split = 0: select on the training loss
             monitor = "loss"
         self.monitor = monitor
-        self.maximize = monitor.removeprefix("val_") in MAXIMIZE or (
+        self.maximize = maximized(monitor.removeprefix("val_")) or (
             cfg.early_stop is not None and cfg.early_stop.get("mode") == "max")
         self._check_memory()
 
@@ -367,7 +377,7 @@ class Trainer:
             (self.out / "test.json").write_text(json.dumps(
                 {"epoch": best_epoch, "samples": len(self.data.test), **test}, indent=1))
             self.log(f"test ({len(self.data.test)} samples, weights of epoch {best_epoch}): "
-                     + "  ".join(f"{k} {v:.4f}" for k, v in test.items() if k.count("_") < 1))
+                     + "  ".join(f"{k} {v:.4f}" for k, v in test.items() if not per_class(k)))
         return Result(state["epoch"], state["history"], state["best"], reason, self.out,
                       weights, test)
 
@@ -398,7 +408,7 @@ class Trainer:
         return augment.apply(self.cfg.augment, batch, images, masks, rng)
 
     def validate(self, weights, split: str = "val") -> dict[str, float]:
-        return evaluate(self.net, weights, self.data, split, self.cfg, self.task,
+        return evaluate(self.net, weights, self.data, split, self.cfg,
                         max(self.cfg.batch, 32), self.backend)
 
     # -- output --------------------------------------------------------------------------
@@ -439,7 +449,7 @@ class Trainer:
         if metrics:
             ax = axes[0][1]
             for k in metrics:
-                if k.count("_") == 1:   # skip per-class columns
+                if not per_class(k):   # skip per-class columns
                     ax.plot(epochs, [r[k] for r in history], label=k)
             ax.set_xlabel("epoch")
             ax.set_title("validation metrics")

@@ -8,6 +8,8 @@ means.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 # The metrics each task reports (besides the loss).
@@ -104,6 +106,40 @@ def _masks(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray
     t = target.astype(np.int64) if target.ndim == pred.ndim - 1 else np.argmax(target, axis=1)
     classes = np.arange(c).reshape((1, c) + (1,) * (p.ndim - 1))
     return p[:, None] == classes, t[:, None] == classes
+
+
+def per_class(name: str) -> bool:
+    """A per-class column (`dice_0`, `val_mask_iou_2`), left out of one-line summaries."""
+    return re.search(r"_\d+$", name) is not None
+
+
+def heads(net, terms) -> list[tuple[str, str, str]]:
+    """(output, target, task) of each distinct output/target pair of the loss, in the
+    order of its terms: each gets its own metrics."""
+    seen: dict[tuple[str, str], object] = {}
+    for t in terms:
+        seen.setdefault((t.pred, t.target), t)
+    return [(p, tg, task_of(net, [t])) for (p, tg), t in seen.items()]
+
+
+def metric_names(net, terms) -> list[str]:
+    """The names `evaluate` reports besides `loss`: the task's metrics for a loss on one
+    output; `OUTPUT_metric` for each output when the loss reads several."""
+    hs = heads(net, terms)
+    if len(hs) <= 1:
+        return list(TASK_METRICS[hs[0][2] if hs else task_of(net, terms)])
+    prefix = _prefixes(hs)
+    return [f"{prefix[i]}_{m}" for i, (_, _, task) in enumerate(hs) for m in TASK_METRICS[task]]
+
+
+def _prefixes(hs) -> list[str]:
+    outs = [p for p, _, _ in hs]
+    return [p if outs.count(p) == 1 else f"{p}_{tg}" for p, tg, _ in hs]
+
+
+def maximized(name: str) -> bool:
+    """Whether a reported metric is better when larger (`mask_dice`, `val_accuracy`)."""
+    return name.rsplit("_", 1)[-1] in MAXIMIZE or name in MAXIMIZE
 
 
 def task_of(net, terms=()) -> str:

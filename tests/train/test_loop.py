@@ -367,3 +367,50 @@ def test_fit_targets_crops_the_centre_and_leaves_other_mismatches_alone():
     b = got.crop({"m": mask, "c": labels, "w": mask})
     np.testing.assert_array_equal(b["m"], mask[:, :, 2:6, 2:6])   # (9 - 4) // 2 = 2
     assert b["c"].shape == (2, 6, 6) and b["w"] is mask
+
+
+TWO_HEADS = """
+network two(base = 4) {
+    input image: [1, 16, 16]
+    f = image -> conv(base, 3, pad=same) -> relu
+    output mask = f -> conv(1, 1) -> sigmoid
+    output label = f -> global_avgpool -> dense(3)
+}
+train {
+    loss = bce(mask, target) + 0.5 * cross_entropy(label, kind)
+    data = npz("data.npz")
+    epochs = 2
+    batch = 16
+    early_stop(patience = 3, monitor = kind_accuracy)
+}
+"""
+
+
+def test_each_output_the_loss_reads_gets_its_metrics(tmp_path, capsys):
+    """Two outputs, two tasks: `mask_dice`, `mask_iou`, `label_accuracy` in every row,
+    and early stopping may monitor any of them."""
+    from netlang.cli import main
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", image=rng.standard_normal((60, 1, 16, 16)).astype("f4"),
+             target=(rng.uniform(size=(60, 1, 16, 16)) > 0.5).astype("f4"),
+             kind=rng.integers(0, 3, 60))
+    src = tmp_path / "two.net"
+    src.write_text(TWO_HEADS)
+    assert main(["train", str(src), "--out", str(tmp_path / "bad"), "--no-progress",
+                 "--backend", "numpy"]) == 1
+    err = capsys.readouterr().err
+    assert "early stopping monitors `kind_accuracy`, which this network does not report" \
+        in err
+    assert "metrics: loss, mask_dice, mask_iou, label_accuracy" in err
+    src.write_text(TWO_HEADS.replace("kind_accuracy", "label_accuracy"))
+    assert main(["train", str(src), "--out", str(tmp_path / "run"), "--no-progress",
+                 "--backend", "numpy"]) == 0
+    rows = [json.loads(line) for line in
+            (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"val_mask_dice", "val_mask_iou", "val_label_accuracy"} <= set(rows[-1])
+    out = capsys.readouterr().out
+    assert "val_label_accuracy" in out and "test: loss" in out and "label_accuracy" in out
+    net = netlang.load(src)
+    trainer = Trainer(net, net.train, tmp_path / "t", progress=False, log=quiet)
+    assert trainer.monitor == "val_label_accuracy" and trainer.maximize
