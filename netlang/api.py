@@ -23,7 +23,7 @@ from netlang.ir.graph import Graph, Node
 from netlang.ir.types import TensorType
 from netlang.lang.imports import SourceTree, read_program
 from netlang.lang.lower import Value, lower, parse_override
-from netlang.passes.loss import check_probability_losses
+from netlang.passes.loss import check_probability_losses, probability_warnings
 from netlang.passes.shape_infer import infer_shapes
 
 
@@ -159,6 +159,10 @@ class Network:
         if return_updates:
             return value, grads, updates
         return value, grads
+
+    def loss_warnings(self, terms) -> list[str]:
+        """What looks wrong in a loss on this network (config.LossTerm terms), as text."""
+        return probability_warnings(self.graph, tuple(terms))
 
     def train_step(self, weights: Mapping[str, np.ndarray], optimizer, loss: str | None = None,
                    backend: str = "numpy", capturable: bool | None = False,

@@ -108,9 +108,9 @@ _loss("cross_entropy", _ce, _ce_grad,
 def _bce(xs, a, rt):
     p, t = xs
     p64 = p.astype(np.float64)
-    lp = np.maximum(np.log(np.maximum(p64, 0)), BCE_LOG_FLOOR)
-    l1p = np.maximum(np.log(np.maximum(1 - p64, 0)), BCE_LOG_FLOOR)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):   # log(0) is floored
+        lp = np.maximum(np.log(np.maximum(p64, 0)), BCE_LOG_FLOOR)
+        l1p = np.maximum(np.log(np.maximum(1 - p64, 0)), BCE_LOG_FLOOR)
         return np.asarray(-np.mean(t * lp + (1 - t) * l1p), dtype=p.dtype)
 
 

@@ -102,6 +102,20 @@ def check_probability_losses(g: Graph, terms: tuple[LossTerm, ...]) -> None:
             _probability_source(g.outputs[term.pred], term.op)
 
 
+def probability_warnings(g: Graph, terms: tuple[LossTerm, ...]) -> list[str]:
+    """`bce` of an output that no sigmoid makes: it reads values outside [0, 1] clamped,
+    which is not a binary cross-entropy (a U-Net ending in a 1x1 conv of logits)."""
+    out = []
+    for term in terms:
+        if term.op == "bce" and term.pred in g.outputs and \
+                _probability_source(g.outputs[term.pred], "bce") is None:
+            out.append(f"bce reads `{term.pred}`, which no sigmoid makes: values outside "
+                       "[0, 1] are clamped, so this is not the binary cross-entropy of "
+                       f"`{term.pred}`; end the output with `-> sigmoid`, or use "
+                       "cross_entropy with two classes")
+    return out
+
+
 def stable_losses(g: Graph) -> None:
     """Runs before `specialize`, on the graph both modes share, so that training and
     inference fold the same activations."""

@@ -49,9 +49,9 @@ class DataSet:
     val: Split
     test: Split
     notes: list[str] = field(default_factory=list)   # what loading detected, for the log
-    # targets larger than the output of a valid-padding network: their centre crop, per
-    # name, applied to each batch (after augmentation, which sees the whole mask)
-    crops: dict[str, tuple[slice, ...]] = field(default_factory=dict)
+    # targets fitted to the loss, per name, applied to each batch (after augmentation,
+    # which sees the whole mask): (centre crop, read a 0/1 mask's channel as class indices)
+    crops: dict[str, tuple[tuple[slice, ...], bool]] = field(default_factory=dict)
 
     def split(self, name: str) -> Split:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
@@ -59,8 +59,11 @@ class DataSet:
     def crop(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self.crops:
             return batch
-        return {k: np.ascontiguousarray(v[(slice(None),) + self.crops[k]])
-                if k in self.crops else v for k, v in batch.items()}
+        out = dict(batch)
+        for k, (box, indices) in self.crops.items():
+            v = out[k][(slice(None),) + box]
+            out[k] = v[:, 0].astype(np.int64) if indices else np.ascontiguousarray(v)
+        return out
 
     def batches(self, split: str, batch: int, order: np.ndarray | None = None
                 ) -> Iterator[dict[str, np.ndarray]]:
@@ -73,9 +76,10 @@ class DataSet:
 def fit_targets(ds: DataSet, needs: dict) -> DataSet:
     """Centre-crop targets that are larger than the loss needs (`needs`: target name ->
     its TensorType), as for a valid-padding U-Net whose output is smaller than its input:
-    the crop the network's own `crop` layer makes (the odd pixel off the far side). Only
-    spatial axes shrink (a float target's first axis is its channels); anything else is
-    left for the caller's shape check."""
+    the crop the network's own `crop` layer makes (the odd pixel off the far side). And a
+    one-channel mask of 0s and 1s where the loss takes class indices (`cross_entropy` of a
+    two-class output) is read as those indices. Only spatial axes shrink (a float target's
+    first axis is its channels); anything else is left for the caller's shape check."""
     crops = dict(ds.crops)
     notes = list(ds.notes)
     for name, t in needs.items():
@@ -83,17 +87,35 @@ def fit_targets(ds: DataSet, needs: dict) -> DataSet:
         if arr is None or name in crops:
             continue
         have, want = arr.shape[1:], tuple(t.shape)
-        if len(have) != len(want) or have == want:
+        indices = (t.dtype == "int64" and arr.dtype.kind == "f" and len(have) == len(want) + 1
+                   and have[0] == 1 and _binary(ds, name))
+        if indices:
+            have = have[1:]
+        if len(have) != len(want) or (have == want and not indices):
             continue
         lead = 0 if t.dtype == "int64" else 1   # class-index targets are all spatial
         if have[:lead] != want[:lead] or any(h < w for h, w in zip(have, want)):
             continue
         box = tuple(slice(None) for _ in range(lead)) + tuple(
             slice((h - w) // 2, (h - w) // 2 + w) for h, w in zip(have[lead:], want[lead:]))
-        crops[name] = box
-        notes.append(f"targets `{name}` cropped from {fmt_shape(have)} to {fmt_shape(want)} "
-                     "(centred) to fit the output")
+        if indices:
+            box = (slice(None),) + box
+        crops[name] = (box, indices)
+        if indices:
+            notes.append(f"targets `{name}`: one-channel 0/1 masks read as class indices")
+        if have != want:
+            notes.append(f"targets `{name}` cropped from {fmt_shape(have)} to "
+                         f"{fmt_shape(want)} (centred) to fit the output")
     return DataSet(ds.name, ds.train, ds.val, ds.test, notes, crops)
+
+
+def _binary(ds: DataSet, name: str) -> bool:
+    """Whether every split's `name` holds only 0s and 1s."""
+    for split in (ds.train, ds.val, ds.test):
+        arr = split.arrays.get(name)
+        if arr is not None and arr.size and not np.isin(arr, (0.0, 1.0)).all():
+            return False
+    return True
 
 
 def split_arrays(arrays: dict[str, np.ndarray], val_fraction: float, test_fraction: float

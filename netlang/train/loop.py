@@ -217,7 +217,7 @@ class Trainer:
         for name, node in prog.graph.targets.items():
             arr = self.data.train.arrays[name]
             if name in self.data.crops:
-                arr = arr[(slice(None),) + self.data.crops[name]]
+                arr = self.data.crop({name: arr[:1]})[name]
             if arr.shape[1:] != node.type.shape:
                 raise error("E032", f"target `{name}` is {fmt_shape(arr.shape[1:])} per sample; "
                             f"the loss needs {fmt_shape(node.type.shape)}"
@@ -268,6 +268,8 @@ class Trainer:
         checkpoint.remove_stale_temporaries(self.out)
         for note in self.data.notes:
             self.log(note)
+        for text in net.loss_warnings(cfg.loss):
+            self.log(f"warning: {text}")
         if self.frozen:
             self.log(f"frozen: {len(self.frozen)} of {len(net.trainable)} trainable parameters "
                      f"({', '.join(cfg.freeze)}); batchnorm statistics still update")

@@ -339,18 +339,19 @@ def test_a_valid_padding_unet_trains_on_targets_cropped_to_its_output(tmp_path, 
     centre-cropped to it (after augmentation), in training, validation and `eval`."""
     from netlang.cli import main
 
-    sets = ["--set", "size=188", "--set", "base=2", "--set", "classes=1"]
+    sets = ["--set", "size=188", "--set", "base=2"]
     common = [str(EXAMPLES / "unet_valid.net"), *sets, "--data",
-              "shapes(size=188, count=12)", "--loss", "bce(scores, target)"]
+              "shapes(size=188, count=12)", "--loss", "cross_entropy(scores, target)"]
     assert main(["train", *common, "--epochs", "1", "--out", str(tmp_path / "run"),
                  "--no-progress", "--backend", "numpy", "--opt", "augment=[flip]"]) == 0
     out = capsys.readouterr().out
-    assert "targets `target` cropped from [1, 188, 188] to [1, 4, 4] (centred) to fit the " \
+    assert "targets `target`: one-channel 0/1 masks read as class indices" in out
+    assert "targets `target` cropped from [188, 188] to [4, 4] (centred) to fit the " \
            "output" in out
     assert main(["eval", *common, "--weights", str(tmp_path / "run"),
                  "--backend", "numpy"]) == 0
     text = capsys.readouterr()
-    assert "cropped from [1, 188, 188] to [1, 4, 4]" in text.err
+    assert "cropped from [188, 188] to [4, 4]" in text.err
     assert "dice " in text.out
 
 
@@ -364,6 +365,7 @@ def test_fit_targets_crops_the_centre_and_leaves_other_mismatches_alone():
     got = fit_targets(ds, {"m": TensorType((1, 4, 4)), "c": TensorType((6, 6), dtype="int64"),
                            "w": TensorType((2, 4, 4))})
     assert set(got.crops) == {"m", "c"}   # `w` has other channels: not a crop
+    assert got.crops["m"][1] is False
     b = got.crop({"m": mask, "c": labels, "w": mask})
     np.testing.assert_array_equal(b["m"], mask[:, :, 2:6, 2:6])   # (9 - 4) // 2 = 2
     assert b["c"].shape == (2, 6, 6) and b["w"] is mask
@@ -414,3 +416,33 @@ def test_each_output_the_loss_reads_gets_its_metrics(tmp_path, capsys):
     net = netlang.load(src)
     trainer = Trainer(net, net.train, tmp_path / "t", progress=False, log=quiet)
     assert trainer.monitor == "val_label_accuracy" and trainer.maximize
+
+
+def test_a_binary_mask_is_read_as_class_indices_for_cross_entropy():
+    from netlang.ir.types import TensorType
+    from netlang.train.data import DataSet, Split, fit_targets
+
+    mask = (np.arange(2 * 6 * 6).reshape(2, 1, 6, 6) % 3 == 0).astype(np.float32)
+    ds = DataSet("t", Split({"t": mask}), Split({}), Split({}))
+    got = fit_targets(ds, {"t": TensorType((4, 4), dtype="int64")})
+    b = got.crop({"t": mask})["t"]
+    assert b.dtype == np.int64 and b.shape == (2, 4, 4)
+    np.testing.assert_array_equal(b, mask[:, 0, 1:5, 1:5])
+    assert "one-channel 0/1 masks read as class indices" in got.notes[0]
+    soft = DataSet("t", Split({"t": mask * 0.5}), Split({}), Split({}))
+    assert not fit_targets(soft, {"t": TensorType((4, 4), dtype="int64")}).crops
+
+
+def test_bce_of_logits_is_warned_about(tmp_path):
+    net = netlang.loads("""
+network seg { input image: [1, 8, 8]  output scores = image -> conv(1, 3, pad=same) }
+""")
+    logs = []
+    from netlang.config import TrainConfig
+
+    cfg = apply_overrides(TrainConfig(), [("loss", "bce(scores, target)"),
+                                          ("data", "shapes(size=8, count=16)"),
+                                          ("epochs", "1")], list(net.outputs))
+    Trainer(net, cfg, tmp_path / "run", progress=False, log=logs.append).run()
+    assert any(line.startswith("warning: bce reads `scores`, which no sigmoid makes")
+               for line in logs)
