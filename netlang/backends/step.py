@@ -335,6 +335,8 @@ class TrainStep:
             return None
         if self.graph_refusal is not None:
             return f"step graph: not used ({self.graph_refusal}); kernels launched one by one"
+        if not self.auto_graphs:
+            return "step graph: off (graphs=False); kernels launched one by one"
         what = "a CUDA graph" if self.backend == "cuda" else "one recorded call list (as " \
             "the CUDA graph on a GPU)"
         n = len(self.runner.cprog.steps) + len(self.copies) + len(self.trained)
