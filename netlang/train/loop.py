@@ -28,7 +28,7 @@ from netlang.ir.types import fmt_shape
 from netlang.train import augment, checkpoint
 from netlang.train import data as data_mod
 from netlang.train.metrics import (
-    Metrics, _prefixes, heads, maximized, metric_names, per_class, task_of,
+    Metrics, head_names, heads, maximized, metric_names, per_class, task_of,
 )
 from netlang.train.optim import Optimizer, Schedule
 
@@ -108,7 +108,7 @@ def evaluate(net, weights, data, split: str, cfg: TrainConfig, batch: int = 64,
             m.add(loss if i == 0 else 0.0, outs[p], b[tg], len(b[tg]))
     out = ms[0].result()
     if len(hs) > 1:
-        names = _prefixes(hs)
+        names = head_names(hs)
         out = {"loss": out["loss"]} | {f"{names[i]}_{k}": v for i, m in enumerate(ms)
                                        for k, v in m.result().items() if k != "loss"}
     return out

@@ -128,11 +128,13 @@ def metric_names(net, terms) -> list[str]:
     hs = heads(net, terms)
     if len(hs) <= 1:
         return list(TASK_METRICS[hs[0][2] if hs else task_of(net, terms)])
-    prefix = _prefixes(hs)
+    prefix = head_names(hs)
     return [f"{prefix[i]}_{m}" for i, (_, _, task) in enumerate(hs) for m in TASK_METRICS[task]]
 
 
-def _prefixes(hs) -> list[str]:
+def head_names(hs) -> list[str]:
+    """The prefix of each head's metrics: its output, and the target too when two heads
+    read the same output."""
     outs = [p for p, _, _ in hs]
     return [p if outs.count(p) == 1 else f"{p}_{tg}" for p, tg, _ in hs]
 
