@@ -405,14 +405,15 @@ def _graph_refusal(backend: str, cprog) -> str | None:
     if backend not in ("cuda", "cuda-emu"):
         return "graphs are for the cuda backends"
     gemms = [st for st in cprog.steps if isinstance(st, Gemm)]
-    if gemms:
-        return (f"{len(gemms)} GEMM(s) go to cuBLAS through CuPy, which refuses stream "
-                f"capture (cupy/cupy#6290); at {_macs(gemms):.2g} multiply-adds a sample "
-                "they run faster there than as tiled kernels in a graph" if
-                _macs(gemms) >= GRAPH_GEMM_MACS else
-                f"{len(gemms)} GEMM(s) go to cuBLAS through CuPy, which refuses stream "
-                "capture (cupy/cupy#6290)")
-    return None
+    if not gemms:
+        return None
+    why = f"{len(gemms)} GEMM(s) go to cuBLAS through CuPy, which refuses stream capture " \
+          "(cupy/cupy#6290)"
+    macs = _macs(gemms)
+    if macs >= GRAPH_GEMM_MACS:
+        why += f"; at {macs:.2g} multiply-adds a sample they run faster there than as " \
+               "tiled kernels in a graph"
+    return why
 
 
 def _macs(gemms) -> int:
