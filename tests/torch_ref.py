@@ -40,6 +40,7 @@ class TorchTwin(nn.Module):
         dev = {"device": device} if device is not None else {}
         self.graph = graph
         self.layers = nn.ModuleDict()
+        self.free = nn.ParameterDict()   # `param` declarations
         for n in graph.nodes:
             a = n.attrs
             nd = len(n.type.shape) - 1 if n.type is not None else 0
@@ -55,6 +56,12 @@ class TorchTwin(nn.Module):
                     groups=a["groups"], bias=a["bias"], **dev)
             elif n.op == "dense":
                 self.layers[key(n.name)] = nn.LazyLinear(a["units"], bias=a["bias"], **dev)
+            elif n.op == "layernorm":
+                self.layers[key(n.name)] = nn.LayerNorm(n.type.shape[-1], eps=a["eps"],
+                                                        elementwise_affine=a["affine"], **dev)
+            elif n.op == "param" and a.get("role") == "value":
+                # a `param` declaration: a bare tensor
+                self.free[key(n.name)] = nn.Parameter(torch.zeros(n.type.shape, **dev))
             elif n.op == "batchnorm":
                 self.layers[key(n.name)] = _BN[nd](eps=a["eps"], momentum=a["momentum"],
                                                    affine=a["affine"], **dev)
@@ -64,6 +71,8 @@ class TorchTwin(nn.Module):
         env: dict[int, torch.Tensor] = {}
         for n in self.graph.nodes:
             if n.op == "param":
+                if key(n.name) in self.free:
+                    env[n.id] = self.free[key(n.name)]
                 continue
             if n.op == "input":
                 env[n.id] = inputs[n.name]
@@ -129,7 +138,24 @@ class TorchTwin(nn.Module):
         if op == "softplus":
             return F.softplus(x, a["beta"], a["threshold"])
         if op == "softmax":
-            return torch.softmax(x, dim=1)
+            return torch.softmax(x, dim=a["axis"] + 1)
+        if op == "log_softmax":
+            return torch.log_softmax(x, dim=a["axis"] + 1)
+        if op == "reshape":
+            return x.reshape((x.shape[0],) + tuple(a["shape"]))
+        if op == "permute":
+            return x.permute((0,) + tuple(i + 1 for i in a["axes"]))
+        if op == "mean":
+            return x.mean(dim=a["axis"] + 1)
+        if op == "layernorm":
+            return self.layers[key(n.name)](x)
+        if op == "scale":
+            return x * a["factor"]
+        if op == "matmul":
+            p, q = xs
+            p = p.transpose(-1, -2) if a["trans_a"] else p
+            q = q.transpose(-1, -2) if a["trans_b"] else q
+            return p @ q
         raise NotImplementedError(op)
 
     # -- weights ---------------------------------------------------------------------------
@@ -141,6 +167,9 @@ class TorchTwin(nn.Module):
     def load_netlang(self, weights: dict[str, np.ndarray]) -> None:
         with torch.no_grad():
             for name, arr in weights.items():
+                if key(name) in self.free:
+                    self.free[key(name)].copy_(torch.from_numpy(np.asarray(arr)))
+                    continue
                 layer, role = name.rsplit(".", 1)
                 t = getattr(self.layers[key(layer)], role)
                 t.copy_(torch.from_numpy(np.asarray(arr)))

@@ -323,7 +323,9 @@ def lower_bias_grad(r: KernelBuilder, grp: Group) -> None:
 
 
 def _gemm_then(r: KernelBuilder, grp: Group, gemm: Gemm, tmp_t: TensorType,
-               bias: Node | None) -> None:
+               bias: Node | None, bias_axis: int = 0) -> None:
+    """The GEMM, then (if anything follows it) a map kernel adding the bias along the
+    output's axis `bias_axis` (channels; a dense layer's last axis) and the epilogue."""
     in_concat = r.key(grp.output) in r.cat_slot   # needs the map kernel's store
     if bias is None and not grp.epilogue and not in_concat:
         gemm.out = r.key(grp.output)
@@ -338,5 +340,5 @@ def _gemm_then(r: KernelBuilder, grp: Group, gemm: Gemm, tmp_t: TensorType,
     body = [f"float v = {_at(tmp_t, tmp, r.coords(tmp_t))};"]
     if bias is not None:
         inputs[r.key(bias)] = "const float*"
-        body.append(f"v += {r.key(bias)}[o0];")
+        body.append(f"v += {r.key(bias)}[o{bias_axis}];")
     r.finish_map(grp, grp.name + "_epilogue", inputs, body)

@@ -73,13 +73,14 @@ class Launch:
     batched: bool
     reduce: bool
     nodes: tuple[int, ...]
-    # For GEMM kernels: (rows, cols, batches), -1 standing for N; one block a 16x16 tile.
+    # For GEMM kernels: (rows, cols, batches), -k standing for k * N; one block a 16x16
+    # tile.
     tiles: tuple[int, int, int] | None = None
 
     def grid(self, batch: int) -> int:
         """Blocks to launch at this batch size (BLOCK threads each)."""
         if self.tiles is not None:
-            m, nc, b = (batch if d == -1 else d for d in self.tiles)
+            m, nc, b = (-d * batch if d < 0 else d for d in self.tiles)
             return -(-m // 16) * -(-nc // 16) * b
         total = self.count * (batch if self.batched else 1)
         return total if self.reduce else -(-total // BLOCK)
@@ -87,7 +88,9 @@ class Launch:
 
 @dataclass
 class Gemm:
-    """out = op(a) @ op(b) on 2-D views of flat buffers; -1 in a view is the batch N."""
+    """out = op(a) @ op(b) on 2-D (or batched 3-D) views of flat buffers; a negative
+    extent -k in a view is k times the batch N (-1 is N: a dense layer's rows; -T the
+    N * T token rows of a dense layer on [T, D])."""
     a: str
     b: str
     out: str
@@ -486,7 +489,7 @@ class KernelBuilder:
         kdim = ra if gemm.trans_a else ca
 
         def e(v):
-            return "N" if v == -1 else str(v)
+            return "N" if v == -1 else f"(N * {-v})" if v < 0 else str(v)
 
         def elem(key, b, r, c, trans, i, j):
             # element (i, j) of op(X) for batch item bb: X is [b?, r, c], row-major
@@ -559,8 +562,10 @@ extern "C" __global__ void {name}(const float* __restrict__ A, const float* __re
             for k, x in enumerate(e.inputs[1:], start=1):
                 if x.id in inside:
                     loads[k] = f"r{x.id}"
-                elif x.op == "param" or (x.type.rank == 1 and len(out_shape) > 1
-                                       and x.type.shape[0] == out_shape[0] and not x.type.batched):
+                elif (x.op == "param" and x.type.rank == 1) or (
+                        x.type.rank == 1 and len(out_shape) > 1
+                        and x.type.shape[0] == out_shape[0] and not x.type.batched):
+                    # a per-channel vector (a bias, batchnorm's statistics): read at o0
                     inputs[self.key(x)] = "const float*"
                     loads[k] = f"{self.key(x)}[o0]" if len(out_shape) else f"{self.key(x)}[0]"
                 else:

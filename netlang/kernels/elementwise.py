@@ -118,24 +118,40 @@ def lower_sum(r: KernelBuilder, grp: Group) -> None:
                      total, [], [f"acc_v += {r.key(x)}[r];"], acc="double")
 
 
-def _chan_index(r: KernelBuilder, x: Node, chan: str) -> str:
-    t = x.type
-    per = math.prod(t.shape[1:])
-    rest = " + ".join(f"o{j + 1} * {math.prod(t.shape[j + 2:])}"
-                      for j in range(t.rank - 1)) or "0"
-    return f"{r.key(x)}[(long long)n * {t.size} + (long long)({chan}) * {per} + {rest}]"
+def _axis_index(r: KernelBuilder, x: Node, axis: int, var: str) -> str:
+    """x at the output coordinates, with coordinate `axis` replaced by `var`."""
+    coords = r.coords(x.type)
+    coords[axis] = f"({var})"
+    strides = [math.prod(x.type.shape[j + 1:]) for j in range(x.type.rank)]
+    inner = " + ".join(f"(long long){c} * {s}" for c, s in zip(coords, strides)) or "0"
+    return f"{r.key(x)}[(long long)n * {x.type.size} + {inner}]"
 
 
 @lowers("softmax")
 def lower_softmax(r: KernelBuilder, grp: Group) -> None:
     n = grp.anchor
     x = n.inputs[0]
-    c = x.type.shape[0]
+    ax = n.attrs["axis"]
+    c = x.type.shape[ax]
     body = ["float m = -NL_INF;",
-            f"for (int c = 0; c < {c}; ++c) m = fmaxf(m, {_chan_index(r, x, 'c')});",
+            f"for (int c = 0; c < {c}; ++c) m = fmaxf(m, {_axis_index(r, x, ax, 'c')});",
             "float s = 0.0f;",
-            f"for (int c = 0; c < {c}; ++c) s += expf({_chan_index(r, x, 'c')} - m);",
-            f"float v = expf({_chan_index(r, x, 'o0')} - m) / s;"]
+            f"for (int c = 0; c < {c}; ++c) s += expf({_axis_index(r, x, ax, 'c')} - m);",
+            f"float v = expf({_axis_index(r, x, ax, f'o{ax}')} - m) / s;"]
+    r.finish_map(grp, grp.name, {r.key(x): "const float*"}, body)
+
+
+@lowers("log_softmax")
+def lower_log_softmax(r: KernelBuilder, grp: Group) -> None:
+    n = grp.anchor
+    x = n.inputs[0]
+    ax = n.attrs["axis"]
+    c = x.type.shape[ax]
+    body = ["float m = -NL_INF;",
+            f"for (int c = 0; c < {c}; ++c) m = fmaxf(m, {_axis_index(r, x, ax, 'c')});",
+            "float s = 0.0f;",
+            f"for (int c = 0; c < {c}; ++c) s += expf({_axis_index(r, x, ax, 'c')} - m);",
+            f"float v = {_axis_index(r, x, ax, f'o{ax}')} - m - logf(s);"]
     r.finish_map(grp, grp.name, {r.key(x): "const float*"}, body)
 
 
@@ -143,10 +159,26 @@ def lower_softmax(r: KernelBuilder, grp: Group) -> None:
 def lower_softmax_grad(r: KernelBuilder, grp: Group) -> None:
     n = grp.anchor
     dy, y = n.inputs
-    c = y.type.shape[0]
+    ax = n.attrs["axis"]
+    c = y.type.shape[ax]
     body = ["float s = 0.0f;",
-            f"for (int c = 0; c < {c}; ++c) s += {_chan_index(r, dy, 'c')} * "
-            f"{_chan_index(r, y, 'c')};",
-            f"float v = {_chan_index(r, y, 'o0')} * ({_chan_index(r, dy, 'o0')} - s);"]
+            f"for (int c = 0; c < {c}; ++c) s += {_axis_index(r, dy, ax, 'c')} * "
+            f"{_axis_index(r, y, ax, 'c')};",
+            f"float v = {_axis_index(r, y, ax, f'o{ax}')} * "
+            f"({_axis_index(r, dy, ax, f'o{ax}')} - s);"]
+    r.finish_map(grp, grp.name, {r.key(dy): "const float*", r.key(y): "const float*"},
+                    body)
+
+
+@lowers("log_softmax_grad")
+def lower_log_softmax_grad(r: KernelBuilder, grp: Group) -> None:
+    n = grp.anchor
+    dy, y = n.inputs
+    ax = n.attrs["axis"]
+    c = y.type.shape[ax]
+    body = ["float s = 0.0f;",
+            f"for (int c = 0; c < {c}; ++c) s += {_axis_index(r, dy, ax, 'c')};",
+            f"float v = {_axis_index(r, dy, ax, f'o{ax}')} - "
+            f"expf({_axis_index(r, y, ax, f'o{ax}')}) * s;"]
     r.finish_map(grp, grp.name, {r.key(dy): "const float*", r.key(y): "const float*"},
                     body)

@@ -21,14 +21,22 @@ from netlang.kernels.registry import expression, lowers
 from netlang.ir.fusion import Group
 
 
+def _rows(t: TensorType) -> int:
+    """A dense layer's GEMM rows per sample: 1 for [F], T for tokens [T, F]. As a view
+    extent, -rows: rows times the batch."""
+    return math.prod(t.shape[:-1])
+
+
 @lowers("dense")
 def lower_dense(r: KernelBuilder, grp: Group) -> None:
     n = grp.anchor
     x, w = n.inputs[:2]
     o, k = w.type.shape
-    gemm = Gemm(r.key(x), r.key(w), "", (-1, k), (o, k), (-1, o), False, True,
+    t = -_rows(x.type)
+    gemm = Gemm(r.key(x), r.key(w), "", (t, k), (o, k), (t, o), False, True,
                 (n.id,))
-    _gemm_then(r, grp, gemm, n.type, n.inputs[2] if n.attrs["bias"] else None)
+    _gemm_then(r, grp, gemm, n.type, n.inputs[2] if n.attrs["bias"] else None,
+               bias_axis=n.type.rank - 1)
 
 
 @lowers("dense_grad_input")
@@ -36,7 +44,8 @@ def lower_dense_grad_input(r: KernelBuilder, grp: Group) -> None:
     n = grp.anchor
     dy, w = n.inputs
     o, k = w.type.shape
-    gemm = Gemm(r.key(dy), r.key(w), "", (-1, o), (o, k), (-1, k), False, False,
+    t = -_rows(dy.type)
+    gemm = Gemm(r.key(dy), r.key(w), "", (t, o), (o, k), (t, k), False, False,
                 (n.id,))
     _gemm_then(r, grp, gemm, n.type, None)
 
@@ -46,7 +55,8 @@ def lower_dense_grad_weight(r: KernelBuilder, grp: Group) -> None:
     n = grp.anchor
     dy, x = n.inputs
     o, k = n.type.shape
-    gemm = Gemm(r.key(dy), r.key(x), r.key(n), (-1, o), (-1, k), (o, k), True,
+    t = -_rows(dy.type)
+    gemm = Gemm(r.key(dy), r.key(x), r.key(n), (t, o), (t, k), (o, k), True,
                 False, (n.id,))
     r.add_gemm(gemm)
     r._info(f"gemm:{n.name}", [n], "gemm")
@@ -200,3 +210,127 @@ def _batchnorm_expression(e: Node, v: str, loads: dict[int, str]) -> str:
 
 
 expression("batchnorm", _batchnorm_expression)
+
+
+# -- matmul --------------------------------------------------------------------------------
+
+def _matmul_view(t: TensorType, rows_only: bool) -> tuple[int, ...]:
+    """The GEMM view of a matmul operand: (rows, cols) of a parameter matrix; a per-sample
+    value as (-batches, rows, cols), or, when `rows_only` (it meets a parameter matrix and
+    is not transposed), its rows folded into one tall matrix (-rows, cols)."""
+    r, c = t.shape[-2:]
+    lead = math.prod(t.shape[:-2])
+    if not t.batched:
+        return (lead, r, c) if lead > 1 else (r, c)
+    if rows_only:
+        return (-lead * r, c)
+    return (-lead, r, c)
+
+
+@lowers("matmul")
+def lower_matmul(r: KernelBuilder, grp: Group) -> None:
+    n = grp.anchor
+    a, b = n.inputs
+    ta, tb = n.attrs["trans_a"], n.attrs["trans_b"]
+    # x @ W with W a parameter: every row of every sample against the same matrix
+    tall = a.type.batched and not b.type.batched and not ta
+    av = _matmul_view(a.type, tall)
+    bv = _matmul_view(b.type, False)
+    ov = _matmul_view(n.type, tall)
+    gemm = Gemm(r.key(a), r.key(b), "", av, bv, ov, ta, tb, (n.id,))
+    _gemm_then(r, grp, gemm, n.type, None)
+
+
+# -- layernorm -----------------------------------------------------------------------------
+
+def _ln_stats(r: KernelBuilder, x: Node, nodes: list[Node]) -> tuple[str, str, int, int]:
+    """Scratch mean and (biased) variance of every row of x (one per row and sample)."""
+    d = x.type.shape[-1]
+    rows = x.type.size // d
+    stat_t = TensorType((rows,), batched=True)
+    mean, var = r.new_scratch(rows, True), r.new_scratch(rows, True)
+    xi = f"{r.key(x)}[(long long)n * {x.type.size} + (long long)o0 * {d} + r]"
+    r.emit_reduce(nodes[0].name + "_mean", nodes, mean, stat_t, {r.key(x): "const float*"},
+                  f"{d}", [], [f"acc_v += {xi};"], final=f"(float)(sh[0] / {d}.0)",
+                  acc="double")
+    r.emit_reduce(nodes[0].name + "_var", nodes, var, stat_t,
+                  {r.key(x): "const float*", mean: "const float*"}, f"{d}",
+                  [f"float mu = {mean}[(long long)n * {rows} + o0];"],
+                  [f"float dd = {xi} - mu;", "acc_v += (double)dd * dd;"],
+                  final=f"(float)(sh[0] / {d}.0)", acc="double")
+    return mean, var, rows, d
+
+
+def _row_of(t: TensorType) -> str:
+    """The row index (all coordinates but the last) at output coordinates o0, o1.."""
+    return " + ".join([f"(long long)o{j} * {math.prod(t.shape[j + 1:-1])}"
+                       for j in range(t.rank - 1)]) or "0"
+
+
+@lowers("layernorm")
+def lower_layernorm(r: KernelBuilder, grp: Group) -> None:
+    n = grp.anchor
+    x = n.inputs[0]
+    mean, var, rows, d = _ln_stats(r, x, [n])
+    ctype = "const float*"
+    inputs = {r.key(x): ctype, mean: ctype, var: ctype}
+    last = f"o{n.type.rank - 1}"
+    body = [f"long long row = (long long)n * {rows} + {_row_of(n.type)};",
+            f"float v = ({_at(x.type, r.key(x), r.coords(n.type))} - {mean}[row]) * "
+            f"rsqrtf({var}[row] + {_f(n.attrs['eps'])});"]
+    if n.attrs["affine"]:
+        w, b = n.inputs[1:3]
+        inputs[r.key(w)] = inputs[r.key(b)] = ctype
+        body.append(f"v = v * {r.key(w)}[{last}] + {r.key(b)}[{last}];")
+    r.finish_map(grp, grp.name, inputs, body)
+
+
+@lowers("layernorm_grad_input")
+def lower_layernorm_grad_input(r: KernelBuilder, grp: Group) -> None:
+    n = grp.anchor
+    dy, x = n.inputs[:2]
+    w = n.inputs[2] if n.attrs["affine"] else None
+    eps = _f(n.attrs["eps"])
+    mean, var, rows, d = _ln_stats(r, x, [n])
+    ctype = "const float*"
+    stat_t = TensorType((rows,), batched=True)
+    wmul = f" * {r.key(w)}[r]" if w is not None else ""
+    red_in = {r.key(dy): ctype, r.key(x): ctype, mean: ctype, var: ctype}
+    if w is not None:
+        red_in[r.key(w)] = ctype
+    off = f"(long long)n * {x.type.size} + (long long)o0 * {d} + r"
+    setup = [f"float mu = {mean}[(long long)n * {rows} + o0];",
+             f"float inv = rsqrtf({var}[(long long)n * {rows} + o0] + {eps});"]
+    sg, sgx = r.new_scratch(rows, True), r.new_scratch(rows, True)
+    r.emit_reduce(n.name + "_sg", [n], sg, stat_t, red_in, f"{d}", setup,
+                  [f"acc_v += (double){r.key(dy)}[{off}]{wmul};"], acc="double")
+    r.emit_reduce(n.name + "_sgx", [n], sgx, stat_t, red_in, f"{d}", setup,
+                  [f"acc_v += (double){r.key(dy)}[{off}]{wmul} * "
+                   f"(({r.key(x)}[{off}] - mu) * inv);"], acc="double")
+    inputs = dict(red_in)
+    inputs.update({sg: ctype, sgx: ctype})
+    coords = r.coords(n.type)
+    last = f"o{n.type.rank - 1}"
+    wv = f" * {r.key(w)}[{last}]" if w is not None else ""
+    body = [f"long long row = (long long)n * {rows} + {_row_of(n.type)};",
+            f"float inv = rsqrtf({var}[row] + {eps});",
+            f"float xh = ({_at(x.type, r.key(x), coords)} - {mean}[row]) * inv;",
+            f"float g = {_at(dy.type, r.key(dy), coords)}{wv};",
+            f"float v = inv / {d}.0f * ({d}.0f * g - {sg}[row] - xh * {sgx}[row]);"]
+    r.finish_map(grp, grp.name, inputs, body)
+
+
+@lowers("layernorm_grad_weight")
+def lower_layernorm_grad_weight(r: KernelBuilder, grp: Group) -> None:
+    n = grp.anchor
+    dy, x = n.inputs
+    mean, var, rows, d = _ln_stats(r, x, [n])
+    ctype = "const float*"
+    term = [f"long long nn = r / {rows}; long long q = r % {rows};",
+            f"long long at = nn * {x.type.size} + q * {d} + o0;",
+            f"float xh = ({r.key(x)}[at] - {mean}[nn * {rows} + q]) * "
+            f"rsqrtf({var}[nn * {rows} + q] + {_f(n.attrs['eps'])});",
+            f"acc_v += (double){r.key(dy)}[at] * xh;"]
+    r.emit_reduce(grp.name, grp.nodes, r.key(n), n.type,
+                  {r.key(dy): ctype, r.key(x): ctype, mean: ctype, var: ctype},
+                  f"((long long)N * {rows})", [], term, acc="double")

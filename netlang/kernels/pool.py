@@ -128,6 +128,40 @@ def lower_avgpool_grad(r: KernelBuilder, grp: Group) -> None:
     r.finish_map(grp, grp.name, {r.key(dy): "const float*"}, body)
 
 
+def _strided(shape, coords) -> str:
+    return " + ".join(f"(long long){c} * {math.prod(shape[j + 1:])}"
+                      for j, c in enumerate(coords)) or "0"
+
+
+@lowers("mean")
+def lower_mean(r: KernelBuilder, grp: Group) -> None:
+    """One output element per thread, a loop along the axis (short: a transformer's
+    tokens)."""
+    n = grp.anchor
+    x = n.inputs[0]
+    ax = n.attrs["axis"]
+    length = x.type.shape[ax]
+    coords = r.coords(n.type)
+    coords.insert(ax, "t")
+    at = f"{r.key(x)}[(long long)n * {x.type.size} + {_strided(x.type.shape, coords)}]"
+    body = ["float acc = 0.0f;",
+            f"for (int t = 0; t < {length}; ++t) acc += {at};",
+            f"float v = acc / {length}.0f;"]
+    r.finish_map(grp, grp.name, {r.key(x): "const float*"}, body)
+
+
+@lowers("mean_grad")
+def lower_mean_grad(r: KernelBuilder, grp: Group) -> None:
+    n = grp.anchor
+    dy = n.inputs[0]
+    ax = n.attrs["axis"]
+    coords = r.coords(n.type)
+    del coords[ax]
+    at = f"{r.key(dy)}[(long long)n * {dy.type.size} + {_strided(dy.type.shape, coords)}]"
+    body = [f"float v = {at} / {n.type.shape[ax]}.0f;"]
+    r.finish_map(grp, grp.name, {r.key(dy): "const float*"}, body)
+
+
 @lowers("global_avgpool")
 def lower_global_avgpool(r: KernelBuilder, grp: Group) -> None:
     n = grp.anchor

@@ -1,4 +1,5 @@
-"""Loop-level lowerings of data movement (ops/shape.py): index remapping, no arithmetic.
+"""Loop-level lowerings of data movement (ops/shape.py): index remapping, no arithmetic
+(concat, crop, pad, flatten, reshape, permute).
 A concat that fusion writes in place runs no kernel (its producers store into it)."""
 
 from __future__ import annotations
@@ -75,3 +76,14 @@ lowers("flatten")(_copy)
 
 
 lowers("reshape")(_copy)
+
+
+@lowers("permute")
+def lower_permute(r: KernelBuilder, grp: Group) -> None:
+    """Output axis j is input axis axes[j]: the input is read at coordinates whose
+    axes[j]-th entry is o_j."""
+    axes = grp.anchor.attrs["axes"]
+    coords = [""] * len(axes)
+    for j, a in enumerate(axes):
+        coords[a] = f"o{j}"
+    _read_at(r, grp, coords)

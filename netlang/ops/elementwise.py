@@ -275,24 +275,60 @@ def softmax(x: np.ndarray, axis: int) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
+def normalize_axis(ctx: ShapeCtx, what: str) -> int:
+    """The `axis` attribute as a per-sample axis in [0, rank) (negative counts from the
+    end); E081 when the input has no such axis."""
+    rank = ctx.x.rank
+    axis = ctx.attrs["axis"]
+    if not -rank <= axis < rank:
+        raise ShapeError("E081", f"{what}: axis {axis} of a {fmt_shape(ctx.x.shape)} input "
+                         f"(it has {rank} axes after the batch)",
+                         notes=("axes count from 0 after the batch; -1 is the last",),
+                         help=f"give an axis from {-rank} to {rank - 1}" if rank else
+                         "this input has no axis to reduce over")
+    axis = axis + rank if axis < 0 else axis
+    ctx.attrs["axis"] = axis
+    return axis
+
+
 def _softmax_shape(ctx: ShapeCtx) -> TensorType:
-    if ctx.x.rank < 1:
-        raise ShapeError("E025", "softmax needs an input with a channel axis")
+    normalize_axis(ctx, ctx.op)
     return ctx.x
 
 
-register(OpDef(
-    name="softmax", attrs=(), shape=_softmax_shape, kind=FusionKind.REDUCE,
-    writes_per_element=True,
-    forward=lambda xs, a, rt: softmax(xs[0], 1),
-    vjp=lambda b, node, dy: [b.emit("softmax_grad", [dy, node])],
-    doc="Softmax over the channel axis."))
+def _log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    z = x - x.max(axis=axis, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+
 
 register(OpDef(
-    name="softmax_grad", attrs=(), shape=_same, kind=FusionKind.REDUCE, min_inputs=2,
-    max_inputs=2,
-    forward=lambda xs, a, rt: xs[1] * (xs[0] - (xs[0] * xs[1]).sum(axis=1, keepdims=True)),
+    name="softmax", attrs=(Attr("axis", "int", 0),), shape=_softmax_shape,
+    kind=FusionKind.REDUCE, writes_per_element=True,
+    forward=lambda xs, a, rt: softmax(xs[0], a["axis"] + 1),
+    vjp=lambda b, node, dy: [b.emit("softmax_grad", [dy, node], axis=node.attrs["axis"])],
+    doc="Softmax over an axis: the channels (`axis=0`, the default), or `axis=-1` for the "
+        "last (attention scores)."))
+
+register(OpDef(
+    name="softmax_grad", attrs=(Attr("axis", "int", 0),), shape=_same, kind=FusionKind.REDUCE,
+    min_inputs=2, max_inputs=2,
+    forward=lambda xs, a, rt: xs[1] * (xs[0] - (xs[0] * xs[1]).sum(axis=a["axis"] + 1,
+                                                                   keepdims=True)),
     user=False, doc="y * (dy - sum_c(dy * y)) given the softmax output y."))
+
+register(OpDef(
+    name="log_softmax", attrs=(Attr("axis", "int", 0),), shape=_softmax_shape,
+    kind=FusionKind.REDUCE, writes_per_element=True,
+    forward=lambda xs, a, rt: _log_softmax(xs[0], a["axis"] + 1),
+    vjp=lambda b, node, dy: [b.emit("log_softmax_grad", [dy, node], axis=node.attrs["axis"])],
+    doc="log(softmax(x)) over an axis, computed without the log of a small number."))
+
+register(OpDef(
+    name="log_softmax_grad", attrs=(Attr("axis", "int", 0),), shape=_same,
+    kind=FusionKind.REDUCE, min_inputs=2, max_inputs=2,
+    forward=lambda xs, a, rt: xs[0] - np.exp(xs[1]) * xs[0].sum(axis=a["axis"] + 1,
+                                                                keepdims=True),
+    user=False, doc="dy - exp(y) * sum_c(dy) given the log_softmax output y."))
 
 
 def _constant(xs, a, rt):

@@ -237,16 +237,20 @@ register(OpDef(
 # -- dense -------------------------------------------------------------------------------
 
 def _dense_shape(ctx: ShapeCtx) -> TensorType:
-    if ctx.x.rank != 1:
-        raise ShapeError("E022", f"dense needs a flat input, got {fmt_shape(ctx.x.shape)}",
-                         notes=("dense multiplies a vector by a matrix; it does not flatten "
-                                "implicitly",),
-                         help="insert `flatten` before `dense` (or `global_avgpool`)")
-    return TensorType((ctx.attrs["units"],))
+    if ctx.x.rank < 1:
+        raise ShapeError("E022", "dense needs an input with a feature axis, got a scalar")
+    if ctx.x.rank > 2:
+        raise ShapeError("E022", f"dense takes [F] or tokens [T, F], got "
+                         f"{fmt_shape(ctx.x.shape)}",
+                         notes=("dense multiplies each row's last axis by a matrix; it does "
+                                "not flatten implicitly",),
+                         help="insert `flatten` before `dense` (or `global_avgpool`), or "
+                              "`reshape` to tokens")
+    return TensorType(ctx.x.shape[:-1] + (ctx.attrs["units"],))
 
 
 def _dense_params(ins, a) -> dict[str, ParamSpec]:
-    fan_in = ins[0].shape[0]
+    fan_in = ins[0].shape[-1]
     bound = uniform_fan_in(fan_in)
     specs = {"weight": ParamSpec((a["units"], fan_in), "uniform", bound)}
     if a["bias"]:
@@ -265,7 +269,10 @@ def _dense_vjp(b, node, dy):
     x, w = node.inputs[:2]
     grads = [b.emit("dense_grad_input", [dy, w]), b.emit("dense_grad_weight", [dy, x])]
     if node.attrs["bias"]:
-        grads.append(b.emit("bias_grad", [dy]))
+        if node.type.rank == 1:
+            grads.append(b.emit("bias_grad", [dy]))
+        else:   # tokens: the bias gradient sums over the batch and the rows
+            grads.append(b.emit("sum_to", [dy], shape=(node.type.shape[-1],), batched=False))
     return grads
 
 
@@ -274,20 +281,23 @@ register(OpDef(
     shape=_dense_shape, kind=FusionKind.OUT_ELEMWISE_FUSABLE, params=_dense_params,
     param_roles=_bias_roles, macs=lambda ins, out, a: ins[0].size * a["units"],
     forward=_dense_forward, vjp=_dense_vjp, example="dense(10)", color="#cfe2f3",
-    doc="Fully connected layer on a flat input. Weight [out, in]."))
+    doc="Fully connected layer on a flat input [F], or on each row of tokens [T, F] "
+        "(as nn.Linear on the last axis). Weight [out, in]."))
 
 register(OpDef(
     name="dense_grad_input", attrs=(), kind=FusionKind.OUT_ELEMWISE_FUSABLE, min_inputs=2,
-    max_inputs=2, shape=lambda ctx: TensorType((ctx.inputs[1].shape[1],)),
+    max_inputs=2,
+    shape=lambda ctx: TensorType(ctx.inputs[0].shape[:-1] + (ctx.inputs[1].shape[1],)),
     forward=lambda xs, a, rt: xs[0] @ xs[1],
     user=False, doc="dy @ W."))
 
 register(OpDef(
     name="dense_grad_weight", attrs=(), kind=FusionKind.OPAQUE, min_inputs=2, max_inputs=2,
-    shape=lambda ctx: TensorType((ctx.inputs[0].shape[0], ctx.inputs[1].shape[0]),
+    shape=lambda ctx: TensorType((ctx.inputs[0].shape[-1], ctx.inputs[1].shape[-1]),
                                  batched=False),
-    forward=lambda xs, a, rt: xs[0].T @ xs[1],
-    user=False, doc="dy^T @ x, summed over the batch."))
+    forward=lambda xs, a, rt: (xs[0].reshape(-1, xs[0].shape[-1]).T
+                               @ xs[1].reshape(-1, xs[1].shape[-1])),
+    user=False, doc="dy^T @ x, summed over the batch (and the rows of tokens)."))
 
 
 # -- batchnorm ---------------------------------------------------------------------------
@@ -439,3 +449,144 @@ register(OpDef(
     name="dropout_mask", attrs=(Attr("p", "float"),), shape=lambda ctx: ctx.x,
     kind=FusionKind.OPAQUE, forward=_dropout_mask, vjp=lambda b, node, dy: [None], impure=True,
     user=False, doc="A random keep-mask scaled by 1/(1-p), the shape of its input."))
+
+
+# -- matmul ------------------------------------------------------------------------------
+
+def _matmul_shape(ctx: ShapeCtx) -> TensorType:
+    a, b = ctx.inputs
+    ta, tb = ctx.attrs["trans_a"], ctx.attrs["trans_b"]
+    for name, t in (("first", a), ("second", b)):
+        if t.rank < 2:
+            raise ShapeError("E025", f"matmul: the {name} input is {fmt_shape(t.shape)}; it "
+                             "needs at least two axes (rows and columns) per sample",
+                             help="`reshape` a vector to [1, F] or [F, 1]")
+    if a.batched and b.batched and a.shape[:-2] != b.shape[:-2]:
+        raise ShapeError("E020", f"matmul of {fmt_shape(a.shape)} and {fmt_shape(b.shape)}: "
+                         "the leading (batch-like) axes differ",
+                         notes=("matmul multiplies the last two axes; the axes before them "
+                                "must be equal",))
+    if a.batched != b.batched and (b if a.batched else a).rank != 2:
+        raise ShapeError("E025", "matmul: a parameter multiplied with a per-sample value must "
+                         "be a [rows, columns] matrix")
+    if not a.batched and not b.batched and a.shape[:-2] != b.shape[:-2]:
+        raise ShapeError("E020", f"matmul of {fmt_shape(a.shape)} and {fmt_shape(b.shape)}: "
+                         "the leading axes differ")
+    m, ka = (a.shape[-1], a.shape[-2]) if ta else (a.shape[-2], a.shape[-1])
+    kb, nc = (b.shape[-1], b.shape[-2]) if tb else (b.shape[-2], b.shape[-1])
+    if ka != kb:
+        raise ShapeError("E020", f"matmul of {fmt_shape(a.shape)} and {fmt_shape(b.shape)}: "
+                         f"the first has {ka} columns, the second {kb} rows",
+                         help="the inner sizes must agree; `permute` or `trans_b=true` "
+                              "transposes an input")
+    lead = (b if b.batched and not a.batched else a).shape[:-2]
+    return TensorType(lead + (m, nc), a.batched or b.batched)
+
+
+def _op(x: np.ndarray, t: bool) -> np.ndarray:
+    return np.swapaxes(x, -1, -2) if t else x
+
+
+def _matmul_vjp(b, node, dy):
+    x, y = node.inputs
+    ta, tb = node.attrs["trans_a"], node.attrs["trans_b"]
+    if ta:
+        dx = b.emit("matmul", [y, dy], trans_a=tb, trans_b=True)
+    else:
+        dx = b.emit("matmul", [dy, y], trans_a=False, trans_b=not tb)
+    if tb:
+        dw = b.emit("matmul", [dy, x], trans_a=True, trans_b=ta)
+    else:
+        dw = b.emit("matmul", [x, dy], trans_a=not ta, trans_b=False)
+    return [b.reduce_to(dx, x.type), b.reduce_to(dw, y.type)]
+
+
+register(OpDef(
+    name="matmul", attrs=(Attr("trans_a", "bool", False), Attr("trans_b", "bool", False)),
+    shape=_matmul_shape, kind=FusionKind.OUT_ELEMWISE_FUSABLE, min_inputs=2, max_inputs=2,
+    macs=lambda ins, out, a: out.size * (ins[0].shape[-2] if a["trans_a"] else ins[0].shape[-1]),
+    forward=lambda xs, a, rt: np.matmul(_op(xs[0], a["trans_a"]), _op(xs[1], a["trans_b"])),
+    vjp=_matmul_vjp, example="matmul(q, k, trans_b=true)", color="#cfe2f3",
+    doc="Matrix product of the last two axes per sample, `[.., M, K] x [.., K, N] -> "
+        "[.., M, N]` (leading axes equal; a parameter matrix multiplies every sample); "
+        "`trans_a`/`trans_b` transpose an input first (attention scores: "
+        "`matmul(q, k, trans_b=true)`)."))
+
+
+# -- layernorm ---------------------------------------------------------------------------
+
+def _ln_shape(ctx: ShapeCtx) -> TensorType:
+    if ctx.x.rank < 1:
+        raise ShapeError("E025", "layernorm needs an input with a feature axis")
+    return ctx.x
+
+
+def _ln_params(ins, a) -> dict[str, ParamSpec]:
+    d = ins[0].shape[-1]
+    if not a["affine"]:
+        return {}
+    return {"weight": ParamSpec((d,), "ones"), "bias": ParamSpec((d,), "zeros")}
+
+
+def _ln_roles(a) -> list[str]:
+    return ["weight", "bias"] if a["affine"] else []
+
+
+def _ln_normalized(x: np.ndarray, eps: float) -> np.ndarray:
+    mu = x.mean(axis=-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + x.dtype.type(eps))
+
+
+def _ln_forward(xs, a, rt):
+    y = _ln_normalized(xs[0], a["eps"])
+    if a["affine"]:
+        y = y * xs[1] + xs[2]
+    return y.astype(xs[0].dtype)
+
+
+def _ln_vjp(b, node, dy):
+    at = node.attrs
+    x = node.inputs[0]
+    ins = [dy, x] + ([node.inputs[1]] if at["affine"] else [])
+    grads = [b.emit("layernorm_grad_input", ins, eps=at["eps"], affine=at["affine"])]
+    if at["affine"]:
+        d = (x.type.shape[-1],)
+        grads += [b.emit("layernorm_grad_weight", [dy, x], eps=at["eps"]),
+                  b.emit("sum_to", [dy], shape=d, batched=False)]
+    return grads
+
+
+def _ln_grad_input(xs, a, rt):
+    dy, x = xs[0], xs[1]
+    g = dy * xs[2] if a["affine"] else dy
+    d = x.shape[-1]
+    mu = x.mean(axis=-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
+    inv = 1 / np.sqrt(var + x.dtype.type(a["eps"]))
+    xh = (x - mu) * inv
+    out = inv / d * (d * g - g.sum(axis=-1, keepdims=True)
+                     - xh * (g * xh).sum(axis=-1, keepdims=True))
+    return out.astype(x.dtype)
+
+
+register(OpDef(
+    name="layernorm", attrs=(Attr("eps", "float", 1e-5, minimum=0.0),
+                             Attr("affine", "bool", True)),
+    shape=_ln_shape, kind=FusionKind.OPAQUE, params=_ln_params, param_roles=_ln_roles,
+    forward=_ln_forward, vjp=_ln_vjp, color="#d9ead3",
+    doc="Normalises each row over its last axis (mean 0, variance 1, then weight and bias "
+        "[D]), as nn.LayerNorm(D): tokens [T, D] per token, a vector [F] as a whole."))
+
+register(OpDef(
+    name="layernorm_grad_input", attrs=(Attr("eps", "float"), Attr("affine", "bool")),
+    shape=lambda ctx: ctx.inputs[1], kind=FusionKind.OPAQUE, min_inputs=2, max_inputs=3,
+    forward=_ln_grad_input, user=False, doc="Input gradient of layernorm (dy, x[, weight])."))
+
+register(OpDef(
+    name="layernorm_grad_weight", attrs=(Attr("eps", "float"),),
+    shape=lambda ctx: TensorType((ctx.inputs[1].shape[-1],), batched=False),
+    kind=FusionKind.OPAQUE, min_inputs=2, max_inputs=2,
+    forward=lambda xs, a, rt: (xs[0] * _ln_normalized(xs[1], a["eps"])).reshape(
+        -1, xs[1].shape[-1]).sum(axis=0).astype(xs[1].dtype),
+    user=False, doc="Weight gradient of layernorm: sum of dy * x_hat over batch and rows."))

@@ -1,4 +1,5 @@
-"""Pooling and resampling: maxpool, avgpool, global_avgpool, upsample, and their gradients.
+"""Pooling and resampling: maxpool, avgpool, global_avgpool, mean over an axis, upsample, and
+their gradients.
 
 Window ops loop over the kernel offsets (9 for a 3x3 window), each step vectorised over
 the whole tensor: no Python loop over pixels, and no scatter (`np.add.at`) in backward.
@@ -257,6 +258,33 @@ register(OpDef(
     name="avgpool_grad", attrs=AVG_ATTRS + (Attr("in_shape", "ints"),),
     shape=lambda ctx: TensorType(tuple(ctx.attrs["in_shape"])), kind=FusionKind.OPAQUE,
     forward=_avgpool_grad, user=False, doc="Spreads dy evenly over each window."))
+
+
+# -- mean over an axis ------------------------------------------------------------------
+
+def _mean_shape(ctx: ShapeCtx) -> TensorType:
+    from netlang.ops.elementwise import normalize_axis
+
+    ax = normalize_axis(ctx, "mean")
+    return TensorType(ctx.x.shape[:ax] + ctx.x.shape[ax + 1:], ctx.x.batched)
+
+
+register(OpDef(
+    name="mean", attrs=(Attr("axis", "int"),), shape=_mean_shape, kind=FusionKind.REDUCE,
+    color="#fce5cd", example="mean(0)",
+    forward=lambda xs, a, rt: xs[0].mean(axis=a["axis"] + 1),
+    vjp=lambda b, node, dy: [b.emit("mean_grad", [dy], axis=node.attrs["axis"],
+                                    in_shape=node.inputs[0].type.shape)],
+    doc="Mean over one per-sample axis, which goes away: tokens `[T, D] -> mean(0)` "
+        "gives `[D]` (mean pooling of a transformer's tokens)."))
+
+register(OpDef(
+    name="mean_grad", attrs=(Attr("axis", "int"), Attr("in_shape", "ints")),
+    shape=lambda ctx: TensorType(tuple(ctx.attrs["in_shape"])), kind=FusionKind.BROADCAST,
+    forward=lambda xs, a, rt: np.broadcast_to(
+        np.expand_dims(xs[0] / xs[0].dtype.type(a["in_shape"][a["axis"]]), a["axis"] + 1),
+        (xs[0].shape[0],) + tuple(a["in_shape"])).copy(),
+    user=False, doc="dy / L, broadcast along the axis that mean removed."))
 
 
 # -- global_avgpool ----------------------------------------------------------------------

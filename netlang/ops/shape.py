@@ -1,6 +1,9 @@
-"""Ops that move data without arithmetic: concat, crop, pad, flatten, and their inverses."""
+"""Ops that move data without arithmetic: concat, crop, pad, flatten, reshape, permute, and
+their inverses."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -179,13 +182,34 @@ register(OpDef(
     name="flatten", attrs=(), shape=lambda ctx: TensorType((ctx.x.size,)),
     kind=FusionKind.INJECTIVE,
     forward=lambda xs, a, rt: xs[0].reshape(xs[0].shape[0], -1),
-    vjp=lambda b, node, dy: [b.emit("reshape", [dy], shape=node.inputs[0].type.shape,
-                                    batched=True)],
+    vjp=lambda b, node, dy: [b.emit("reshape", [dy], shape=node.inputs[0].type.shape)],
     doc="[C, H, W] -> [C * H * W]."))
 
 
 def _reshape_shape(ctx: ShapeCtx) -> TensorType:
-    return TensorType(tuple(ctx.attrs["shape"]), ctx.attrs["batched"])
+    want = ctx.attrs["shape"]
+    want = want if isinstance(want, tuple) else (want,)
+    x = ctx.x
+    free = [i for i, d in enumerate(want) if d == -1]
+    if len(free) > 1 or any(d < 1 and d != -1 for d in want):
+        raise ShapeError("E080", f"reshape to {fmt_shape(want)}: sizes are positive, with at "
+                         "most one -1 (the size that makes the count agree)")
+    known = math.prod(d for d in want if d != -1)
+    if free:
+        if x.size % known:
+            raise ShapeError("E080", f"reshape of {fmt_shape(x.shape)} ({x.size} elements) to "
+                             f"{fmt_shape(want)}: {x.size} is not a multiple of {known}")
+        want = tuple(x.size // known if d == -1 else d for d in want)
+    elif known != x.size:
+        raise ShapeError("E080", f"reshape of {fmt_shape(x.shape)} ({x.size} elements) to "
+                         f"{fmt_shape(want)} ({known} elements)",
+                         help="the element count per sample must stay the same; -1 in one "
+                              "place stands for the size that makes it agree")
+    if len(want) > 4:
+        raise ShapeError("E080", f"reshape to {len(want)} dimensions: at most 4 per sample")
+    ctx.attrs["shape"] = want
+    ctx.attrs["batched"] = x.batched   # for the NumPy forward, which sees arrays only
+    return TensorType(want, x.batched)
 
 
 def _reshape(xs, a, rt):
@@ -195,8 +219,44 @@ def _reshape(xs, a, rt):
 
 
 register(OpDef(
-    name="reshape", attrs=(Attr("shape", "ints"), Attr("batched", "bool")),
+    name="reshape", attrs=(Attr("shape", "ints"),),
     shape=_reshape_shape, kind=FusionKind.INJECTIVE, forward=_reshape,
-    vjp=lambda b, node, dy: [b.emit("reshape", [dy], shape=node.inputs[0].type.shape,
-                                    batched=node.inputs[0].type.batched)],
-    user=False, doc="Same elements, another shape."))
+    vjp=lambda b, node, dy: [b.emit("reshape", [dy], shape=node.inputs[0].type.shape)],
+    example="reshape([64, -1])",
+    doc="Same elements in row-major order, another per-sample shape; one -1 stands for "
+        "the size that makes the count agree: `[D, H, W] -> reshape([D, -1])`."))
+
+
+# -- permute -----------------------------------------------------------------------------
+
+def _permute_shape(ctx: ShapeCtx) -> TensorType:
+    axes = ctx.attrs["axes"]
+    axes = axes if isinstance(axes, tuple) else (axes,)
+    x = ctx.x
+    rank = x.rank
+    norm = tuple(a + rank if a < 0 else a for a in axes)
+    if sorted(norm) != list(range(rank)):
+        raise ShapeError("E081", f"permute({list(axes)}) of {fmt_shape(x.shape)}: the axes must "
+                         f"name each of the {rank} per-sample axes once",
+                         notes=("axes count from 0 after the batch; the batch axis stays "
+                                "first",),
+                         help=f"for example `permute({list(reversed(range(rank)))})`")
+    ctx.attrs["axes"] = norm
+    return TensorType(tuple(x.shape[a] for a in norm), x.batched)
+
+
+def _inverse(axes: tuple[int, ...]) -> tuple[int, ...]:
+    inv = [0] * len(axes)
+    for i, a in enumerate(axes):
+        inv[a] = i
+    return tuple(inv)
+
+
+register(OpDef(
+    name="permute", attrs=(Attr("axes", "ints"),), shape=_permute_shape,
+    kind=FusionKind.INJECTIVE,
+    forward=lambda xs, a, rt: np.transpose(xs[0], (0,) + tuple(i + 1 for i in a["axes"])),
+    vjp=lambda b, node, dy: [b.emit("permute", [dy], axes=_inverse(node.attrs["axes"]))],
+    example="permute([1, 0])",
+    doc="Reorders the per-sample axes: `[D, T] -> permute([1, 0])` gives `[T, D]` (the "
+        "batch axis stays first)."))

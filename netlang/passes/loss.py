@@ -92,7 +92,11 @@ def _probability_source(pred: Node, op: str) -> Node | None:
                             help=f"apply dropout before the layer that feeds `{act.op}`")
             return None
         node = node.inputs[0]
-    return node if node.op == _PROBABILITY[op] else None
+    if node.op != _PROBABILITY[op]:
+        return None
+    # cross_entropy reads classes along the channel axis: a softmax over another axis
+    # is not its probabilities
+    return node if node.attrs.get("axis", 0) == 0 else None
 
 
 def check_probability_losses(g: Graph, terms: tuple[LossTerm, ...]) -> None:

@@ -48,6 +48,14 @@ CASES = [
     ("conv_transpose", [(2, 3, 3, 3)], dict(conv_attrs(2, 2, 3, stride=2), output_padding=0)),
     ("dense", [(7,)], dict(units=5, bias=True)),
     ("dense", [(4,)], dict(units=3, bias=False)),
+    ("dense", [(3, 4)], dict(units=5, bias=True)),
+    ("matmul", [(3, 4), (4, 2)], dict(trans_a=False, trans_b=False)),
+    ("matmul", [(2, 3, 4), (2, 5, 4)], dict(trans_a=False, trans_b=True)),
+    ("matmul", [(4, 3), (4, 2)], dict(trans_a=True, trans_b=False)),
+    ("matmul", [(4, 3), (2, 4)], dict(trans_a=True, trans_b=True)),
+    ("layernorm", [(3, 5)], dict(eps=1e-5, affine=True)),
+    ("layernorm", [(2, 3, 4)], dict(eps=1e-3, affine=False)),
+    ("layernorm", [(6,)], dict(eps=1e-5, affine=True)),
     ("batchnorm", [(3, 4, 5)], dict(eps=1e-5, momentum=0.1, affine=True, training=True)),
     ("batchnorm", [(3, 4, 5)], dict(eps=1e-5, momentum=0.1, affine=True, training=False)),
     ("batchnorm", [(5,)], dict(eps=1e-3, momentum=0.1, affine=False, training=True)),
@@ -85,11 +93,20 @@ CASES = [
     ("softplus", [(3, 4)], {}),
     ("softplus", [(3, 4)], dict(beta=2.0, threshold=1.0)),
     ("softmax", [(4, 3)], {}),
+    ("softmax", [(2, 3, 4)], dict(axis=2)),
+    ("softmax", [(3, 5)], dict(axis=-1)),
+    ("log_softmax", [(4, 3)], {}),
+    ("log_softmax", [(2, 3, 4)], dict(axis=1)),
+    ("mean", [(3, 4)], dict(axis=0)),
+    ("mean", [(2, 3, 4)], dict(axis=-1)),
+    ("permute", [(2, 3, 4)], dict(axes=(2, 0, 1))),
+    ("permute", [(3, 5)], dict(axes=(1, 0))),
     ("scale", [(3,)], dict(factor=-2.5)),
     ("sum", [(3, 2)], {}),
     ("sum_to", [(4, 3, 3)], dict(shape=(1, 3, 1), batched=False)),
     ("broadcast_like", [(1, 3, 1), (4, 3, 3)], {}),
-    ("reshape", [(4, 3)], dict(shape=(2, 6), batched=True)),
+    ("reshape", [(4, 3)], dict(shape=(2, 6))),
+    ("reshape", [(4, 3, 2)], dict(shape=(-1, 4))),
     ("mse", [(3, 4)], {}),
     ("cross_entropy", [(4,)], {}),
     ("cross_entropy", [(4, 3, 3)], {}),
@@ -194,8 +211,21 @@ def _reference(op, xs, params, a):
         return ref.pool(xs[0], a, op[:3])
     if op == "upsample":
         return ref.upsample(xs[0], a)
-    if op == "softmax":
-        return ref.softmax(xs[0])
+    if op in ("softmax", "log_softmax"):
+        ax = a["axis"] + 1
+        z = np.exp(xs[0] - xs[0].max(axis=ax, keepdims=True))
+        p = z / z.sum(axis=ax, keepdims=True)
+        return p if op == "softmax" else np.log(p)
+    if op == "matmul":
+        x, w = xs
+        x = np.swapaxes(x, -1, -2) if a["trans_a"] else x
+        w = np.swapaxes(w, -1, -2) if a["trans_b"] else w
+        return np.einsum("...ik,...kj->...ij", x, w)
+    if op == "layernorm":
+        x = xs[0]
+        mu = x.mean(axis=-1, keepdims=True)
+        y = (x - mu) / np.sqrt(x.var(axis=-1, keepdims=True) + a["eps"])
+        return y * params[0] + params[1] if a["affine"] else y
     table = {
         "global_avgpool": lambda: xs[0].reshape(N, xs[0].shape[1], -1).mean(axis=2),
         "concat": lambda: np.concatenate(xs, axis=1),
@@ -217,6 +247,8 @@ def _reference(op, xs, params, a):
         "sum_to": lambda: xs[0].sum(axis=(0, 1, 3), keepdims=True)[0],
         "broadcast_like": lambda: np.broadcast_to(xs[0], xs[1].shape),
         "reshape": lambda: xs[0].reshape((N,) + tuple(a["shape"])),
+        "mean": lambda: xs[0].mean(axis=a["axis"] + 1),
+        "permute": lambda: np.transpose(xs[0], (0,) + tuple(i + 1 for i in a["axes"])),
     }
     if op in table:
         return table[op]()

@@ -65,7 +65,7 @@ graph t {
     "cross_entropy looks through dropout(0) to the softmax": (loss_pass.stable_losses, """
 graph t {
   %0 = input() {shape=[5]} : [N, 5]  # z
-  %1 = softmax(%0) : [N, 5]  # p
+  %1 = softmax(%0) {axis=0} : [N, 5]  # p
   %2 = dropout(%1) {p=0.0} : [N, 5]  # d
   %3 = input() {shape=[], target=true} : [N] int64  # label
   %4 = cross_entropy(%2, %3) : []  # loss
@@ -73,7 +73,7 @@ graph t {
 }""", """
 graph t {
   %0 = input() {shape=[5]} : [N, 5]  # z
-  %1 = softmax(%0) : [N, 5]  # p
+  %1 = softmax(%0) {axis=0} : [N, 5]  # p
   %2 = dropout(%1) {p=0.0} : [N, 5]  # d
   %3 = input() {shape=[], target=true} : [N] int64  # label
   %4 = cross_entropy(%0, %3) : []  # loss

@@ -61,9 +61,10 @@ def _braced(statement: str) -> str:
 
 
 def _dims(view) -> tuple:
-    """(batch, rows, cols) of a GEMM operand's view, as C expressions (-1 is N)."""
+    """(batch, rows, cols) of a GEMM operand's view, as C expressions (-1 is N, -k is
+    k * N)."""
     v = (1,) + tuple(view) if len(view) == 2 else tuple(view)
-    return tuple("N" if d == -1 else str(d) for d in v)
+    return tuple("N" if d == -1 else f"(N * {-d})" if d < 0 else str(d) for d in v)
 
 
 def step_function(steps, describe=None) -> tuple[str, list[str]]:

@@ -241,5 +241,6 @@ class Runner:
         return roots, updates
 
 
-def _view(v: tuple[int, int], batch: int) -> tuple[int, int]:
-    return tuple(batch if d == -1 else d for d in v)
+def _view(v: tuple[int, ...], batch: int) -> tuple[int, ...]:
+    """A GEMM operand's view at this batch size: -k stands for k * N."""
+    return tuple(-d * batch if d < 0 else d for d in v)
