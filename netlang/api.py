@@ -84,6 +84,9 @@ class Network:
             if init == "uniform":
                 b = p.attrs["bound"]
                 out[p.name] = rng.uniform(-b, b, size=shape).astype(np.float32)
+            elif init == "normal":
+                out[p.name] = (rng.standard_normal(size=shape) * p.attrs["std"]) \
+                    .astype(np.float32)
             elif init == "ones":
                 out[p.name] = np.ones(shape, np.float32)
             else:

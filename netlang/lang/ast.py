@@ -88,6 +88,15 @@ class InputDecl:
 
 
 @dataclass(frozen=True)
+class ParamDecl:
+    """`param pos: [T, D] = normal(0.02)`: a learned tensor (no batch axis)."""
+    name: str
+    shape: tuple[Expr, ...]
+    init: Expr | None
+    span: SourceSpan
+
+
+@dataclass(frozen=True)
 class BlockInputs:
     names: tuple[str, ...]
     span: SourceSpan
@@ -126,7 +135,7 @@ class ExprStmt:
     span: SourceSpan
 
 
-Stmt = InputDecl | BlockInputs | Output | Return | Assign | AssertShape | ExprStmt
+Stmt = InputDecl | ParamDecl | BlockInputs | Output | Return | Assign | AssertShape | ExprStmt
 
 
 @dataclass(frozen=True)

@@ -219,6 +219,54 @@ class Lowerer:
         self.graph.inputs[stmt.name] = node
         scope.values[stmt.name] = Tensor(node)
 
+    def _declare_param(self, stmt: ast.ParamDecl, scope: Scope) -> Tensor:
+        """A learned tensor of the given shape (no batch axis), initialised by
+        `normal(std)` (default std 0.02, as ViT's position embeddings), `uniform(bound)`,
+        `zeros` or `ones`."""
+        dims = []
+        for d in stmt.shape:
+            v = self.eval(d, scope)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v < 1:
+                raise error("E012", f"parameter dimensions must be positive integers, got "
+                            f"{_show(v)}", d.span)
+            dims.append(int(v))
+        if not 1 <= len(dims) <= 4:
+            raise error("E012", f"parameter `{stmt.name}` has {len(dims)} dimensions", stmt.span,
+                        help="give 1 to 4 dimensions: `param pos: [tokens, dim]`")
+        init, value = "normal", 0.02
+        e = stmt.init
+        if e is not None:
+            name = e.func if isinstance(e, ast.Call) else e.id if isinstance(e, ast.Name) \
+                else None
+            if name not in PARAM_INITS:
+                raise error("E012", "a parameter's initialiser is `normal(std)`, "
+                            "`uniform(bound)`, `zeros` or `ones`", e.span,
+                            help=did_you_mean(name, list(PARAM_INITS)) if name else None)
+            init = name
+            value = PARAM_INITS[name]
+            if isinstance(e, ast.Call):
+                if name in ("zeros", "ones") and (e.args or e.kwargs):
+                    raise error("E013", f"`{name}` takes no arguments", e.span,
+                                help=f"write `= {name}`")
+                if e.kwargs or len(e.args) > 1:
+                    raise error("E013", f"`{name}` takes one number", e.span,
+                                help=f"for example `= {name}(0.02)`")
+                if e.args:
+                    v = self.eval(e.args[0], scope)
+                    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                        raise error("E012", f"`{name}` needs a non-negative number, got "
+                                    f"{_show(v)}", e.args[0].span)
+                    value = float(v)
+        qual = self._qual(scope, stmt.name)
+        attrs = {"role": "value", "init": "uniform" if init == "uniform" else init,
+                 "bound": value if init == "uniform" else 0.0, "trainable": True}
+        if init == "normal":
+            attrs["std"] = value
+        node = self.graph.add("param", [], attrs, name=qual, span=stmt.span,
+                              type=TensorType(tuple(dims), batched=False))
+        self.graph.values.setdefault(qual, node)
+        return Tensor(node)
+
     def _exec(self, stmt: ast.Stmt, scope: Scope, is_block: bool) -> Value | None:
         if isinstance(stmt, ast.Assign):
             v = self._eval_named(stmt.value, scope, stmt.name)
@@ -240,6 +288,9 @@ class Lowerer:
                             stmt.span)
             self.graph.outputs[stmt.name] = v.node
             self.graph.values.setdefault(stmt.name, v.node)
+            return None
+        if isinstance(stmt, ast.ParamDecl):
+            scope.values[stmt.name] = self._declare_param(stmt, scope)
             return None
         if isinstance(stmt, ast.AssertShape):
             v = self._lookup(stmt.name, stmt.span, scope)
@@ -444,8 +495,7 @@ class Lowerer:
             raise error("E010", f"`{call.func}` is not a layer", call.name_span,
                         notes=[f"`{call.func}` is an operation the compiler uses inside; "
                                "the language has no layer of that name"],
-                        help=hint or ("`flatten` turns [C, H, W] into a vector"
-                                      if call.func == "reshape" else None))
+                        help=hint)
         raise error("E010", f"unknown layer or block `{call.func}`", call.name_span, help=hint)
 
     def _number_function(self, call: ast.Call, args: list[Value], spans: list[SourceSpan],
@@ -625,8 +675,12 @@ class Lowerer:
         return result
 
 
+# A parameter declaration's initialisers and their default argument.
+PARAM_INITS = {"normal": 0.02, "uniform": 0.02, "zeros": 0.0, "ones": 0.0}
+
+
 def _defines(stmt: ast.Stmt) -> str | None:
-    if isinstance(stmt, ast.Assign):
+    if isinstance(stmt, (ast.Assign, ast.ParamDecl)):
         return stmt.name
     if isinstance(stmt, ast.Output) and stmt.value is not None:
         return stmt.name
@@ -640,6 +694,11 @@ def _uses(stmt: ast.Stmt) -> set[str]:
         return _free(stmt.value) if stmt.value is not None else {stmt.name}
     if isinstance(stmt, ast.AssertShape):
         out = {stmt.name}
+        for d in stmt.shape:
+            out |= _free(d)
+        return out
+    if isinstance(stmt, ast.ParamDecl):
+        out = _free(stmt.init) if stmt.init is not None else set()
         for d in stmt.shape:
             out |= _free(d)
         return out

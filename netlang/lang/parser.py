@@ -139,6 +139,10 @@ class _ToAst(Transformer_NonRecursive):   # iterative: deep trees need no deep s
         return ast.InputDecl(str(children[0]), children[1], self._s(meta))
 
     @v_args(meta=True)
+    def param_decl(self, meta, children):
+        return ast.ParamDecl(str(children[0]), children[1], children[2], self._s(meta))
+
+    @v_args(meta=True)
     def block_inputs(self, meta, children):
         return ast.BlockInputs(children[0], self._s(meta))
 
