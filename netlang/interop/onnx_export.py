@@ -111,7 +111,7 @@ def export_model(net, weights: dict[str, np.ndarray], opset: int = OPSET,
         out = unique(out_names.get(n.id, n.name))   # a network output keeps its name
         names[n.id] = out
         ins = [names[i.id] for i in n.inputs]
-        for op_type, node_ins, node_outs, attrs in _lower(n, ins, out, const, unique):
+        for op_type, node_ins, node_outs, attrs in _lower(n, ins, out, const, unique, opset):
             nodes.append(helper.make_node(op_type, node_ins, node_outs, name=unique(
                 f"{n.name}/{op_type}"), doc_string=doc, **attrs))
     outputs = []
@@ -193,15 +193,59 @@ def _fold_batchnorm(g, weights: dict[str, np.ndarray]) -> tuple[dict[str, np.nda
     return weights, kept
 
 
+def _lower_tokens(n, ins, out, const, unique, opset):
+    """The ops on tokens and axes (per-sample axis a is ONNX axis a + 1), or None."""
+    a = n.attrs
+    op = n.op
+    if op == "dense" and n.type.rank > 1:   # rows of [N, T, F] times W^T, plus the bias
+        wt, mm = unique(f"{n.name}.weight_t"), unique(f"{n.name}.matmul")
+        nodes = [("Transpose", [ins[1]], [wt], {"perm": [1, 0]})]
+        if not a["bias"]:
+            return nodes + [("MatMul", [ins[0], wt], [out], {})]
+        return nodes + [("MatMul", [ins[0], wt], [mm], {}), ("Add", [mm, ins[2]], [out], {})]
+    if op == "permute":
+        return [("Transpose", ins, [out], {"perm": [0] + [i + 1 for i in a["axes"]]})]
+    if op == "matmul":
+        steps, xs = [], list(ins)
+        for k, t in enumerate((a["trans_a"], a["trans_b"])):
+            if t:
+                rank = n.inputs[k].type.rank + (1 if n.inputs[k].type.batched else 0)
+                perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+                name = unique(f"{n.name}.t{k}")
+                steps.append(("Transpose", [xs[k]], [name], {"perm": perm}))
+                xs[k] = name
+        return steps + [("MatMul", xs, [out], {})]
+    if op == "mean":
+        if opset >= 18:
+            return [("ReduceMean", [ins[0], const(f"{n.name}.axes", [a["axis"] + 1])], [out],
+                     {"keepdims": 0})]
+        return [("ReduceMean", ins, [out], {"axes": [a["axis"] + 1], "keepdims": 0})]
+    if op == "layernorm":
+        if opset < 17:
+            raise error("E071", f"`{n.name}`: LayerNormalization needs opset 17 or newer",
+                        n.span, help="use --opset 17")
+        if a["affine"]:
+            return [("LayerNormalization", ins, [out], {"axis": -1, "epsilon": float(a["eps"])})]
+        d = n.type.shape[-1]
+        scale = const(f"{n.name}.unit_scale", np.ones(d), np.float32)
+        shift = const(f"{n.name}.zero_shift", np.zeros(d), np.float32)
+        return [("LayerNormalization", [ins[0], scale, shift], [out],
+                 {"axis": -1, "epsilon": float(a["eps"])})]
+    return None
+
+
 def _pads(flat: tuple[int, ...]) -> list[int]:
     """netlang's (lo, hi) per spatial dim -> ONNX's [begins..., ends...]."""
     return list(flat[0::2]) + list(flat[1::2])
 
 
-def _lower(n, ins: list[str], out: str, const, unique):
+def _lower(n, ins: list[str], out: str, const, unique, opset: int = OPSET):
     """[(op_type, inputs, outputs, attributes)] for one netlang node."""
     a = n.attrs
     op = n.op
+    tokens = _lower_tokens(n, ins, out, const, unique, opset)
+    if tokens is not None:
+        return tokens
     simple = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "add": "Add",
               "mul": "Mul"}
     if op in simple:
@@ -241,7 +285,9 @@ def _lower(n, ins: list[str], out: str, const, unique):
         return [("Mul", [ins[0], const(f"{n.name}.factor", [a["factor"]], np.float32)],
                  [out], {})]
     if op == "softmax":
-        return [("Softmax", ins, [out], {"axis": 1})]
+        return [("Softmax", ins, [out], {"axis": a["axis"] + 1})]
+    if op == "log_softmax":
+        return [("LogSoftmax", ins, [out], {"axis": a["axis"] + 1})]
     if op in ("conv", "conv_transpose"):
         if any(p < 0 for p in a["pad"]):
             raise error("E071", f"`{n.name}`: a negative padding (a crop) has no ONNX "
@@ -252,7 +298,7 @@ def _lower(n, ins: list[str], out: str, const, unique):
         if op == "conv_transpose":
             attrs["output_padding"] = list(a["output_padding"])
         return [("Conv" if op == "conv" else "ConvTranspose", ins, [out], attrs)]
-    if op == "dense":
+    if op == "dense" and n.type.rank == 1:
         return [("Gemm", ins, [out], {"transB": 1})]
     if op == "batchnorm":
         if a["affine"]:

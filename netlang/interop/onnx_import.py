@@ -535,10 +535,14 @@ class _Translator:
 
     def _MatMul(self, node, a, ins, out, path, where):
         w = self.const(ins[1])
-        if w is None or w.ndim != 2 or len(self.shapes.get(ins[0], [0, 0])) != 2:
-            self.refuse("MatMul other than a flat input times a weight matrix", where)
+        rank = len(self.shapes.get(ins[0]) or [0, 0])
+        if w is not None and w.ndim == 2 and rank in (2, 3):   # x W: dense, on [F] or [T, F]
+            self._dense(ins[0], w.T, None, out, path, where)
             return
-        self._dense(ins[0], w.T, None, out, path, where)
+        if w is None and self.const(ins[0]) is None:   # two values: attention's products
+            self.add(Layer("matmul", [], {}, [ins[0], ins[1]], out, {}, path, where))
+            return
+        self.refuse("MatMul of a constant other than a weight matrix on the right", where)
 
     def _BatchNormalization(self, node, a, ins, out, path, where):
         if a.get("training_mode", 0) or (len(node.output) > 1 and any(
@@ -589,15 +593,71 @@ class _Translator:
         alpha = float(a.get("alpha", 1.0))
         self._simple("elu", ins, out, path, where, **({} if alpha == 1.0 else {"alpha": alpha}))
 
-    def _Softmax(self, node, a, ins, out, path, where):
-        opset = self.opset
+    def _axis(self, a, ins, default: int) -> tuple[int, int]:
+        """(ONNX axis made non-negative, input rank)."""
         rank = len(self.shapes.get(ins[0]) or [])
-        axis = a.get("axis", -1 if opset >= 13 else 1)
-        axis = axis + rank if axis < 0 and rank else axis
-        if axis != 1 or (opset < 13 and rank not in (0, 2)):
-            self.refuse("Softmax over an axis other than the channels", where)
+        axis = a.get("axis", default)
+        return (axis + rank if axis < 0 and rank else axis), rank
+
+    def _softmax_like(self, op, node, a, ins, out, path, where):
+        opset = self.opset
+        axis, rank = self._axis(a, ins, -1 if opset >= 13 else 1)
+        # before opset 13 Softmax flattens at `axis`: the same as ours only over the last
+        # axis, or over the channels of [N, C]
+        if axis < 1 or not rank or (opset < 13 and axis != rank - 1):
+            self.refuse(f"{node.op_type} over the batch axis or a flattened tail", where)
             return
-        self._simple("softmax", ins, out, path, where)
+        self._simple(op, ins, out, path, where, **({} if axis == 1 else {"axis": axis - 1}))
+
+    def _Softmax(self, node, a, ins, out, path, where):
+        self._softmax_like("softmax", node, a, ins, out, path, where)
+
+    def _LogSoftmax(self, node, a, ins, out, path, where):
+        self._softmax_like("log_softmax", node, a, ins, out, path, where)
+
+    def _Transpose(self, node, a, ins, out, path, where):
+        perm = list(a.get("perm", []))
+        c = self.const(ins[0])
+        if c is not None:   # a transposed weight (the exporter writes W^T this way)
+            self.consts[out] = np.transpose(c, perm or None)
+            return
+        if not perm or perm[0] != 0:
+            self.refuse("Transpose that moves the batch axis", where)
+            return
+        self._simple("permute", ins, out, path, where, axes=[p - 1 for p in perm[1:]])
+
+    def _ReduceMean(self, node, a, ins, out, path, where):
+        axes = a.get("axes")
+        if axes is None and len(ins) > 1 and ins[1]:
+            axes = self.const(ins[1])
+            axes = None if axes is None else [int(v) for v in np.ravel(axes)]
+        rank = len(self.shapes.get(ins[0]) or [])
+        axes = [v + rank if v < 0 else v for v in (axes or [])]
+        if len(axes) != 1 or axes[0] < 1 or a.get("keepdims", 1):
+            self.refuse("ReduceMean other than over one non-batch axis with keepdims=0",
+                        where)
+            return
+        self._simple("mean", ins, out, path, where, axis=axes[0] - 1)
+
+    def _LayerNormalization(self, node, a, ins, out, path, where):
+        axis, rank = self._axis(a, ins, -1)
+        if axis != rank - 1 or len(node.output) > 1 and any(self.uses[o]
+                                                            for o in node.output[1:]):
+            self.refuse("LayerNormalization over other than the last axis", where)
+            return
+        w = self._weights(ins, 1, where, "LayerNormalization scale")
+        b = self._weights(ins, 2, where, "LayerNormalization bias") if len(ins) > 2 and \
+            ins[2] else None
+        if w is None:
+            return
+        eps = float(a.get("epsilon", 1e-5))
+        kw = {} if np.float32(eps) == np.float32(1e-5) else {"eps": eps}
+        if self.netlang and ins[1].endswith(".unit_scale"):   # netlang's affine=false
+            kw["affine"] = False
+            params = {}
+        else:
+            params = {"weight": w, "bias": b if b is not None else np.zeros_like(w)}
+        self.add(Layer("layernorm", [], kw, [ins[0]], out, params, path, where))
 
     def _binary(self, op, node, ins, out, path, where):
         x, y = ins[0], ins[1]
@@ -629,7 +689,10 @@ class _Translator:
         if op == "mul" and c.size == 1:
             self.add(Layer("scale", [float(c.reshape(()))], {}, [data], out, {}, path, where))
             return
-        self.refuse(f"{node.op_type} of a constant tensor", where)
+        self.refuse(f"{node.op_type} of a constant tensor" + (
+            " (a learned tensor, such as a position embedding: netlang writes it as a "
+            "`param` declaration, which import does not produce yet)" if op == "add" else ""),
+            where)
 
     def _Add(self, node, a, ins, out, path, where):
         self._binary("add", node, ins, out, path, where)
@@ -711,14 +774,27 @@ class _Translator:
 
     def _Reshape(self, node, a, ins, out, path, where):
         shape = self.const(ins[1])
-        rank_in = len(self.shapes.get(ins[0]) or [])
+        src = self.shapes.get(ins[0]) or []
+        rank_in = len(src)
         want = self.shapes.get(out)
         if shape is not None and shape.size == 2 and (shape[0] in (0, -1) or want and
                                                       want[0] is None) and \
                 (shape[1] == -1 or (want and want[1] is not None)) and rank_in >= 2:
             self._flat(ins, out, path, where)
             return
-        self.refuse("Reshape other than to [batch, features]", where)
+        if shape is not None and shape.size > 2 and (shape[0] == 0 or want and want[0] is None
+                                                     or shape[0] == -1):
+            dims = [int(v) for v in shape[1:]]
+            if a.get("allowzero", 0) == 0:   # 0 copies the input's size at that axis
+                for i, d in enumerate(dims):
+                    if d == 0:
+                        if i + 1 >= rank_in or src[i + 1] is None:
+                            break
+                        dims[i] = int(src[i + 1])
+            if 0 not in dims and dims.count(-1) <= (0 if shape[0] == -1 else 1):
+                self._simple("reshape", ins, out, path, where, shape=dims)
+                return
+        self.refuse("Reshape other than of the per-sample axes (the batch kept first)", where)
 
     def _Concat(self, node, a, ins, out, path, where):
         rank = len(self.shapes.get(ins[0]) or [])

@@ -36,6 +36,7 @@ SIZES = {
     ("unet_valid.net", "unet_valid"): {"base": 2, "size": 188},
     ("unet_resnet18.net", "unet_resnet18"): {"base": 4, "size": 32},
     ("vgg16.net", "vgg16"): {"width": 2, "size": 32, "classes": 10},
+    ("vit_tiny.net", "vit_tiny"): {"dim": 16, "heads": 2, "depth": 1},
 }
 
 # The ops and attributes no example uses.
@@ -54,6 +55,9 @@ network coverage {
     t = s -> conv(5, 3, pad = same) -> gelu -> conv(5, 1) -> gelu(approximate = tanh) -> silu
     output seq = t -> elu(0.5) -> softplus -> softplus(beta = 2.0) -> scale(0.5) -> global_avgpool
                    -> dense(3, bias = false)
+    output tok = s -> permute([1, 0]) -> layernorm(affine = false) -> dense(4, bias = false)
+                   -> log_softmax(axis = -1) -> mean(1)
+    output gram = matmul(s, s, trans_a = true) -> softmax(axis = -1) -> reshape([4, -1])
 }
 """
 
