@@ -141,7 +141,7 @@ def archs(draw, max_layers: int = 5, illegal: bool = True) -> Arch:
 def _flat_choices(shape):
     return ["dense", "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "dropout", "gelu",
             "silu", "elu", "softplus",
-            "batchnorm", "add"]
+            "batchnorm", "add", "layernorm", "log_softmax"]
 
 
 def _spatial_choices(shape):
@@ -149,7 +149,8 @@ def _spatial_choices(shape):
             "avgpool", "avgpool", "upsample", "batchnorm", "relu", "leaky_relu", "sigmoid",
             "gelu", "silu", "elu", "softplus",
             "tanh", "softmax", "dropout", "crop", "pad", "flatten", "global_avgpool", "add",
-            "concat", "mul"]
+            "concat", "mul", "layernorm", "permute", "softmax_axis", "log_softmax", "mean",
+            "reshape"]
 
 
 @st.composite
@@ -178,6 +179,29 @@ def _layer(draw, arch: Arch, shape: tuple[int, ...], illegal: bool):
         beta = draw(st.sampled_from([1.0, 2.0]))
         return Layer(op, f"softplus(beta = {beta}, threshold = 3.0)",
                      {"beta": beta, "threshold": 3.0}), shape, None
+    if op == "layernorm":
+        eps = draw(st.sampled_from([1e-5, 1e-3]))
+        affine = draw(st.booleans())
+        d = shape[-1]
+        params = [("weight", (d,)), ("bias", (d,))] if affine else []
+        return Layer(op, f"layernorm(eps={eps}, affine={str(affine).lower()})",
+                     {"eps": eps, "affine": affine}, params), shape, None
+    if op in ("softmax_axis", "log_softmax"):
+        axis = draw(st.integers(-len(shape), len(shape) - 1))
+        name = "softmax" if op == "softmax_axis" else op
+        if op == "softmax_axis" and axis % len(shape) == 0:
+            axis = -1 if len(shape) > 1 else axis   # axis 0 is the plain softmax
+        return Layer(op, f"{name}(axis={axis})", {"axis": axis}), shape, None
+    if op == "permute":
+        axes = tuple(draw(st.permutations(range(len(shape)))))
+        return Layer(op, f"permute({list(axes)})", {"axes": axes}), \
+            tuple(shape[a] for a in axes), None
+    if op == "mean":
+        axis = draw(st.integers(0, len(shape) - 1))
+        return Layer(op, f"mean({axis})", {"axis": axis}), shape[:axis] + shape[axis + 1:], None
+    if op == "reshape":   # fold the last two axes into one
+        out = shape[:-2] + (shape[-2] * shape[-1],)
+        return Layer(op, f"reshape([{', '.join(map(str, out[:-1] + (-1,)))}])", {}), out, None
     if op == "dropout":
         p = draw(st.sampled_from([0.0, 0.25]))
         return Layer(op, f"dropout({p})", {"p": p}), shape, None
@@ -373,6 +397,7 @@ def torch_forward(arch: Arch, x, params: dict, training: bool, torch):
     nd = arch.nd
     for i, layer in enumerate(arch.layers, start=1):
         v = values[-1]
+        nd = v.ndim - 2   # reshape, mean and permute change the rank on the way
         a = layer.attrs
         op = layer.op
         p = {role: params[(i, role)] for role, _ in layer.params}
@@ -394,6 +419,20 @@ def torch_forward(arch: Arch, x, params: dict, training: bool, torch):
             y = F.softplus(v, a["beta"], a["threshold"])
         elif op == "softmax":
             y = torch.softmax(v, dim=1)
+        elif op == "softmax_axis":
+            ax = a["axis"]
+            y = torch.softmax(v, dim=ax + 1 if ax >= 0 else ax)
+        elif op == "log_softmax":
+            ax = a["axis"]
+            y = torch.log_softmax(v, dim=ax + 1 if ax >= 0 else ax)
+        elif op == "layernorm":
+            y = F.layer_norm(v, (v.shape[-1],), p.get("weight"), p.get("bias"), a["eps"])
+        elif op == "permute":
+            y = v.permute((0,) + tuple(q + 1 for q in a["axes"]))
+        elif op == "mean":
+            y = v.mean(dim=a["axis"] + 1)
+        elif op == "reshape":
+            y = v.reshape(v.shape[:-2] + (-1,))
         elif op == "dropout":
             y = v   # compared only with p = 0 in training mode
         elif op == "batchnorm":

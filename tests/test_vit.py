@@ -121,3 +121,17 @@ def test_vit_matches_pytorch(vit, backend):
     for k, v in names.items():
         np.testing.assert_allclose(grads[k], tparams[v].grad.numpy(), rtol=rtol * 10,
                                    atol=atol * 10, err_msg=k)
+
+
+@pytest.mark.long
+def test_vit_example_meets_its_accuracy_through_the_cli(tmp_path, capsys):
+    """`netlang train examples/vit_tiny.net` with its train section's settings: at least
+    95% on the test split (about two minutes on two cores)."""
+    from netlang.cli import main
+
+    assert main(["train", str(ROOT / "examples" / "vit_tiny.net"), "--out",
+                 str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("test: "))
+    accuracy = float(line.split("accuracy ")[1].split()[0])
+    assert accuracy >= 0.95, line
