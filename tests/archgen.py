@@ -149,7 +149,7 @@ def _spatial_choices(shape):
             "avgpool", "avgpool", "upsample", "batchnorm", "relu", "leaky_relu", "sigmoid",
             "gelu", "silu", "elu", "softplus",
             "tanh", "softmax", "dropout", "crop", "pad", "flatten", "global_avgpool", "add",
-            "concat", "mul", "layernorm", "permute", "softmax_axis", "log_softmax", "mean",
+            "concat", "mul", "layernorm", "groupnorm", "permute", "softmax_axis", "log_softmax", "mean",
             "reshape"]
 
 
@@ -186,6 +186,12 @@ def _layer(draw, arch: Arch, shape: tuple[int, ...], illegal: bool):
         params = [("weight", (d,)), ("bias", (d,))] if affine else []
         return Layer(op, f"layernorm(eps={eps}, affine={str(affine).lower()})",
                      {"eps": eps, "affine": affine}, params), shape, None
+    if op == "groupnorm":
+        groups = draw(st.sampled_from([g for g in (1, 2, 3, c) if c % g == 0]))
+        affine = draw(st.booleans())
+        params = [("weight", (c,)), ("bias", (c,))] if affine else []
+        return Layer(op, f"groupnorm({groups}, affine={str(affine).lower()})",
+                     {"groups": groups, "affine": affine}, params), shape, None
     if op in ("softmax_axis", "log_softmax"):
         axis = draw(st.integers(-len(shape), len(shape) - 1))
         name = "softmax" if op == "softmax_axis" else op
@@ -388,6 +394,23 @@ def _pool(draw, op, c, sp, big):
 
 # -- the PyTorch twin --------------------------------------------------------------------
 
+def _contiguous_grad(torch):
+    """Identity whose backward makes the gradient contiguous. PyTorch 2.13's CPU
+    batch_norm backward returns a wrong input gradient when the gradient reaching it is
+    a non-contiguous view (a `permute` after the batchnorm; checked against finite
+    differences), so the twin hands it contiguous gradients."""
+    class ContiguousGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t.view_as(t)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g.contiguous()
+
+    return ContiguousGrad
+
+
 def torch_forward(arch: Arch, x, params: dict, training: bool, torch):
     """Run the description with torch.nn.functional; `params[(i, role)]` are tensors.
     Returns the output and the new batchnorm running statistics {(i, role): tensor}."""
@@ -427,6 +450,8 @@ def torch_forward(arch: Arch, x, params: dict, training: bool, torch):
             y = torch.log_softmax(v, dim=ax + 1 if ax >= 0 else ax)
         elif op == "layernorm":
             y = F.layer_norm(v, (v.shape[-1],), p.get("weight"), p.get("bias"), a["eps"])
+        elif op == "groupnorm":
+            y = F.group_norm(v, a["groups"], p.get("weight"), p.get("bias"), 1e-5)
         elif op == "permute":
             y = v.permute((0,) + tuple(q + 1 for q in a["axes"]))
         elif op == "mean":
@@ -440,6 +465,7 @@ def torch_forward(arch: Arch, x, params: dict, training: bool, torch):
             rv = p["running_var"].clone()
             y = F.batch_norm(v, rm, rv, p.get("weight"), p.get("bias"), training,
                              a["momentum"], a["eps"])
+            y = _contiguous_grad(torch).apply(y)
             updates[(i, "running_mean")] = rm
             updates[(i, "running_var")] = rv
         elif op == "dense":

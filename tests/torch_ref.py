@@ -59,6 +59,10 @@ class TorchTwin(nn.Module):
             elif n.op == "layernorm":
                 self.layers[key(n.name)] = nn.LayerNorm(n.type.shape[-1], eps=a["eps"],
                                                         elementwise_affine=a["affine"], **dev)
+            elif n.op in ("groupnorm", "instancenorm"):
+                c = n.type.shape[0]
+                self.layers[key(n.name)] = nn.GroupNorm(a["groups"], c, eps=a["eps"],
+                                                        affine=a["affine"], **dev)
             elif n.op == "param" and a.get("role") == "value":
                 # a `param` declaration: a bare tensor
                 self.free[key(n.name)] = nn.Parameter(torch.zeros(n.type.shape, **dev))
@@ -147,7 +151,7 @@ class TorchTwin(nn.Module):
             return x.permute((0,) + tuple(i + 1 for i in a["axes"]))
         if op == "mean":
             return x.mean(dim=a["axis"] + 1)
-        if op == "layernorm":
+        if op in ("layernorm", "groupnorm", "instancenorm"):
             return self.layers[key(n.name)](x)
         if op == "scale":
             return x * a["factor"]

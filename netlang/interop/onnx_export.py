@@ -231,6 +231,34 @@ def _lower_tokens(n, ins, out, const, unique, opset):
         shift = const(f"{n.name}.zero_shift", np.zeros(d), np.float32)
         return [("LayerNormalization", [ins[0], scale, shift], [out],
                  {"axis": -1, "epsilon": float(a["eps"])})]
+    if op in ("groupnorm", "instancenorm"):
+        # InstanceNormalization normalises each channel of [N, C, ...]; a group is a
+        # channel of the input reshaped to [N, G, -1] (PyTorch's own export of GroupNorm)
+        c, g = n.type.shape[0], a["groups"]
+        eps = float(a["eps"])
+        w, b = (ins[1], ins[2]) if a["affine"] else (None, None)
+        if op == "instancenorm":
+            scale = w or const(f"{n.name}.unit_scale", np.ones(c), np.float32)
+            shift = b or const(f"{n.name}.zero_shift", np.zeros(c), np.float32)
+            return [("InstanceNormalization", [ins[0], scale, shift], [out],
+                     {"epsilon": eps})]
+        grouped, normed = unique(f"{n.name}.grouped"), unique(f"{n.name}.normed")
+        steps = [("Reshape", [ins[0], const(f"{n.name}.groups", [0, g, -1])], [grouped], {}),
+                 ("InstanceNormalization", [grouped, const(f"{n.name}.ones", np.ones(g),
+                                                           np.float32),
+                                            const(f"{n.name}.zeros", np.zeros(g), np.float32)],
+                  [normed], {"epsilon": eps})]
+        if not a["affine"]:
+            return steps + [("Reshape", [normed, const(f"{n.name}.shape", [0, *n.type.shape])],
+                             [out], {})]
+        back, scaled = unique(f"{n.name}.back"), unique(f"{n.name}.scaled")
+        per_channel = [c] + [1] * (n.type.rank - 1)
+        wr, br = unique(f"{n.name}.weight_c"), unique(f"{n.name}.bias_c")
+        return steps + [
+            ("Reshape", [normed, const(f"{n.name}.shape", [0, *n.type.shape])], [back], {}),
+            ("Reshape", [w, const(f"{n.name}.per_channel", per_channel)], [wr], {}),
+            ("Reshape", [b, const(f"{n.name}.per_channel_b", per_channel)], [br], {}),
+            ("Mul", [back, wr], [scaled], {}), ("Add", [scaled, br], [out], {})]
     return None
 
 

@@ -351,6 +351,8 @@ class _Translator:
         self.layers: list[Layer] = []
         self.producer: dict[str, Layer] = {}
         self.refusals = _Refusals()
+        # groupnorm outputs (still [N, G, -1] in the ONNX graph) -> the input's shape
+        self.group_shapes: dict[str, list] = {}
         self.uses = Counter(i for n in g.node for i in n.input if i)
         for o in g.output:
             self.uses[o.name] += 1
@@ -533,6 +535,35 @@ class _Translator:
                                 if c.size != 1 else c.reshape(()), (w.shape[0],)).copy()
         self._dense(ins[0], w, c, out, path, where)
 
+    def _InstanceNormalization(self, node, a, ins, out, path, where):
+        w = self._weights(ins, 1, where, "InstanceNormalization scale")
+        b = self._weights(ins, 2, where, "InstanceNormalization bias")
+        if w is None or b is None:
+            return
+        eps = float(a.get("epsilon", 1e-5))
+        kw = {} if np.float32(eps) == np.float32(1e-5) else {"eps": eps}
+        plain = np.all(w == 1) and np.all(b == 0)
+        prev = self.producer.get(ins[0])
+        if plain and prev is not None and prev.op == "reshape" and \
+                prev.kw.get("shape", [None])[-1] == -1 and len(prev.kw["shape"]) == 2 and \
+                self.uses[ins[0]] == 1:
+            # Reshape [N, G, -1] -> InstanceNormalization: a groupnorm of G groups (its
+            # Reshape back, and a per-channel Mul and Add, are folded as they come)
+            self.layers.remove(prev)
+            del self.producer[prev.out]
+            self.add(Layer("groupnorm", [int(prev.kw["shape"][0])], dict(kw, affine=False),
+                           list(prev.inputs), out, {}, path, where))
+            self.group_shapes[out] = self.shapes.get(prev.inputs[0])
+            return
+        # netlang names its affine-free constants; from elsewhere, ones and zeros
+        if ins[1].endswith(".unit_scale") if self.netlang else plain:
+            kw_ = kw
+            params = {}
+        else:
+            kw_ = dict(kw, affine=True)
+            params = {"weight": w, "bias": b}
+        self.add(Layer("instancenorm", [], kw_, [ins[0]], out, params, path, where))
+
     def _MatMul(self, node, a, ins, out, path, where):
         w = self.const(ins[1])
         rank = len(self.shapes.get(ins[0]) or [0, 0])
@@ -679,6 +710,19 @@ class _Translator:
             self.consts[out] = (cx + cy) if op == "add" else (cx * cy)
             return
         prev = self.producer.get(data)
+        if prev is not None and prev.op == "groupnorm" and self.uses[data] == 1 and \
+                c.size == (self.group_shapes.get(data) or [0, 0])[1]:
+            c_flat = np.asarray(c, np.float32).reshape(-1)
+            if op == "mul" and "weight" not in prev.params:
+                prev.params["weight"] = c_flat
+                prev.kw.pop("affine", None)
+                self.alias[out] = data
+                self.group_shapes[out] = self.group_shapes[data]
+                return
+            if op == "add" and "weight" in prev.params and "bias" not in prev.params:
+                prev.params["bias"] = c_flat
+                self.alias[out] = data
+                return
         if op == "add" and prev is not None and prev.op == "dense" and "bias" not in \
                 prev.params and self.uses[data] == 1 and c.size in (1, prev.args[0]):
             prev.params["bias"] = np.broadcast_to(c.reshape(-1) if c.size > 1 else c.reshape(
@@ -774,6 +818,15 @@ class _Translator:
 
     def _Reshape(self, node, a, ins, out, path, where):
         shape = self.const(ins[1])
+        c = self.const(ins[0])
+        if c is not None and shape is not None and 0 not in shape:   # folded
+            self.consts[out] = c.reshape([int(v) for v in shape])
+            return
+        if ins[0] in self.group_shapes and self.shapes.get(out) == \
+                self.group_shapes[ins[0]]:   # a groupnorm's reshape back to [N, C, ...]
+            self.alias[out] = ins[0]
+            self.group_shapes[out] = self.group_shapes[ins[0]]
+            return
         src = self.shapes.get(ins[0]) or []
         rank_in = len(src)
         want = self.shapes.get(out)

@@ -243,9 +243,11 @@ def lower_matmul(r: KernelBuilder, grp: Group) -> None:
 
 # -- layernorm -----------------------------------------------------------------------------
 
-def _ln_stats(r: KernelBuilder, x: Node, nodes: list[Node]) -> tuple[str, str, int, int]:
-    """Scratch mean and (biased) variance of every row of x (one per row and sample)."""
-    d = x.type.shape[-1]
+def _ln_stats(r: KernelBuilder, x: Node, nodes: list[Node],
+              rows: int | None = None) -> tuple[str, str, int, int]:
+    """Scratch mean and (biased) variance of every row of x (one per row and sample): the
+    last axis (layernorm), or `rows` contiguous runs of each sample (groupnorm's groups)."""
+    d = x.type.shape[-1] if rows is None else x.type.size // rows
     rows = x.type.size // d
     stat_t = TensorType((rows,), batched=True)
     mean, var = r.new_scratch(rows, True), r.new_scratch(rows, True)
@@ -334,3 +336,91 @@ def lower_layernorm_grad_weight(r: KernelBuilder, grp: Group) -> None:
     r.emit_reduce(grp.name, grp.nodes, r.key(n), n.type,
                   {r.key(dy): ctype, r.key(x): ctype, mean: ctype, var: ctype},
                   f"((long long)N * {rows})", [], term, acc="double")
+
+
+# -- groupnorm (and instancenorm: a group per channel) ---------------------------------------
+# A group's channels are contiguous in NCHW memory, so a group is a row of C/G * positions
+# elements and the row statistics of layernorm serve; the affine parameters are per channel.
+
+def _group(n: Node) -> tuple[int, int, int]:
+    """(groups, channels per group, positions per channel) of a groupnorm node's input."""
+    x = n.inputs[0] if n.op in ("groupnorm", "instancenorm") else n.inputs[1]
+    c = x.type.shape[0]
+    g = n.attrs["groups"]
+    return g, c // g, math.prod(x.type.shape[1:])
+
+
+def _lower_groupnorm(r: KernelBuilder, grp: Group) -> None:
+    n = grp.anchor
+    x = n.inputs[0]
+    g, cg, per = _group(n)
+    mean, var, rows, d = _ln_stats(r, x, [n], rows=g)
+    ctype = "const float*"
+    inputs = {r.key(x): ctype, mean: ctype, var: ctype}
+    body = [f"long long row = (long long)n * {g} + o0 / {cg};",
+            f"float v = ({_at(x.type, r.key(x), r.coords(n.type))} - {mean}[row]) * "
+            f"rsqrtf({var}[row] + {_f(n.attrs['eps'])});"]
+    if n.attrs["affine"]:
+        w, b = n.inputs[1:3]
+        inputs[r.key(w)] = inputs[r.key(b)] = ctype
+        body.append(f"v = v * {r.key(w)}[o0] + {r.key(b)}[o0];")
+    r.finish_map(grp, grp.name, inputs, body)
+
+
+lowers("groupnorm")(_lower_groupnorm)
+lowers("instancenorm")(_lower_groupnorm)
+
+
+@lowers("groupnorm_grad_input")
+def lower_groupnorm_grad_input(r: KernelBuilder, grp: Group) -> None:
+    n = grp.anchor
+    dy, x = n.inputs[:2]
+    w = n.inputs[2] if n.attrs["affine"] else None
+    eps = _f(n.attrs["eps"])
+    g, cg, per = _group(n)
+    mean, var, rows, d = _ln_stats(r, x, [n], rows=g)
+    ctype = "const float*"
+    stat_t = TensorType((rows,), batched=True)
+    # element r of group o0 is channel o0 * cg + r / per
+    wmul = f" * {r.key(w)}[o0 * {cg} + r / {per}]" if w is not None else ""
+    red_in = {r.key(dy): ctype, r.key(x): ctype, mean: ctype, var: ctype}
+    if w is not None:
+        red_in[r.key(w)] = ctype
+    off = f"(long long)n * {x.type.size} + (long long)o0 * {d} + r"
+    setup = [f"float mu = {mean}[(long long)n * {rows} + o0];",
+             f"float inv = rsqrtf({var}[(long long)n * {rows} + o0] + {eps});"]
+    sg, sgx = r.new_scratch(rows, True), r.new_scratch(rows, True)
+    r.emit_reduce(n.name + "_sg", [n], sg, stat_t, red_in, f"{d}", setup,
+                  [f"acc_v += (double){r.key(dy)}[{off}]{wmul};"], acc="double")
+    r.emit_reduce(n.name + "_sgx", [n], sgx, stat_t, red_in, f"{d}", setup,
+                  [f"acc_v += (double){r.key(dy)}[{off}]{wmul} * "
+                   f"(({r.key(x)}[{off}] - mu) * inv);"], acc="double")
+    inputs = dict(red_in)
+    inputs.update({sg: ctype, sgx: ctype})
+    coords = r.coords(n.type)
+    wv = f" * {r.key(w)}[o0]" if w is not None else ""
+    body = [f"long long row = (long long)n * {rows} + o0 / {cg};",
+            f"float inv = rsqrtf({var}[row] + {eps});",
+            f"float xh = ({_at(x.type, r.key(x), coords)} - {mean}[row]) * inv;",
+            f"float gr = {_at(dy.type, r.key(dy), coords)}{wv};",
+            f"float v = inv / {d}.0f * ({d}.0f * gr - {sg}[row] - xh * {sgx}[row]);"]
+    r.finish_map(grp, grp.name, inputs, body)
+
+
+@lowers("groupnorm_grad_weight")
+def lower_groupnorm_grad_weight(r: KernelBuilder, grp: Group) -> None:
+    """Per channel: the sum over batch and positions of dy * x_hat."""
+    n = grp.anchor
+    dy, x = n.inputs
+    g, cg, per = _group(n)
+    mean, var, rows, d = _ln_stats(r, x, [n], rows=g)
+    ctype = "const float*"
+    term = [f"long long nn = r / {per}; long long q = r % {per};",
+            f"long long at = nn * {x.type.size} + (long long)o0 * {per} + q;",
+            f"long long row = nn * {rows} + o0 / {cg};",
+            f"float xh = ({r.key(x)}[at] - {mean}[row]) * "
+            f"rsqrtf({var}[row] + {_f(n.attrs['eps'])});",
+            f"acc_v += (double){r.key(dy)}[at] * xh;"]
+    r.emit_reduce(grp.name, grp.nodes, r.key(n), n.type,
+                  {r.key(dy): ctype, r.key(x): ctype, mean: ctype, var: ctype},
+                  f"((long long)N * {per})", [], term, acc="double")

@@ -590,3 +590,112 @@ register(OpDef(
     forward=lambda xs, a, rt: (xs[0] * _ln_normalized(xs[1], a["eps"])).reshape(
         -1, xs[1].shape[-1]).sum(axis=0).astype(xs[1].dtype),
     user=False, doc="Weight gradient of layernorm: sum of dy * x_hat over batch and rows."))
+
+
+# -- groupnorm and instancenorm ----------------------------------------------------------
+
+def _gn_shape(ctx: ShapeCtx) -> TensorType:
+    x = ctx.x
+    if x.rank < 2:
+        raise ShapeError("E025", f"{ctx.op} needs [C, L], [C, H, W] or [C, D, H, W], got "
+                         f"{fmt_shape(x.shape)}",
+                         help="normalise a vector with `layernorm`")
+    c = x.shape[0]
+    if ctx.op == "instancenorm":
+        ctx.attrs["groups"] = c
+    g = ctx.attrs["groups"]
+    if c % g:
+        raise ShapeError("E024", f"groupnorm: {g} groups do not divide {c} channels",
+                         help="choose a number of groups that divides the channels")
+    return x
+
+
+def _gn_params(ins, a) -> dict[str, ParamSpec]:
+    c = ins[0].shape[0]
+    if not a["affine"]:
+        return {}
+    return {"weight": ParamSpec((c,), "ones"), "bias": ParamSpec((c,), "zeros")}
+
+
+def _gn_normalized(x: np.ndarray, groups: int, eps: float) -> np.ndarray:
+    xs = x.reshape(x.shape[0], groups, -1)
+    mu = xs.mean(axis=2, keepdims=True)
+    var = ((xs - mu) ** 2).mean(axis=2, keepdims=True)
+    return ((xs - mu) / np.sqrt(var + x.dtype.type(eps))).reshape(x.shape)
+
+
+def _per_channel(v: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return v.reshape((1, -1) + (1,) * (x.ndim - 2))
+
+
+def _gn_forward(xs, a, rt):
+    x = xs[0]
+    y = _gn_normalized(x, a["groups"], a["eps"])
+    if a["affine"]:
+        y = y * _per_channel(xs[1], x) + _per_channel(xs[2], x)
+    return y.astype(x.dtype)
+
+
+def _gn_vjp(b, node, dy):
+    at = node.attrs
+    x = node.inputs[0]
+    kw = {"groups": at["groups"], "eps": at["eps"]}
+    ins = [dy, x] + ([node.inputs[1]] if at["affine"] else [])
+    grads = [b.emit("groupnorm_grad_input", ins, affine=at["affine"], **kw)]
+    if at["affine"]:
+        grads += [b.emit("groupnorm_grad_weight", [dy, x], **kw), b.emit("bias_grad", [dy])]
+    return grads
+
+
+def _gn_grad_input(xs, a, rt):
+    dy, x = xs[0], xs[1]
+    g = dy * _per_channel(xs[2], x) if a["affine"] else dy
+    n, groups = x.shape[0], a["groups"]
+    gs = g.reshape(n, groups, -1)
+    xs_ = x.reshape(n, groups, -1)
+    d = xs_.shape[2]
+    mu = xs_.mean(axis=2, keepdims=True)
+    var = ((xs_ - mu) ** 2).mean(axis=2, keepdims=True)
+    inv = 1 / np.sqrt(var + x.dtype.type(a["eps"]))
+    xh = (xs_ - mu) * inv
+    out = inv / d * (d * gs - gs.sum(axis=2, keepdims=True)
+                     - xh * (gs * xh).sum(axis=2, keepdims=True))
+    return out.reshape(x.shape).astype(x.dtype)
+
+
+def _gn_grad_weight(xs, a, rt):
+    dy, x = xs
+    prod = dy * _gn_normalized(x, a["groups"], a["eps"])
+    return prod.sum(axis=(0,) + tuple(range(2, x.ndim))).astype(x.dtype)
+
+
+GN_DOC = ("statistics over each sample's group of C / groups channels and all positions, "
+          "then weight and bias per channel; as nn.GroupNorm, independent of the batch")
+
+register(OpDef(
+    name="groupnorm", attrs=(Attr("groups", "int", minimum=1), Attr("eps", "float", 1e-5,
+                                                                     minimum=0.0),
+                             Attr("affine", "bool", True)),
+    shape=_gn_shape, kind=FusionKind.OPAQUE, params=_gn_params, param_roles=_ln_roles,
+    forward=_gn_forward, vjp=_gn_vjp, color="#d9ead3", example="groupnorm(8)",
+    doc="Group normalisation (Wu and He, 2018): " + GN_DOC + "."))
+
+register(OpDef(
+    name="instancenorm", attrs=(Attr("eps", "float", 1e-5, minimum=0.0),
+                                Attr("affine", "bool", False)),
+    shape=_gn_shape, kind=FusionKind.OPAQUE, params=_gn_params, param_roles=_ln_roles,
+    forward=_gn_forward, vjp=_gn_vjp, color="#d9ead3",
+    doc="Instance normalisation: groupnorm with one group per channel; as "
+        "nn.InstanceNorm2d (no learned weight by default, no running statistics)."))
+
+register(OpDef(
+    name="groupnorm_grad_input", attrs=(Attr("groups", "int"), Attr("eps", "float"),
+                                        Attr("affine", "bool")),
+    shape=lambda ctx: ctx.inputs[1], kind=FusionKind.OPAQUE, min_inputs=2, max_inputs=3,
+    forward=_gn_grad_input, user=False, doc="Input gradient of groupnorm (dy, x[, weight])."))
+
+register(OpDef(
+    name="groupnorm_grad_weight", attrs=(Attr("groups", "int"), Attr("eps", "float")),
+    shape=lambda ctx: TensorType((ctx.inputs[1].shape[0],), batched=False),
+    kind=FusionKind.OPAQUE, min_inputs=2, max_inputs=2, forward=_gn_grad_weight,
+    user=False, doc="Weight gradient of groupnorm: sum of dy * x_hat per channel."))

@@ -58,6 +58,8 @@ network coverage {
     output tok = s -> permute([1, 0]) -> layernorm(affine = false) -> dense(4, bias = false)
                    -> log_softmax(axis = -1) -> mean(1)
     output gram = matmul(s, s, trans_a = true) -> softmax(axis = -1) -> reshape([4, -1])
+    output norms = x -> groupnorm(2) -> instancenorm -> groupnorm(4, affine = false)
+                     -> instancenorm(affine = true)
 }
 """
 

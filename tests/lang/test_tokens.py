@@ -100,3 +100,16 @@ def test_bad_param_declarations():
     assert "`zeros` takes no arguments" in text
     text = err("    param pos: [16, 8] = normal(-1)\n    output y = add(t, pos)")
     assert "`normal` needs a non-negative number, got `-1`" in text
+
+
+def test_groupnorm_groups_must_divide_the_channels():
+    text = check_err("network n {\n    input image: [6, 4, 4]\n"
+                     "    output y = image -> groupnorm(4)\n}")
+    assert "error[E024]: groupnorm: 4 groups do not divide 6 channels" in text
+    text = check_err("network n {\n    input v: [6]\n    output y = v -> instancenorm\n}")
+    assert "error[E025]: instancenorm needs [C, L], [C, H, W] or [C, D, H, W], got [6]" in text
+    assert "`layernorm`" in text
+    n = netlang.loads("network n {\n    input image: [6, 4, 4]\n"
+                      "    output y = image -> groupnorm(3) -> instancenorm\n}")
+    assert n.params["y.groupnorm0.weight"].shape == (6,)
+    assert not any("instancenorm" in k for k in n.params)   # affine=false by default

@@ -56,6 +56,10 @@ CASES = [
     ("layernorm", [(3, 5)], dict(eps=1e-5, affine=True)),
     ("layernorm", [(2, 3, 4)], dict(eps=1e-3, affine=False)),
     ("layernorm", [(6,)], dict(eps=1e-5, affine=True)),
+    ("groupnorm", [(6, 3, 2)], dict(groups=3, eps=1e-5, affine=True)),
+    ("groupnorm", [(4, 5)], dict(groups=1, eps=1e-3, affine=False)),
+    ("instancenorm", [(3, 2, 2, 3)], dict(eps=1e-5, affine=True)),
+    ("instancenorm", [(2, 5, 4)], dict(eps=1e-5, affine=False)),
     ("batchnorm", [(3, 4, 5)], dict(eps=1e-5, momentum=0.1, affine=True, training=True)),
     ("batchnorm", [(3, 4, 5)], dict(eps=1e-5, momentum=0.1, affine=True, training=False)),
     ("batchnorm", [(5,)], dict(eps=1e-3, momentum=0.1, affine=False, training=True)),
@@ -221,6 +225,16 @@ def _reference(op, xs, params, a):
         x = np.swapaxes(x, -1, -2) if a["trans_a"] else x
         w = np.swapaxes(w, -1, -2) if a["trans_b"] else w
         return np.einsum("...ik,...kj->...ij", x, w)
+    if op in ("groupnorm", "instancenorm"):
+        x = xs[0]
+        g = x.shape[1] if op == "instancenorm" else a["groups"]
+        xg = x.reshape(x.shape[0], g, -1)
+        y = ((xg - xg.mean(axis=2, keepdims=True))
+             / np.sqrt(xg.var(axis=2, keepdims=True) + a["eps"])).reshape(x.shape)
+        if not a["affine"]:
+            return y
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return y * params[0].reshape(shape) + params[1].reshape(shape)
     if op == "layernorm":
         x = xs[0]
         mu = x.mean(axis=-1, keepdims=True)
