@@ -149,8 +149,8 @@ def _spatial_choices(shape):
             "avgpool", "avgpool", "upsample", "batchnorm", "relu", "leaky_relu", "sigmoid",
             "gelu", "silu", "elu", "softplus",
             "tanh", "softmax", "dropout", "crop", "pad", "flatten", "global_avgpool", "add",
-            "concat", "mul", "layernorm", "groupnorm", "permute", "softmax_axis", "log_softmax", "mean",
-            "reshape"]
+            "concat", "mul", "layernorm", "groupnorm", "permute", "softmax_axis", "log_softmax",
+            "mean", "reshape"]
 
 
 @st.composite
