@@ -22,8 +22,8 @@ import numpy as np
 from netlang.diagnostics import error
 
 OPSET = 17
-TRAINING_ONLY = {"mse", "cross_entropy", "bce", "bce_logits", "dice", "sum", "sum_to",
-                 "constant", "broadcast_like", "dropout_mask"}
+TRAINING_ONLY = {"mse", "l1", "smooth_l1", "nll", "cross_entropy", "bce", "bce_logits", "dice",
+                 "sum", "sum_to", "constant", "broadcast_like", "dropout_mask"}
 
 
 @dataclass

@@ -10,7 +10,7 @@ from netlang.ir.types import TensorType
 from netlang.kernels.builder import KernelBuilder, _at, _f
 from netlang.kernels.registry import lowers
 from netlang.ir.fusion import Group
-from netlang.ops.loss import BCE_GRAD_EPS, BCE_LOG_FLOOR, DICE_SMOOTH
+from netlang.ops.loss import BCE_GRAD_EPS, BCE_LOG_FLOOR, DICE_SMOOTH, SMOOTH_L1_BETA
 
 # The constants of ops/loss.py, as C literals (one definition for NumPy and the kernels).
 FLOOR = repr(BCE_LOG_FLOOR)          # used in double arithmetic
@@ -34,6 +34,43 @@ def _elementwise_loss(r: KernelBuilder, grp: Group, term: list[str]) -> None:
 @lowers("mse")
 def lower_mse(r: KernelBuilder, grp: Group) -> None:
     _elementwise_loss(r, grp, ["float dd = {p}[r] - {t}[r];", "acc_v += (double)dd * dd;"])
+
+
+@lowers("l1")
+def lower_l1(r: KernelBuilder, grp: Group) -> None:
+    _elementwise_loss(r, grp, ["acc_v += fabs((double){p}[r] - {t}[r]);"])
+
+
+@lowers("smooth_l1")
+def lower_smooth_l1(r: KernelBuilder, grp: Group) -> None:
+    b = repr(float(SMOOTH_L1_BETA))
+    _elementwise_loss(r, grp, ["double dd = fabs((double){p}[r] - {t}[r]);",
+                               f"acc_v += dd < {b} ? 0.5 * dd * dd / {b} : dd - 0.5 * {b};"])
+
+
+@lowers("nll")
+def lower_nll(r: KernelBuilder, grp: Group) -> None:
+    z, t = grp.anchor.inputs
+    per = math.prod(z.type.shape[1:])
+    term = [f"int nn = (int)(r / {per}); long long pos = r % {per};",
+            f"int tc = (int){r.key(t)}[(long long)nn * {per} + pos];",
+            f"acc_v -= {r.key(z)}[(long long)nn * {z.type.size} + (long long)tc * {per} + pos];"]
+    _loss_reduce(r, grp, term, f"(long long)N * {per}",
+                 {r.key(z): "const float*", r.key(t): "const long long*"})
+
+
+@lowers("nll_grad")
+def lower_nll_grad(r: KernelBuilder, grp: Group) -> None:
+    n = grp.anchor
+    z, t, g = n.inputs
+    per = math.prod(z.type.shape[1:])
+    rest = " + ".join(f"o{j + 1} * {math.prod(z.type.shape[j + 2:])}"
+                      for j in range(z.type.rank - 1)) or "0"
+    body = [f"long long pos = {rest};",
+            f"int tc = (int){r.key(t)}[(long long)n * {per} + pos];",
+            f"float v = tc == o0 ? -{r.key(g)}[0] / (float)((long long)N * {per}) : 0.0f;"]
+    r.finish_map(grp, grp.name, {r.key(t): "const long long*", r.key(g): "const float*"},
+                 body)
 
 
 @lowers("bce")
@@ -137,6 +174,18 @@ def _pointwise_loss_grad(r: KernelBuilder, grp: Group, expr: str) -> None:
 @lowers("mse_grad")
 def lower_mse_grad(r: KernelBuilder, grp: Group) -> None:
     _pointwise_loss_grad(r, grp, "2.0f * (pp - tt)")
+
+
+@lowers("l1_grad")
+def lower_l1_grad(r: KernelBuilder, grp: Group) -> None:
+    _pointwise_loss_grad(r, grp, "(pp > tt ? 1.0f : (pp < tt ? -1.0f : 0.0f))")
+
+
+@lowers("smooth_l1_grad")
+def lower_smooth_l1_grad(r: KernelBuilder, grp: Group) -> None:
+    b = _f(SMOOTH_L1_BETA)
+    _pointwise_loss_grad(r, grp, f"(fabsf(pp - tt) < {b} ? (pp - tt) / {b} : "
+                                 "(pp > tt ? 1.0f : -1.0f))")
 
 
 @lowers("bce_grad")

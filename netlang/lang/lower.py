@@ -39,7 +39,7 @@ MAX_NODES = 100_000
 # The names a call may have that are not layers: arithmetic on numbers, and the losses
 # (which belong in the train section).
 NUMBER_FUNCTIONS = {"min": min, "max": max}
-LOSSES = ("mse", "bce", "bce_logits", "dice", "cross_entropy")
+LOSSES = ("mse", "l1", "smooth_l1", "bce", "bce_logits", "dice", "cross_entropy", "nll")
 NUMERIC_KINDS = ("int", "float", "ints", "size", "floats")
 MAX_BLOCK_DEPTH = 50   # blocks calling blocks; each level costs Python stack
 

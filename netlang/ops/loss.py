@@ -1,4 +1,5 @@
-"""Losses: mse, cross_entropy (logits, log-sum-exp), bce (and its stable logits form), dice.
+"""Losses: mse, l1, smooth_l1, cross_entropy (logits, log-sum-exp), nll (log-probabilities),
+bce (and its stable logits form), dice.
 
 A loss takes (prediction, target) and returns a scalar, averaged over the batch (and
 pixels). Its VJP takes the incoming scalar gradient as a third input. The simplify pass
@@ -20,9 +21,14 @@ BCE_LOG_FLOOR = -100.0     # log(p) is clamped here, as PyTorch's BCELoss does
 BCE_GRAD_EPS = 1e-12       # p (1 - p) in bce's gradient is clamped here
 
 
+CLASS_LOSSES = ("cross_entropy", "nll")   # they read class indices
+SMOOTH_L1_BETA = 1.0                       # PyTorch's default: Huber loss with delta 1
+
+
 def target_type(op: str, pred: TensorType) -> TensorType:
-    """The target a loss expects for a prediction: class indices for cross_entropy."""
-    if op == "cross_entropy":
+    """The target a loss expects for a prediction: class indices for cross_entropy and
+    nll."""
+    if op in CLASS_LOSSES:
         return TensorType(pred.shape[1:], pred.batched, dtype="int64")
     return pred
 
@@ -35,8 +41,8 @@ def _loss_shape(ctx: ShapeCtx) -> TensorType:
         raise ShapeError("E031", f"{ctx.op}: target {fmt_shape(tgt.shape)} does not fit the "
                          f"prediction {fmt_shape(pred.shape)}",
                          help=f"the target must hold {what} of shape {fmt_shape(want.shape)}")
-    if ctx.op.startswith("cross_entropy") and pred.rank < 1:
-        raise ShapeError("E025", "cross_entropy needs a prediction with a class axis")
+    if ctx.op.startswith(CLASS_LOSSES) and pred.rank < 1:
+        raise ShapeError("E025", f"{ctx.op} needs a prediction with a class axis")
     return SCALAR
 
 
@@ -70,6 +76,38 @@ def _mse_grad(xs, a, rt):
 _loss("mse", _mse, _mse_grad, "Mean squared error.")
 
 
+def _l1(xs, a, rt):
+    p, t = xs
+    return np.asarray(np.mean(np.abs(p - t), dtype=np.float64), dtype=p.dtype)
+
+
+def _l1_grad(xs, a, rt):
+    p, t, g = xs
+    return np.sign(p - t) * (g / p.size)
+
+
+_loss("l1", _l1, _l1_grad, "Mean absolute error (the gradient at p = t is 0, as PyTorch).")
+
+
+def _smooth_l1(xs, a, rt):
+    p, t = xs
+    d = np.abs(p.astype(np.float64) - t)
+    b = SMOOTH_L1_BETA
+    return np.asarray(np.mean(np.where(d < b, 0.5 * d * d / b, d - 0.5 * b)), dtype=p.dtype)
+
+
+def _smooth_l1_grad(xs, a, rt):
+    p, t, g = xs
+    d = p - t
+    b = p.dtype.type(SMOOTH_L1_BETA)
+    return np.where(np.abs(d) < b, d / b, np.sign(d)) * (g / p.size)
+
+
+_loss("smooth_l1", _smooth_l1, _smooth_l1_grad,
+      "Smooth L1 (Huber with delta 1, beta 1 as PyTorch's default): 0.5 d^2 where |d| < 1, "
+      "|d| - 0.5 elsewhere, averaged.")
+
+
 def _log_softmax(z: np.ndarray) -> np.ndarray:
     m = z.max(axis=1, keepdims=True)
     return z - m - np.log(np.exp(z - m).sum(axis=1, keepdims=True))
@@ -99,6 +137,24 @@ def _ce_grad(xs, a, rt):
     count = p.size // p.shape[1]
     return (p - onehot) * (g / count)
 
+
+def _nll(xs, a, rt):
+    z, t = xs
+    _check_classes(z, t)
+    return np.asarray(-np.mean(_take_class(z, t), dtype=np.float64), dtype=z.dtype)
+
+
+def _nll_grad(xs, a, rt):
+    z, t, g = xs
+    out = np.zeros_like(z)
+    np.put_along_axis(out, t.astype(np.int64)[:, None], -1, axis=1)
+    count = z.size // z.shape[1]
+    return out * (g / count)
+
+
+_loss("nll", _nll, _nll_grad,
+      "Negative log-likelihood of log-probabilities (a `log_softmax` output) against class "
+      "indices: -mean(z[t]).")
 
 _loss("cross_entropy", _ce, _ce_grad,
       "Cross-entropy of logits against class indices (log-sum-exp, stable). Fed by a "
@@ -170,4 +226,4 @@ _loss("dice", _dice, _dice_grad,
       "sums over the batch and all pixels.")
 
 
-LOSSES = ("mse", "cross_entropy", "bce", "dice")
+LOSSES = ("mse", "l1", "smooth_l1", "cross_entropy", "nll", "bce", "dice")

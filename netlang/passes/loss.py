@@ -24,7 +24,7 @@ class LossTerm:
     them from the loss text)."""
 
     weight: float
-    op: str            # mse | cross_entropy | bce | dice
+    op: str            # mse | l1 | smooth_l1 | cross_entropy | nll | bce | dice
     pred: str          # a network output
     target: str        # a target name supplied by the data
 

@@ -145,15 +145,15 @@ def maximized(name: str) -> bool:
 
 
 def task_of(net, terms=()) -> str:
-    """The task, from the loss's first term and the output it reads: regression (mse),
-    classification (cross_entropy of a flat output), binary (bce or dice of a flat
-    output), segmentation (a spatial output)."""
+    """The task, from the loss's first term and the output it reads: regression (mse, l1,
+    smooth_l1), classification (cross_entropy or nll of a flat output), binary (bce or dice
+    of a flat output), segmentation (a spatial output)."""
     if terms:
         out, op = net.outputs[terms[0].pred], terms[0].op
     else:
         out, op = next(iter(net.outputs.values())), "cross_entropy"
-    if op == "mse":
+    if op in ("mse", "l1", "smooth_l1"):
         return "regression"
     if out.rank == 1:
-        return "classification" if op == "cross_entropy" else "binary"
+        return "classification" if op in ("cross_entropy", "nll") else "binary"
     return "segmentation"

@@ -114,11 +114,16 @@ CASES = [
     ("mse", [(3, 4)], {}),
     ("cross_entropy", [(4,)], {}),
     ("cross_entropy", [(4, 3, 3)], {}),
+    ("nll", [(4,)], {}),
+    ("nll", [(3, 2, 2)], {}),
+    ("l1", [(3, 4)], {}),
+    ("smooth_l1", [(3, 4)], {}),
     ("bce", [(1, 4, 4)], {}),
     ("bce_logits", [(1, 4, 4)], {}),
     ("dice", [(2, 4, 4)], {}),
 ]
-LOSSES = {"mse", "cross_entropy", "bce", "bce_logits", "dice"}
+LOSSES = {"mse", "l1", "smooth_l1", "cross_entropy", "nll", "bce", "bce_logits", "dice"}
+CLASSES = ("cross_entropy", "nll")
 
 
 def build(op: str, shapes, attrs, rng):
@@ -137,13 +142,13 @@ def build(op: str, shapes, attrs, rng):
             feeds[x.id] = rng.uniform(0.05, 0.95, (N,) + s)
     if op in LOSSES:
         pred = xs[0]
-        tshape = pred.type.shape[1:] if op == "cross_entropy" else pred.type.shape
-        dtype = "int64" if op == "cross_entropy" else "float32"
+        tshape = pred.type.shape[1:] if op in CLASSES else pred.type.shape
+        dtype = "int64" if op in CLASSES else "float32"
         t = g.add("input", [], {"shape": tshape}, name="target",
                   type=TensorType(tshape, dtype=dtype))
         g.targets["target"] = t
         feeds[t.id] = (rng.integers(0, pred.type.shape[0], (N,) + tshape)
-                       if op == "cross_entropy" else rng.uniform(0, 1, (N,) + tshape))
+                       if op in CLASSES else rng.uniform(0, 1, (N,) + tshape))
         xs.append(t)
     params = [g.add("param", [], {"role": r}, name=f"y.{r}") for r in opdef.roles(full)]
     y = g.add(op, xs + params, full, name="y")
@@ -278,6 +283,13 @@ def _reference(op, xs, params, a):
     p, t = xs[0], xs[1]
     if op == "mse":
         return ((p - t) ** 2).mean()
+    if op == "l1":
+        return np.abs(p - t).mean()
+    if op == "smooth_l1":
+        d = np.abs(p - t)
+        return np.where(d < 1, 0.5 * d * d, d - 0.5).mean()
+    if op == "nll":
+        return -np.take_along_axis(p, t[:, None], axis=1).mean()
     if op == "cross_entropy":
         logp = np.log(ref.softmax(p))
         return -np.take_along_axis(logp, t[:, None], axis=1).mean()
