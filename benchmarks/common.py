@@ -10,6 +10,7 @@ NETS = {
                    "bce(mask, target) + dice(mask, target)"),
     "resnet18_cifar": ("resnet18.net", "resnet18_cifar", {}, 32,
                        "cross_entropy(logits, label)"),
+    "vit_tiny": ("vit_tiny.net", None, {}, 32, "cross_entropy(logits, label)"),
 }
 
 

@@ -97,6 +97,17 @@ class ParamDecl:
 
 
 @dataclass(frozen=True)
+class IfStmt:
+    """`if cond { ... } else { ... }`: `op` is None for a bare condition (`if bn`)."""
+    left: Expr
+    op: str | None
+    right: Expr | None
+    then: tuple["Stmt", ...]
+    orelse: tuple["Stmt", ...]
+    span: SourceSpan
+
+
+@dataclass(frozen=True)
 class BlockInputs:
     names: tuple[str, ...]
     span: SourceSpan
@@ -135,7 +146,8 @@ class ExprStmt:
     span: SourceSpan
 
 
-Stmt = InputDecl | ParamDecl | BlockInputs | Output | Return | Assign | AssertShape | ExprStmt
+Stmt = (InputDecl | ParamDecl | IfStmt | BlockInputs | Output | Return | Assign | AssertShape
+        | ExprStmt)
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,7 @@ class Lowerer:
 
     # -- statements ----------------------------------------------------------------------
     def _run_body(self, body: tuple[ast.Stmt, ...], scope: Scope, is_block: bool) -> Value | None:
+        body = self._choose_branches(body, scope)
         for stmt in body:
             if isinstance(stmt, ast.InputDecl):
                 if is_block:
@@ -218,6 +219,58 @@ class Lowerer:
                               span=stmt.span, type=TensorType(tuple(dims)))
         self.graph.inputs[stmt.name] = node
         scope.values[stmt.name] = Tensor(node)
+
+    def _choose_branches(self, body: tuple[ast.Stmt, ...], scope: Scope) -> tuple[ast.Stmt, ...]:
+        """The body with each `if` replaced by the statements of the branch its condition
+        picks. Conditions read parameters only (they are decided before any value of the
+        body exists), so the chosen statements take part in ordering like any others."""
+        out: list[ast.Stmt] = []
+        for stmt in body:
+            if isinstance(stmt, ast.IfStmt):
+                local = {_defines(x) or getattr(x, "name", None) for x in body}
+                branch = stmt.then if self._condition(stmt, scope, local) else stmt.orelse
+                out += self._choose_branches(branch, scope)
+            else:
+                out.append(stmt)
+        return tuple(out)
+
+    def _condition(self, stmt: ast.IfStmt, scope: Scope, local: set) -> bool:
+        def value(e: ast.Expr):
+            if isinstance(e, ast.Name) and e.id in local and e.id not in scope.values:
+                raise error("E012", f"a condition reads parameters; `{e.id}` is a value of "
+                            "the body", e.span,
+                            help="pass a flag to the block: `block b(c, bn = true)` and "
+                                 "`if bn { ... }`")
+            v = self.eval(e, scope)
+            if isinstance(v, Symbol) and v.name in ("true", "false"):
+                return v.name == "true"
+            if isinstance(v, Symbol):
+                if isinstance(e, ast.Name) and stmt.op in ("==", "!="):
+                    return v   # a bare word compared with a parameter: `mode == bilinear`
+                raise self._undefined(v.name, e.span, scope)
+            if isinstance(v, Tensor):   # a block's input
+                raise error("E012", "a condition reads parameters, not tensors", e.span,
+                            help="pass a flag to the block: `block b(c, bn = true)` and "
+                                 "`if bn { ... }`")
+            if isinstance(v, list) or isinstance(v, str):
+                raise error("E012", f"a condition is a number or `true`/`false`, got "
+                            f"{_show(v)}", e.span)
+            return v
+
+        left = value(stmt.left)
+        if stmt.op is None:
+            if isinstance(left, Symbol):
+                raise self._undefined(left.name, stmt.left.span, scope)
+            return bool(left)
+        right = value(stmt.right)
+        if stmt.op in ("==", "!="):
+            same = (left.name if isinstance(left, Symbol) else left) == \
+                (right.name if isinstance(right, Symbol) else right)
+            return same if stmt.op == "==" else not same
+        if isinstance(left, (bool, Symbol)) or isinstance(right, (bool, Symbol)):
+            raise error("E012", f"`{stmt.op}` compares numbers", stmt.span)
+        return {"<": left < right, ">": left > right, "<=": left <= right,
+                ">=": left >= right}[stmt.op]
 
     def _declare_param(self, stmt: ast.ParamDecl, scope: Scope) -> Tensor:
         """A learned tensor of the given shape (no batch axis), initialised by

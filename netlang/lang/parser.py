@@ -17,7 +17,8 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from netlang.diagnostics import NetlangError, SourceSpan, did_you_mean, error
 from netlang.lang import ast
 
-KEYWORDS = ("import", "block", "network", "train", "input", "output", "return", "repeat", "as")
+KEYWORDS = ("import", "block", "network", "train", "input", "output", "return", "repeat", "as",
+            "param", "if", "else")
 TOP_LEVEL = ("import", "block", "network", "train")
 _CLOSERS = {"(": ")", "[": "]", "{": "}"}
 _TOKEN_TEXT = {
@@ -141,6 +142,20 @@ class _ToAst(Transformer_NonRecursive):   # iterative: deep trees need no deep s
     @v_args(meta=True)
     def param_decl(self, meta, children):
         return ast.ParamDecl(str(children[0]), children[1], children[2], self._s(meta))
+
+    def body(self, children):
+        return tuple(children)
+
+    def cond(self, children):
+        left, op, right = children
+        return (left, str(op) if op is not None else None, right)
+
+    @v_args(meta=True)
+    def if_stmt(self, meta, children):
+        (left, op, right), then, orelse = children
+        if isinstance(orelse, ast.IfStmt):
+            orelse = (orelse,)
+        return ast.IfStmt(left, op, right, then, orelse or (), self._s(meta))
 
     @v_args(meta=True)
     def block_inputs(self, meta, children):

@@ -187,3 +187,46 @@ def test_an_unused_network_parameter_warns():
     assert [w.code for w in net.warnings] == ["W003"]
     assert "network parameter `depth` is never used" in net.warnings[0].message
     assert net.warnings[0].span.line == 1
+
+
+COND = """
+block conv_bn(c, bn = true, act = relu) {
+    y = conv(c, 3, pad=1, bias=false)
+    if bn {
+        z = y -> batchnorm
+    } else {
+        z = y -> scale(1.0)
+    }
+    if act == relu { z -> relu } else if act == gelu { z -> gelu } else { z }
+}
+network n(depth = 2) {
+    input x: [3, 8, 8]
+    a = x -> conv_bn(4) -> conv_bn(4, bn = false, act = gelu) -> conv_bn(4, act = none)
+    if depth > 1 {
+        output y = a -> conv(2, 1)
+    } else {
+        output y = a
+    }
+}
+"""
+
+
+def test_if_else_on_parameters():
+    net = netlang.loads(COND)
+    ops = [n.op for n in net.graph.nodes]
+    assert ops.count("batchnorm") == 2 and ops.count("gelu") == 1 and ops.count("relu") == 1
+    assert net.outputs["y"].shape == (2, 8, 8)
+    assert netlang.loads(COND, params={"depth": 1}).outputs["y"].shape == (4, 8, 8)
+
+
+def test_if_errors():
+    text = check_err("network n {\n    input x: [4]\n    c = 2\n    if c > 1 { output y = x }\n}")
+    assert "error[E012]: a condition reads parameters; `c` is a value of the body" in text
+    assert "`if bn { ... }`" in text
+    text = check_err("block b() {\n    input x\n    if x { return x }\n}\n"
+                     "network n {\n    input v: [4]\n    output y = v -> b\n}")
+    assert "error[E012]: a condition reads parameters, not tensors" in text
+    text = check_err("network n {\n    input x: [4]\n    if flag { output y = x }\n}")
+    assert "error[E014]: `flag` is not defined" in text
+    text = check_err("network n(f = true) {\n    input x: [4]\n    if f < 2 { output y = x }\n}")
+    assert "error[E012]: `<` compares numbers" in text
