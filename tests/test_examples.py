@@ -3,6 +3,7 @@ twin (built from torch.nn Lazy* layers) layer by layer."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import netlang
@@ -64,3 +65,28 @@ def test_example_matches_pytorch_layer_by_layer(path, name, torch_mod):
                      for k, b in twin.named_buffers() if "running" in k}
     ours = {k: t.shape for k, t in net.params.items() if "running" in k}
     assert torch_buffers == ours
+
+
+def test_se_resnet18_matches_pytorch_and_counts_its_gates(torch_mod):
+    """`--set se=true`: a squeeze-and-excitation gate (two dense layers, reduction 16) in
+    every basic block, the same shapes and parameter count as PyTorch's twin."""
+    torch = torch_mod
+    from tests.torch_ref import TorchTwin
+
+    plain = netlang.load(EXAMPLES / "resnet18.net", network="resnet18_cifar")
+    se = netlang.load(EXAMPLES / "resnet18.net", network="resnet18_cifar",
+                      params={"se": True})
+    # per block of c channels: dense(c // 16) and dense(c), with biases
+    gates = sum(2 * (c * (c // 16)) + c // 16 + c for c in (64, 64, 128, 128, 256, 256,
+                                                             512, 512))
+    assert se.param_count() == plain.param_count() + gates
+    twin = TorchTwin(se.graph)
+    x = torch.randn(2, 3, 32, 32)
+    twin.materialize({"image": x})
+    w = se.init(0)
+    twin.load_netlang(w)
+    twin.eval()
+    with torch.no_grad():
+        want = twin({"image": x})["logits"].numpy()
+    got = se.forward(w, {"image": x.numpy()})["logits"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
