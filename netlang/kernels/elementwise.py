@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 from netlang.ir.graph import Node
+from netlang.ir.types import TensorType
 from netlang.kernels.builder import KernelBuilder, _at, _decompose, _f, _strides
 from netlang.kernels.registry import expression, lowers
 from netlang.ir.fusion import Group
@@ -118,67 +119,98 @@ def lower_sum(r: KernelBuilder, grp: Group) -> None:
                      total, [], [f"acc_v += {r.key(x)}[r];"], acc="double")
 
 
-def _axis_index(r: KernelBuilder, x: Node, axis: int, var: str) -> str:
-    """x at the output coordinates, with coordinate `axis` replaced by `var`."""
-    coords = r.coords(x.type)
-    coords[axis] = f"({var})"
-    strides = [math.prod(x.type.shape[j + 1:]) for j in range(x.type.rank)]
-    inner = " + ".join(f"(long long){c} * {s}" for c, s in zip(coords, strides)) or "0"
-    return f"{r.key(x)}[(long long)n * {x.type.size} + {inner}]"
+def _rows_of(x: Node, axis: int) -> TensorType:
+    """The rows of a softmax along `axis`: x's shape without that axis."""
+    return TensorType(x.type.shape[:axis] + x.type.shape[axis + 1:], True)
+
+
+def _row_at(x: Node, axis: int, coords: list[str]) -> str:
+    """The row index (the coordinates other than `axis`, row-major) of an element."""
+    rest = x.type.shape[:axis] + x.type.shape[axis + 1:]
+    cs = coords[:axis] + coords[axis + 1:]
+    inner = " + ".join(f"(long long){c} * {math.prod(rest[j + 1:])}"
+                       for j, c in enumerate(cs)) or "0"
+    return f"(long long)n * {math.prod(rest)} + {inner}"
+
+
+def _per_row(r: KernelBuilder, grp: Group, label: str, x: Node, axis: int,
+             inputs: dict[str, str], body) -> str:
+    """A scratch value per row (one thread per row looping along the axis): `body(at)`
+    gives the lines computing `v` with `at(var)` the element at position var."""
+    rows = _rows_of(x, axis)
+    key = r.new_scratch(rows.size, True)
+    coords = r.coords(rows)
+    coords.insert(axis, "c")
+
+    def at(node: Node, var: str = "c") -> str:
+        cs = list(coords)
+        cs[axis] = var
+        strides = [math.prod(node.type.shape[j + 1:]) for j in range(node.type.rank)]
+        inner = " + ".join(f"(long long){c} * {st}" for c, st in zip(cs, strides))
+        return f"{r.key(node)}[(long long)n * {node.type.size} + {inner}]"
+
+    r.emit_map(grp.anchor.name + label, [grp.anchor], key, rows, inputs, body(at))
+    return key
+
+
+def _logsumexp_rows(r: KernelBuilder, grp: Group, x: Node, axis: int) -> str:
+    """Per row, m + log(sum(exp(x - m))) with m the row's maximum."""
+    c = x.type.shape[axis]
+    return _per_row(r, grp, "_logsumexp", x, axis, {r.key(x): "const float*"}, lambda at: [
+        "float m = -NL_INF;",
+        f"for (int c = 0; c < {c}; ++c) m = fmaxf(m, {at(x)});",
+        "float s = 0.0f;",
+        f"for (int c = 0; c < {c}; ++c) s += expf({at(x)} - m);",
+        "float v = m + logf(s);"])
+
+
+def _softmax_family(r: KernelBuilder, grp: Group, log: bool) -> None:
+    """Two passes: each row's log-sum-exp once, then every element from it (instead of
+    the row's max and sum again for every element)."""
+    n = grp.anchor
+    x = n.inputs[0]
+    ax = n.attrs["axis"]
+    lse = _logsumexp_rows(r, grp, x, ax)
+    coords = r.coords(n.type)
+    xv = _at(x.type, r.key(x), coords)
+    row = _row_at(x, ax, coords)
+    value = f"{xv} - {lse}[{row}]" if log else f"expf({xv} - {lse}[{row}])"
+    r.finish_map(grp, grp.name, {r.key(x): "const float*", lse: "const float*"},
+                 [f"float v = {value};"])
 
 
 @lowers("softmax")
 def lower_softmax(r: KernelBuilder, grp: Group) -> None:
-    n = grp.anchor
-    x = n.inputs[0]
-    ax = n.attrs["axis"]
-    c = x.type.shape[ax]
-    body = ["float m = -NL_INF;",
-            f"for (int c = 0; c < {c}; ++c) m = fmaxf(m, {_axis_index(r, x, ax, 'c')});",
-            "float s = 0.0f;",
-            f"for (int c = 0; c < {c}; ++c) s += expf({_axis_index(r, x, ax, 'c')} - m);",
-            f"float v = expf({_axis_index(r, x, ax, f'o{ax}')} - m) / s;"]
-    r.finish_map(grp, grp.name, {r.key(x): "const float*"}, body)
+    _softmax_family(r, grp, log=False)
 
 
 @lowers("log_softmax")
 def lower_log_softmax(r: KernelBuilder, grp: Group) -> None:
+    _softmax_family(r, grp, log=True)
+
+
+def _softmax_grad_family(r: KernelBuilder, grp: Group, log: bool) -> None:
+    """softmax: y (dy - sum(dy y)); log_softmax: dy - exp(y) sum(dy); the sums per row."""
     n = grp.anchor
-    x = n.inputs[0]
+    dy, y = n.inputs
     ax = n.attrs["axis"]
-    c = x.type.shape[ax]
-    body = ["float m = -NL_INF;",
-            f"for (int c = 0; c < {c}; ++c) m = fmaxf(m, {_axis_index(r, x, ax, 'c')});",
-            "float s = 0.0f;",
-            f"for (int c = 0; c < {c}; ++c) s += expf({_axis_index(r, x, ax, 'c')} - m);",
-            f"float v = {_axis_index(r, x, ax, f'o{ax}')} - m - logf(s);"]
-    r.finish_map(grp, grp.name, {r.key(x): "const float*"}, body)
+    c = y.type.shape[ax]
+    ins = {r.key(dy): "const float*", r.key(y): "const float*"}
+    term = (lambda at: f"{at(dy)}") if log else (lambda at: f"{at(dy)} * {at(y)}")
+    sums = _per_row(r, grp, "_rowsum", y, ax, dict(ins), lambda at: [
+        "float v = 0.0f;", f"for (int c = 0; c < {c}; ++c) v += {term(at)};"])
+    coords = r.coords(n.type)
+    dv, yv = _at(dy.type, r.key(dy), coords), _at(y.type, r.key(y), coords)
+    row = _row_at(y, ax, coords)
+    value = f"{dv} - expf({yv}) * {sums}[{row}]" if log else f"{yv} * ({dv} - {sums}[{row}])"
+    r.finish_map(grp, grp.name, dict(ins, **{sums: "const float*"}), [f"float v = {value};"])
 
 
 @lowers("softmax_grad")
 def lower_softmax_grad(r: KernelBuilder, grp: Group) -> None:
-    n = grp.anchor
-    dy, y = n.inputs
-    ax = n.attrs["axis"]
-    c = y.type.shape[ax]
-    body = ["float s = 0.0f;",
-            f"for (int c = 0; c < {c}; ++c) s += {_axis_index(r, dy, ax, 'c')} * "
-            f"{_axis_index(r, y, ax, 'c')};",
-            f"float v = {_axis_index(r, y, ax, f'o{ax}')} * "
-            f"({_axis_index(r, dy, ax, f'o{ax}')} - s);"]
-    r.finish_map(grp, grp.name, {r.key(dy): "const float*", r.key(y): "const float*"},
-                    body)
+    _softmax_grad_family(r, grp, log=False)
 
 
 @lowers("log_softmax_grad")
 def lower_log_softmax_grad(r: KernelBuilder, grp: Group) -> None:
-    n = grp.anchor
-    dy, y = n.inputs
-    ax = n.attrs["axis"]
-    c = y.type.shape[ax]
-    body = ["float s = 0.0f;",
-            f"for (int c = 0; c < {c}; ++c) s += {_axis_index(r, dy, ax, 'c')};",
-            f"float v = {_axis_index(r, dy, ax, f'o{ax}')} - "
-            f"expf({_axis_index(r, y, ax, f'o{ax}')}) * s;"]
-    r.finish_map(grp, grp.name, {r.key(dy): "const float*", r.key(y): "const float*"},
-                    body)
+    _softmax_grad_family(r, grp, log=True)
