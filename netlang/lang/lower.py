@@ -22,7 +22,7 @@ from typing import Any, Union
 
 from netlang.diagnostics import NetlangError, SourceSpan, did_you_mean, error, warning
 from netlang.ir.graph import Graph, Node, ShapeAssertion
-from netlang.ir.types import TensorType
+from netlang.ir.types import TensorType, fmt_shape
 from netlang.lang import ast
 from netlang.lang.imports import SourceTree
 from netlang.ops import registry
@@ -39,6 +39,7 @@ MAX_NODES = 100_000
 # The names a call may have that are not layers: arithmetic on numbers, and the losses
 # (which belong in the train section).
 NUMBER_FUNCTIONS = {"min": min, "max": max}
+SHAPE_FUNCTIONS = ("channels", "size")   # sizes of a value, while the network is built
 LOSSES = ("mse", "l1", "smooth_l1", "bce", "bce_logits", "dice", "cross_entropy", "nll")
 NUMERIC_KINDS = ("int", "float", "ints", "size", "floats")
 MAX_BLOCK_DEPTH = 50   # blocks calling blocks; each level costs Python stack
@@ -94,6 +95,7 @@ class Lowerer:
         self.prog = prog
         self.graph = Graph()
         self.block_stack: list[str] = []
+        self._types: dict[int, TensorType] = {}   # node id -> type, for `channels(x)`
 
     # -- entry point ---------------------------------------------------------------------
     def lower_network(self, net: ast.NetworkDef, overrides: dict[str, Value]) -> Graph:
@@ -540,6 +542,8 @@ class Lowerer:
             return self._call_op(ops[call.func], call, args, arg_spans, kwargs, scope)
         if call.func in NUMBER_FUNCTIONS and piped is None:
             return self._number_function(call, args, arg_spans, kwargs, scope)
+        if call.func in SHAPE_FUNCTIONS and piped is None:
+            return self._shape_function(call, args, arg_spans, kwargs, scope)
         hint = did_you_mean(call.func, list(ops) + list(self.prog.blocks))
         if call.func in LOSSES:
             raise error("E010", f"`{call.func}` is not a layer", call.name_span,
@@ -569,6 +573,50 @@ class Lowerer:
                             help="combine tensors with layers, e.g. `add(a, b)`"
                             if isinstance(v, Tensor) else None)
         return NUMBER_FUNCTIONS[call.func](args)
+
+    def _shape_function(self, call: ast.Call, args: list[Value], spans: list[SourceSpan],
+                        kwargs: dict, scope: Scope) -> int:
+        """`channels(x)` (axis 0 of a value, per sample) and `size(x, axis)`: sizes known
+        while the network is built, so a block can keep its input's channels."""
+        want = 1 if call.func == "channels" else 2
+        if kwargs or len(args) != want or not isinstance(args[0], Tensor):
+            for v, sp in zip(args, spans):
+                if isinstance(v, Symbol):
+                    raise self._undefined(v.name, sp, scope)
+            form = "channels(x)" if want == 1 else "size(x, 0)"
+            raise error("E013", f"`{call.func}` takes a value" +
+                        (" and an axis" if want == 2 else ""), call.span,
+                        help=f"for example `{form}` with `x` an input or a named value")
+        t = self._type_now(args[0].node)
+        axis = 0 if want == 1 else args[1]
+        if isinstance(axis, bool) or not isinstance(axis, int) or not -t.rank <= axis < t.rank:
+            raise error("E081", f"`{call.func}`: {_show(axis)} is not an axis of a "
+                        f"{fmt_shape(t.shape)} value", spans[-1],
+                        notes=["axes count from 0 after the batch; -1 is the last"])
+        return t.shape[axis]
+
+    def _type_now(self, node: Node) -> TensorType:
+        """The per-sample type of a value while the graph is still being built: the shape
+        rules of its ancestors, run on copies of their attributes (shape inference proper
+        runs after lowering, with its fuller diagnostics)."""
+        types = self._types
+        for n in self.graph.nodes:
+            if n.id not in types:
+                if n.type is not None:
+                    types[n.id] = n.type
+                elif n.op != "param":
+                    op = registry.get(n.op)
+                    k = len(op.roles(n.attrs))
+                    data = n.inputs[:len(n.inputs) - k] if k else n.inputs
+                    ctx = registry.ShapeCtx(n.op, [types[i.id] for i in data], dict(n.attrs))
+                    try:
+                        types[n.id] = op.shape(ctx)
+                    except registry.ShapeError as exc:
+                        raise error(exc.code, exc.message, n.span, notes=list(exc.notes),
+                                    help=exc.help) from None
+            if n is node:
+                return types[n.id]
+        raise AssertionError(f"{node!r} is not in the graph")
 
     def _split(self, call: ast.Call, args: list[Value], spans: list[SourceSpan], scope: Scope,
                what: str) -> tuple[list[Tensor], list[tuple[Value, SourceSpan]]]:

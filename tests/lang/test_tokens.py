@@ -113,3 +113,30 @@ def test_groupnorm_groups_must_divide_the_channels():
                       "    output y = image -> groupnorm(3) -> instancenorm\n}")
     assert n.params["y.groupnorm0.weight"].shape == (6,)
     assert not any("instancenorm" in k for k in n.params)   # affine=false by default
+
+
+def test_channels_and_size_of_a_value():
+    n = netlang.loads("""
+block keep(k = 3) {
+    input x
+    return x -> conv(channels(x), k, pad=same) -> relu
+}
+network n {
+    input image: [5, 8, 8]
+    t = image -> reshape([5, -1]) -> permute([1, 0])
+    output y = image -> keep -> conv(channels(image) * 2, 1)
+    output z = t -> dense(size(t, 0)) -> mean(size(t, -1) - 5)
+}""")
+    assert n.outputs["y"].shape == (10, 8, 8)
+    assert n.params["y.keep.conv0.weight"].shape == (5, 5, 3, 3)
+    assert n.outputs["z"].shape == (64,)
+
+
+def test_channels_errors():
+    text = check_err("network n {\n    input x: [4]\n    output y = x -> dense(channels(3))\n}")
+    assert "error[E013]: `channels` takes a value" in text
+    text = check_err("network n {\n    input x: [4]\n    output y = x -> dense(size(x, 1))\n}")
+    assert "error[E081]: `size`: `1` is not an axis of a [4] value" in text
+    text = check_err("network n {\n    input x: [4, 4]\n"
+                     "    y = x -> reshape([3, -1])\n    output z = y -> dense(channels(y))\n}")
+    assert "error[E080]" in text and "t.net:3" in text
