@@ -28,7 +28,8 @@ def test_every_expected_example_exists():
     names = {p.name for p in EXAMPLES.glob("*.net")}
     for want in ("lenet5.net", "simple_cnn.net", "alexnet.net", "vgg16.net", "resnet18.net",
                  "unet.net", "unet_valid.net", "attention_unet.net", "unet_plus_plus.net",
-                 "unet3d.net", "unet_resnet18.net"):
+                 "unet3d.net", "unet_resnet18.net", "vit_tiny.net", "transformer_blocks.net",
+                 "mlp_digits.net", "lenet_digits.net"):
         assert want in names
 
 

@@ -26,6 +26,7 @@ SIZES = {
     ("attention_unet.net", "attention_unet"): {"base": 2, "size": 16},
     ("lenet5.net", "lenet5"): {},
     ("lenet_digits.net", "lenet_digits"): {},
+    ("mlp_digits.net", "mlp_digits"): {},
     ("resnet18.net", "resnet18"): {"base": 4, "size": 64, "classes": 10},
     ("resnet18.net", "resnet18_cifar"): {"base": 4},
     ("simple_cnn.net", "simple_cnn"): {},
