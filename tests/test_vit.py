@@ -135,3 +135,42 @@ def test_vit_example_meets_its_accuracy_through_the_cli(tmp_path, capsys):
     line = next(x for x in out.splitlines() if x.startswith("test: "))
     accuracy = float(line.split("accuracy ")[1].split()[0])
     assert accuracy >= 0.95, line
+
+
+CLS = """
+network cls_token {
+    input s: [3, 5]
+    param cls: [1, 3]
+    t = s -> permute([1, 0])
+    output y = concat(cls, t, axis = 0) -> layernorm -> mean(0) -> dense(2)
+}
+"""
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("cpu", marks=emu),
+                                     pytest.param("cuda-emu", marks=emu)])
+def test_a_class_token_is_shared_by_every_sample(backend):
+    """concat of a `param` [1, D] before the tokens: one row for every sample; its
+    gradient sums over the batch."""
+    net = netlang.loads(CLS)
+    assert net.outputs["y"].shape == (2,)
+    w = net.init(3)
+    rng = np.random.default_rng(0)
+    s = rng.standard_normal((4, 3, 5))
+    t = rng.standard_normal((4, 2))
+    cls = torch.tensor(w["cls"].astype(np.float64), requires_grad=True)
+    ln_w = torch.tensor(w["y.layernorm0.weight"].astype(np.float64), requires_grad=True)
+    ln_b = torch.tensor(w["y.layernorm0.bias"].astype(np.float64), requires_grad=True)
+    dw = torch.tensor(w["y.dense0.weight"].astype(np.float64), requires_grad=True)
+    db = torch.tensor(w["y.dense0.bias"].astype(np.float64), requires_grad=True)
+    x = torch.cat([cls.expand(4, 1, 3), torch.tensor(s).transpose(1, 2)], dim=1)
+    y = F.linear(F.layer_norm(x, (3,), ln_w, ln_b).mean(dim=1), dw, db)
+    F.mse_loss(y, torch.tensor(t)).backward()
+    f64 = backend == "numpy"
+    dtype = np.float64 if f64 else np.float32
+    value, grads = net.value_and_grad({k: v.astype(dtype) for k, v in w.items()},
+                                      {"s": s.astype(dtype), "t": t.astype(dtype)},
+                                      loss="mse(y, t)", dtype=dtype, backend=backend)
+    tol = 1e-9 if f64 else 1e-4
+    np.testing.assert_allclose(grads["cls"], cls.grad.numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(grads["y.dense0.weight"], dw.grad.numpy(), rtol=tol, atol=tol)

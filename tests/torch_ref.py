@@ -109,7 +109,10 @@ class TorchTwin(nn.Module):
             kw = {} if mode == "nearest" else {"align_corners": False}
             return F.interpolate(x, scale_factor=a["scale"], mode=mode, **kw)
         if op == "concat":
-            return torch.cat(xs, dim=1)
+            rank = max(v.dim() for v in xs)
+            b = next(v.shape[0] for v in xs if v.dim() == rank)
+            xs = [v if v.dim() == rank else v.expand((b,) + tuple(v.shape)) for v in xs]
+            return torch.cat(xs, dim=a.get("axis", 0) + 1)
         if op == "crop":
             b = a["box"]
             idx = (slice(None), slice(None)) + tuple(

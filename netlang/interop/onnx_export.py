@@ -359,7 +359,27 @@ def _lower(n, ins: list[str], out: str, const, unique, opset: int = OPSET):
         return [("Reshape", [ins[0], const(f"{n.name}.shape", [-1, *n.type.shape])], [out],
                  {})]
     if op == "concat":
-        return [("Concat", ins, [out], {"axis": 1})]
+        steps, xs = [], list(ins)
+        batched = next(name for name, x in zip(ins, n.inputs) if x.type.batched)
+        for k, x in enumerate(n.inputs):
+            if x.type.batched:
+                continue
+            # a parameter, repeated for every sample: [1, ...] expanded to [N, ...]
+            u, sh, nb, full, e = (unique(f"{n.name}.{t}{k}") for t in
+                                  ("unsqueezed", "shape", "batch", "expand_to", "expanded"))
+            steps += [("Unsqueeze", [ins[k], const(f"{n.name}.axis0_{k}", [0])], [u], {}),
+                      ("Shape", [batched], [sh], {}),
+                      ("Slice", [sh, const(f"{n.name}.zero{k}", [0]),
+                                 const(f"{n.name}.one{k}", [1])], [nb], {}),
+                      ("Concat", [nb, const(f"{n.name}.dims{k}", list(x.type.shape))], [full],
+                       {"axis": 0}),
+                      ("Expand", [u, full], [e], {})]
+            xs[k] = e
+        return steps + [("Concat", xs, [out], {"axis": a.get("axis", 0) + 1})]
+    if op == "slice_axis":
+        return [("Slice", [ins[0], const(f"{n.name}.starts", [a["start"]]),
+                           const(f"{n.name}.ends", [a["stop"]]),
+                           const(f"{n.name}.axes", [a["axis"] + 1])], [out], {})]
     if op == "slice_channels":
         return [("Slice", [ins[0], const(f"{n.name}.starts", [a["start"]]),
                            const(f"{n.name}.ends", [a["stop"]]),

@@ -852,13 +852,15 @@ class _Translator:
     def _Concat(self, node, a, ins, out, path, where):
         rank = len(self.shapes.get(ins[0]) or [])
         axis = a.get("axis", 1)
-        if (axis + rank if axis < 0 else axis) != 1:
-            self.refuse("Concat over an axis other than the channels", where)
+        axis = axis + rank if axis < 0 else axis
+        if axis < 1:
+            self.refuse("Concat over the batch axis", where)
             return
         if any(i in self.consts for i in ins):
             self.refuse("Concat of a constant tensor", where)
             return
-        self.add(Layer("concat", [], {}, list(ins), out, {}, path, where))
+        self.add(Layer("concat", [], {} if axis == 1 else {"axis": axis - 1}, list(ins), out,
+                       {}, path, where))
 
     def _Resize(self, node, a, ins, out, path, where):
         mode = a.get("mode", b"nearest")

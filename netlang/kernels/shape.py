@@ -16,13 +16,16 @@ def lower_concat(r: KernelBuilder, grp: Group) -> None:
         return   # its inputs' kernels wrote it
     inputs, body = {}, ["float v;"]
     start = 0
+    axis = n.attrs.get("axis", 0)
     coords = r.coords(n.type)
+    o = coords[axis]
     for k, x in enumerate(n.inputs):
-        c = x.type.shape[0]
+        c = x.type.shape[axis]
         inputs[r.key(x)] = "const float*"
-        rest = [f"(o0 - {start})"] + coords[1:]
+        rest = list(coords)
+        rest[axis] = f"({o} - {start})"
         kw = "if" if k == 0 else "else if"
-        body.append(f"{kw} (o0 < {start + c}) v = {_at(x.type, r.key(x), rest)};")
+        body.append(f"{kw} ({o} < {start + c}) v = {_at(x.type, r.key(x), rest)};")
         start += c
     r.finish_map(grp, grp.name, inputs, body)
 
@@ -38,6 +41,15 @@ def _read_at(r: KernelBuilder, grp: Group, coords: list[str]) -> None:
 def lower_slice_channels(r: KernelBuilder, grp: Group) -> None:
     n = grp.anchor
     _read_at(r, grp, [f"(o0 + {n.attrs['start']})"] + r.coords(n.type)[1:])
+
+
+@lowers("slice_axis")
+def lower_slice_axis(r: KernelBuilder, grp: Group) -> None:
+    n = grp.anchor
+    coords = r.coords(n.type)
+    ax = n.attrs["axis"]
+    coords[ax] = f"({coords[ax]} + {n.attrs['start']})"
+    _read_at(r, grp, coords)
 
 
 @lowers("crop")

@@ -17,25 +17,52 @@ from netlang.ops.registry import (
 
 def _concat_shape(ctx: ShapeCtx) -> TensorType:
     first = ctx.inputs[0]
+    rank = first.rank
+    axis = ctx.attrs.get("axis", 0)
+    if not -rank <= axis < rank:
+        raise ShapeError("E081", f"concat: axis {axis} of a {fmt_shape(first.shape)} input",
+                         notes=("axes count from 0 after the batch; -1 is the last",))
+    axis = axis + rank if axis < 0 else axis
+    ctx.attrs["axis"] = axis
     for other in ctx.inputs[1:]:
-        if other.rank != first.rank or other.shape[1:] != first.shape[1:]:
+        same = other.rank == rank and all(a == b for i, (a, b) in enumerate(
+            zip(other.shape, first.shape)) if i != axis)
+        if not same:
+            joins = "channels" if axis == 0 else f"axis {axis}"
             raise ShapeError(
                 "E020", f"concat inputs differ in size: {fmt_shape(first.shape)} and "
                 f"{fmt_shape(other.shape)}",
-                notes=("concat joins channels; every other dimension must agree",))
-    return TensorType((sum(t.shape[0] for t in ctx.inputs),) + first.shape[1:])
+                notes=(f"concat joins {joins}; every other dimension must agree",))
+    if not any(t.batched for t in ctx.inputs):
+        raise ShapeError("E025", "concat of parameters only: nothing to join per sample")
+    shape = list(first.shape)
+    shape[axis] = sum(t.shape[axis] for t in ctx.inputs)
+    return TensorType(tuple(shape))
 
 
 def _concat_vjp(b, node, dy):
     grads, start = [], 0
+    axis = node.attrs.get("axis", 0)
     for x in node.inputs:
-        stop = start + x.type.shape[0]
-        grads.append(b.emit("slice_channels", [dy], start=start, stop=stop))
+        stop = start + x.type.shape[axis]
+        if axis == 0:
+            g = b.emit("slice_channels", [dy], start=start, stop=stop)
+        else:
+            g = b.emit("slice_axis", [dy], axis=axis, start=start, stop=stop)
+        grads.append(b.reduce_to(g, x.type))   # a parameter's gradient sums the batch
         start = stop
     return grads
 
 
 def _concat(xs, a, rt):
+    axis = a.get("axis", 0)
+    # every input has the same per-sample rank: one without the batch axis is a `param`,
+    # repeated for every sample
+    rank = max(x.ndim for x in xs)
+    n = next(x.shape[0] for x in xs if x.ndim == rank)
+    xs = [x if x.ndim == rank else np.broadcast_to(x, (n,) + x.shape) for x in xs]
+    if axis != 0:
+        return np.concatenate(xs, axis=axis + 1)
     # Written channels-last (each input's channels are a contiguous run of every pixel),
     # the layout the next convolution reads; returned as an NCHW-logical view.
     x0 = xs[0]
@@ -49,9 +76,12 @@ def _concat(xs, a, rt):
 
 
 register(OpDef(
-    name="concat", attrs=(), shape=_concat_shape, kind=FusionKind.INJECTIVE, min_inputs=2,
-    max_inputs=None, forward=_concat, vjp=_concat_vjp, color="#fff2cc",
-    doc="Joins values along the channel axis (skip connections)."))
+    name="concat", attrs=(Attr("axis", "int", 0),), shape=_concat_shape,
+    kind=FusionKind.INJECTIVE, min_inputs=2, max_inputs=None, forward=_concat,
+    vjp=_concat_vjp, color="#fff2cc",
+    doc="Joins values along the channel axis (skip connections), or along `axis` (a class "
+        "token before the patch tokens: `concat(cls, tokens, axis=0)` on [1, D] and [T, D]; "
+        "a `param` is repeated for every sample)."))
 
 register(OpDef(
     name="slice_channels", attrs=(Attr("start", "int"), Attr("stop", "int")),
@@ -60,6 +90,20 @@ register(OpDef(
     kind=FusionKind.INJECTIVE,
     forward=lambda xs, a, rt: xs[0][:, a["start"]:a["stop"]],   # a view, no copy
     user=False, doc="Channels [start, stop) of the input."))
+
+
+def _slice_axis_shape(ctx: ShapeCtx) -> TensorType:
+    shape = list(ctx.x.shape)
+    shape[ctx.attrs["axis"]] = ctx.attrs["stop"] - ctx.attrs["start"]
+    return TensorType(tuple(shape), ctx.x.batched)
+
+
+register(OpDef(
+    name="slice_axis", attrs=(Attr("axis", "int"), Attr("start", "int"), Attr("stop", "int")),
+    shape=_slice_axis_shape, kind=FusionKind.INJECTIVE,
+    forward=lambda xs, a, rt: xs[0][(slice(None),) * (a["axis"] + 1)
+                                    + (slice(a["start"], a["stop"]),)],
+    user=False, doc="Positions [start, stop) of a per-sample axis."))
 
 
 # -- crop and pad ------------------------------------------------------------------------

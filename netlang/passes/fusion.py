@@ -100,6 +100,10 @@ def _concats_in_place(g: Graph, fusion: Fusion, users, roots) -> None:
         why = None
         if len(set(ids)) != len(ids):
             why = "an input appears twice"
+        elif n.attrs.get("axis", 0) != 0:
+            why = "it joins another axis than the channels (not contiguous runs)"
+        elif not all(x.type.batched for x in n.inputs):
+            why = "a parameter is broadcast over the batch"
         for x in n.inputs:
             grp = fusion.group_of.get(x.id)
             if why:

@@ -59,6 +59,7 @@ network coverage {
     output tok = s -> permute([1, 0]) -> layernorm(affine = false) -> dense(4, bias = false)
                    -> log_softmax(axis = -1) -> mean(1)
     output gram = matmul(s, s, trans_a = true) -> softmax(axis = -1) -> reshape([4, -1])
+    output joined = concat(s -> permute([1, 0]), s -> permute([1, 0]) -> scale(2.0), axis = 0)
     output norms = x -> groupnorm(2) -> instancenorm -> groupnorm(4, affine = false)
                      -> instancenorm(affine = true)
 }
@@ -205,3 +206,16 @@ def test_the_command_folds_batchnorm_on_request(tmp_path, capsys):
            "or dense layer whose only reader they are): j.batchnorm0" in text
     ops = [n.op_type for n in onnx.load(str(out)).graph.node]
     assert ops.count("BatchNormalization") == 1
+
+
+def test_a_class_token_exports():
+    """A `param` joined to every sample (ViT's class token) is expanded over the batch."""
+    net = netlang.loads("""
+network cls_token {
+    input s: [3, 5]
+    param cls: [1, 3]
+    t = s -> permute([1, 0])
+    output y = concat(cls, t, axis = 0) -> layernorm -> mean(0)
+}""")
+    model = _check(net, net.init(2))
+    assert "Expand" in {node.op_type for node in model.graph.node}

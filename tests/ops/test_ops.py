@@ -77,6 +77,8 @@ CASES = [
     ("upsample", [(2, 5)], dict(scale=(2.5,), mode="linear")),
     ("upsample", [(1, 2, 3, 2)], dict(scale=2.0, mode="trilinear")),
     ("concat", [(2, 3, 3), (3, 3, 3), (1, 3, 3)], {}),
+    ("concat", [(2, 3), (2, 4)], dict(axis=1)),
+    ("concat", [(1, 4), (3, 4)], dict(axis=-2)),
     ("crop", [(2, 7, 6), (1, 4, 3)], {}),
     ("crop", [(2, 7, 6)], dict(size=(5, 2))),
     ("pad", [(2, 3, 4)], dict(amount=(1, 2, 0, 1))),
@@ -247,7 +249,7 @@ def _reference(op, xs, params, a):
         return y * params[0] + params[1] if a["affine"] else y
     table = {
         "global_avgpool": lambda: xs[0].reshape(N, xs[0].shape[1], -1).mean(axis=2),
-        "concat": lambda: np.concatenate(xs, axis=1),
+        "concat": lambda: np.concatenate(xs, axis=a.get("axis", 0) % xs[0][0].ndim + 1),
         "add": lambda: xs[0] + xs[1], "mul": lambda: xs[0] * xs[1],
         "flatten": lambda: xs[0].reshape(N, -1), "dropout": lambda: xs[0],
         "relu": lambda: np.maximum(xs[0], 0),
