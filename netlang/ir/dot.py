@@ -24,6 +24,8 @@ def _label(n: Node) -> str:
     a = n.attrs
     if n.op == "input":
         return f"{n.name}\\n{fmt_shape(n.type.shape)}"
+    if n.op == "param":   # a `param` declaration (layers' weights are not drawn)
+        return f"param {n.name.rsplit('.', 1)[-1]}\\n{fmt_shape(n.type.shape)}"
     detail = ""
     if n.op in ("conv", "conv_transpose"):
         k = "x".join(str(v) for v in a["kernel"])
@@ -37,6 +39,11 @@ def _label(n: Node) -> str:
         detail = f" x{a['scale'][0]:g} {a['mode']}"
     short = n.name.rsplit(".", 1)[-1]
     return f"{n.op}{detail}\\n{short}"
+
+
+def _drawn(n: Node) -> bool:
+    """Inputs, layers and `param` declarations; not the weights of layers."""
+    return n.op != "param" or n.attrs.get("role") == "value"
 
 
 def _esc(s: str) -> str:
@@ -61,14 +68,14 @@ def to_dot(g: Graph, clusters: dict[str, list[Node]] | None = None, rankdir: str
         raise ValueError(f"rankdir {rankdir!r}")
     if collapse:
         return _collapsed(g, rankdir, color)
-    nodes = [n for n in g.nodes if n.op != "param"]
+    nodes = [n for n in g.nodes if _drawn(n)]
     lines = [f'digraph "{_esc(g.name)}" {{', f"  rankdir={rankdir};",
              '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
              '  edge [fontname="Helvetica", fontsize=9, color="#555555"];']
 
     def node_line(n: Node, indent: str) -> str:
-        fill = INPUT_COLOR if n.op == "input" else color(n.op)
-        shape = ', shape=ellipse' if n.op == "input" else ""
+        fill = INPUT_COLOR if n.op in ("input", "param") else color(n.op)
+        shape = ', shape=ellipse' if n.op in ("input", "param") else ""
         return f'{indent}n{n.id} [label="{_esc(_label(n))}", fillcolor="{fill}"{shape}];'
 
     if clusters is None:
@@ -102,7 +109,7 @@ def to_dot(g: Graph, clusters: dict[str, list[Node]] | None = None, rankdir: str
             lines.append(f"  subgraph cluster_k{i} {{")
             lines.append(f'    label="{_esc(name)}"; style="rounded,filled"; color="#dddddd";')
             for n in members:
-                if n.op != "param":
+                if _drawn(n):
                     lines.append(node_line(n, "    "))
                     in_cluster.add(n.id)
             lines.append("  }")
@@ -111,7 +118,7 @@ def to_dot(g: Graph, clusters: dict[str, list[Node]] | None = None, rankdir: str
                 lines.append(node_line(n, "  "))
     for n in nodes:
         for src in n.inputs:
-            if src.op == "param":
+            if not _drawn(src):
                 continue
             shape = fmt_shape(src.type.shape) if src.type else ""
             lines.append(f'  n{src.id} -> n{n.id} [label="{shape}"];')
@@ -119,7 +126,7 @@ def to_dot(g: Graph, clusters: dict[str, list[Node]] | None = None, rankdir: str
 
 
 def _collapsed(g: Graph, rankdir: str, color: Colors) -> str:
-    nodes = [n for n in g.nodes if n.op != "param"]
+    nodes = [n for n in g.nodes if _drawn(n)]
     rep: dict[int, str] = {}
     groups: dict[str, list[Node]] = {}
     for n in nodes:
@@ -139,13 +146,13 @@ def _collapsed(g: Graph, rankdir: str, color: Colors) -> str:
                      'style="rounded,filled,bold"];')
     for n in nodes:
         if _block_of(n) is None:
-            fill = INPUT_COLOR if n.op == "input" else color(n.op)
-            shape = ', shape=ellipse' if n.op == "input" else ""
+            fill = INPUT_COLOR if n.op in ("input", "param") else color(n.op)
+            shape = ', shape=ellipse' if n.op in ("input", "param") else ""
             lines.append(f'  n{n.id} [label="{_esc(_label(n))}", fillcolor="{fill}"{shape}];')
     seen: set[tuple[str, str]] = set()
     for n in nodes:
         for src in n.inputs:
-            if src.op == "param":
+            if not _drawn(src):
                 continue
             a, b = rep[src.id], rep[n.id]
             if a != b and (a, b) not in seen:

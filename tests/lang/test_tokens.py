@@ -140,3 +140,10 @@ def test_channels_errors():
     text = check_err("network n {\n    input x: [4, 4]\n"
                      "    y = x -> reshape([3, -1])\n    output z = y -> dense(channels(y))\n}")
     assert "error[E080]" in text and "t.net:3" in text
+
+
+def test_param_declarations_are_drawn():
+    dot = netlang.loads(HEAD + "    param pos: [16, 8]\n    output y = add(t, pos)\n}",
+                        file="t.net").to_dot()
+    assert 'label="param pos\\n[16, 8]"' in dot
+    assert "weight" not in dot   # layers' own parameters are not
