@@ -354,7 +354,10 @@ def _lower(n, ins: list[str], out: str, const, unique, opset: int = OPSET):
         return [("GlobalAveragePool", ins, [pooled], {}),
                 ("Flatten", [pooled], [out], {"axis": 1})]
     if op == "flatten":
-        return [("Flatten", ins, [out], {"axis": 1})]
+        if a.get("axis", 0) == 0:
+            return [("Flatten", ins, [out], {"axis": 1})]
+        return [("Reshape", [ins[0], const(f"{n.name}.shape", [-1, *n.type.shape])], [out],
+                 {})]
     if op == "reshape":
         return [("Reshape", [ins[0], const(f"{n.name}.shape", [-1, *n.type.shape])], [out],
                  {})]

@@ -811,10 +811,15 @@ class _Translator:
         self._simple("flatten", ins, out, path, where)
 
     def _Flatten(self, node, a, ins, out, path, where):
-        if a.get("axis", 1) != 1:
-            self.refuse("Flatten at an axis other than 1", where)
-            return
-        self._flat(ins, out, path, where)
+        rank = len(self.shapes.get(ins[0]) or [])
+        axis = a.get("axis", 1)
+        axis = axis + rank if axis < 0 else axis
+        if axis == 1:
+            self._flat(ins, out, path, where)
+        elif axis > 1:   # ONNX Flatten is 2-D: [N * C.., rest] unless axis 1; ours keeps N
+            self.refuse("Flatten at an axis other than 1 (it would merge the batch)", where)
+        else:
+            self.refuse("Flatten at axis 0", where)
 
     def _Reshape(self, node, a, ins, out, path, where):
         shape = self.const(ins[1])

@@ -222,12 +222,25 @@ register(OpDef(
 
 # -- flatten and reshape -----------------------------------------------------------------
 
+def _flatten_shape(ctx: ShapeCtx) -> TensorType:
+    x = ctx.x
+    axis = ctx.attrs.get("axis", 0)
+    if not -x.rank <= axis < max(x.rank, 1):
+        raise ShapeError("E081", f"flatten: axis {axis} of a {fmt_shape(x.shape)} input",
+                         notes=("axes count from 0 after the batch; flatten merges that axis "
+                                "and every one after it",))
+    axis = axis + x.rank if axis < 0 else axis
+    ctx.attrs["axis"] = axis
+    return TensorType(x.shape[:axis] + (math.prod(x.shape[axis:]),))
+
+
 register(OpDef(
-    name="flatten", attrs=(), shape=lambda ctx: TensorType((ctx.x.size,)),
+    name="flatten", attrs=(Attr("axis", "int", 0),), shape=_flatten_shape,
     kind=FusionKind.INJECTIVE,
-    forward=lambda xs, a, rt: xs[0].reshape(xs[0].shape[0], -1),
+    forward=lambda xs, a, rt: xs[0].reshape(xs[0].shape[:a.get("axis", 0) + 1] + (-1,)),
     vjp=lambda b, node, dy: [b.emit("reshape", [dy], shape=node.inputs[0].type.shape)],
-    doc="[C, H, W] -> [C * H * W]."))
+    doc="[C, H, W] -> [C * H * W]; `flatten(1)` keeps the channels: [C, H, W] -> "
+        "[C, H * W] (an image's positions as columns, before `permute` makes them tokens)."))
 
 
 def _reshape_shape(ctx: ShapeCtx) -> TensorType:
