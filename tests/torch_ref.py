@@ -154,6 +154,8 @@ class TorchTwin(nn.Module):
             return x.permute((0,) + tuple(i + 1 for i in a["axes"]))
         if op == "mean":
             return x.mean(dim=a["axis"] + 1)
+        if op == "sum":
+            return x.sum(dim=a["axis"] + 1)
         if op in ("layernorm", "groupnorm", "instancenorm"):
             return self.layers[key(n.name)](x)
         if op == "scale":

@@ -23,7 +23,7 @@ from netlang.diagnostics import error
 
 OPSET = 17
 TRAINING_ONLY = {"mse", "l1", "smooth_l1", "nll", "cross_entropy", "bce", "bce_logits", "dice",
-                 "sum", "sum_to", "constant", "broadcast_like", "dropout_mask"}
+                 "sum_all", "sum_to", "constant", "broadcast_like", "dropout_mask"}
 
 
 @dataclass
@@ -215,11 +215,12 @@ def _lower_tokens(n, ins, out, const, unique, opset):
                 steps.append(("Transpose", [xs[k]], [name], {"perm": perm}))
                 xs[k] = name
         return steps + [("MatMul", xs, [out], {})]
-    if op == "mean":
-        if opset >= 18:
-            return [("ReduceMean", [ins[0], const(f"{n.name}.axes", [a["axis"] + 1])], [out],
+    if op in ("mean", "sum"):   # ReduceSum takes its axes as an input from opset 13
+        kind = "ReduceMean" if op == "mean" else "ReduceSum"
+        if opset >= 18 or op == "sum":
+            return [(kind, [ins[0], const(f"{n.name}.axes", [a["axis"] + 1])], [out],
                      {"keepdims": 0})]
-        return [("ReduceMean", ins, [out], {"axes": [a["axis"] + 1], "keepdims": 0})]
+        return [(kind, ins, [out], {"axes": [a["axis"] + 1], "keepdims": 0})]
     if op == "layernorm":
         if opset < 17:
             raise error("E071", f"`{n.name}`: LayerNormalization needs opset 17 or newer",

@@ -657,7 +657,10 @@ class _Translator:
             return
         self._simple("permute", ins, out, path, where, axes=[p - 1 for p in perm[1:]])
 
-    def _ReduceMean(self, node, a, ins, out, path, where):
+    def _ReduceSum(self, node, a, ins, out, path, where):
+        self._ReduceMean(node, a, ins, out, path, where, op="sum")
+
+    def _ReduceMean(self, node, a, ins, out, path, where, op="mean"):
         axes = a.get("axes")
         if axes is None and len(ins) > 1 and ins[1]:
             axes = self.const(ins[1])
@@ -665,10 +668,10 @@ class _Translator:
         rank = len(self.shapes.get(ins[0]) or [])
         axes = [v + rank if v < 0 else v for v in (axes or [])]
         if len(axes) != 1 or axes[0] < 1 or a.get("keepdims", 1):
-            self.refuse("ReduceMean other than over one non-batch axis with keepdims=0",
+            self.refuse(f"{node.op_type} other than over one non-batch axis with keepdims=0",
                         where)
             return
-        self._simple("mean", ins, out, path, where, axis=axes[0] - 1)
+        self._simple(op, ins, out, path, where, axis=axes[0] - 1)
 
     def _LayerNormalization(self, node, a, ins, out, path, where):
         axis, rank = self._axis(a, ins, -1)

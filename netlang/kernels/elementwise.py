@@ -110,8 +110,8 @@ def lower_sum_to(r: KernelBuilder, grp: Group) -> None:
                      {r.key(x): "const float*"}, total, [], term)
 
 
-@lowers("sum")
-def lower_sum(r: KernelBuilder, grp: Group) -> None:
+@lowers("sum_all")
+def lower_sum_all(r: KernelBuilder, grp: Group) -> None:
     n = grp.anchor
     x = n.inputs[0]
     total = f"(long long)N * {x.type.size}" if x.type.batched else f"{x.type.size}"

@@ -133,10 +133,10 @@ def _strided(shape, coords) -> str:
                       for j, c in enumerate(coords)) or "0"
 
 
-@lowers("mean")
+@lowers("mean", "sum")
 def lower_mean(r: KernelBuilder, grp: Group) -> None:
-    """One output element per thread, a loop along the axis (short: a transformer's
-    tokens)."""
+    """Mean (or sum) along an axis: one output element per thread, a loop along the axis
+    (short: a transformer's tokens)."""
     n = grp.anchor
     x = n.inputs[0]
     ax = n.attrs["axis"]
@@ -146,7 +146,7 @@ def lower_mean(r: KernelBuilder, grp: Group) -> None:
     at = f"{r.key(x)}[(long long)n * {x.type.size} + {_strided(x.type.shape, coords)}]"
     body = ["float acc = 0.0f;",
             f"for (int t = 0; t < {length}; ++t) acc += {at};",
-            f"float v = acc / {length}.0f;"]
+            f"float v = acc / {length}.0f;" if n.op == "mean" else "float v = acc;"]
     r.finish_map(grp, grp.name, {r.key(x): "const float*"}, body)
 
 
@@ -158,7 +158,8 @@ def lower_mean_grad(r: KernelBuilder, grp: Group) -> None:
     coords = r.coords(n.type)
     del coords[ax]
     at = f"{r.key(dy)}[(long long)n * {dy.type.size} + {_strided(dy.type.shape, coords)}]"
-    body = [f"float v = {at} / {n.type.shape[ax]}.0f;"]
+    body = [f"float v = {at} / {n.type.shape[ax]}.0f;" if n.attrs.get("mean", True)
+            else f"float v = {at};"]
     r.finish_map(grp, grp.name, {r.key(dy): "const float*"}, body)
 
 

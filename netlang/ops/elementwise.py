@@ -345,7 +345,7 @@ register(OpDef(
 
 
 register(OpDef(
-    name="sum", attrs=(), shape=lambda ctx: TensorType((), batched=False),
+    name="sum_all", attrs=(), shape=lambda ctx: TensorType((), batched=False),
     kind=FusionKind.REDUCE, forward=lambda xs, a, rt: np.asarray(xs[0].sum(), xs[0].dtype),
     vjp=lambda b, node, dy: [b.emit("broadcast_like", [dy, node.inputs[0]])],
     user=False, doc="Sum of all elements (batch included): a scalar."))

@@ -265,26 +265,45 @@ register(OpDef(
 def _mean_shape(ctx: ShapeCtx) -> TensorType:
     from netlang.ops.elementwise import normalize_axis
 
-    ax = normalize_axis(ctx, "mean")
+    ax = normalize_axis(ctx, ctx.op)
     return TensorType(ctx.x.shape[:ax] + ctx.x.shape[ax + 1:], ctx.x.batched)
+
+
+def _reduce_vjp(b, node, dy):
+    return [b.emit("mean_grad", [dy], axis=node.attrs["axis"],
+                   in_shape=node.inputs[0].type.shape, mean=node.op == "mean")]
 
 
 register(OpDef(
     name="mean", attrs=(Attr("axis", "int"),), shape=_mean_shape, kind=FusionKind.REDUCE,
     color="#fce5cd", example="mean(0)",
     forward=lambda xs, a, rt: xs[0].mean(axis=a["axis"] + 1),
-    vjp=lambda b, node, dy: [b.emit("mean_grad", [dy], axis=node.attrs["axis"],
-                                    in_shape=node.inputs[0].type.shape)],
+    vjp=_reduce_vjp,
     doc="Mean over one per-sample axis, which goes away: tokens `[T, D] -> mean(0)` "
         "gives `[D]` (mean pooling of a transformer's tokens)."))
 
 register(OpDef(
-    name="mean_grad", attrs=(Attr("axis", "int"), Attr("in_shape", "ints")),
+    name="sum", attrs=(Attr("axis", "int"),), shape=_mean_shape, kind=FusionKind.REDUCE,
+    color="#fce5cd", example="sum(0)",
+    forward=lambda xs, a, rt: xs[0].sum(axis=a["axis"] + 1),
+    vjp=_reduce_vjp,
+    doc="Sum over one per-sample axis, which goes away: `[C, H, W] -> sum(0)` is `[H, W]`."))
+
+
+def _mean_grad(xs, a, rt):
+    dy = xs[0]
+    if a.get("mean", True):
+        dy = dy / dy.dtype.type(a["in_shape"][a["axis"]])
+    return np.broadcast_to(np.expand_dims(dy, a["axis"] + 1),
+                           (dy.shape[0],) + tuple(a["in_shape"])).copy()
+
+
+register(OpDef(
+    name="mean_grad", attrs=(Attr("axis", "int"), Attr("in_shape", "ints"),
+                             Attr("mean", "bool", True)),
     shape=lambda ctx: TensorType(tuple(ctx.attrs["in_shape"])), kind=FusionKind.BROADCAST,
-    forward=lambda xs, a, rt: np.broadcast_to(
-        np.expand_dims(xs[0] / xs[0].dtype.type(a["in_shape"][a["axis"]]), a["axis"] + 1),
-        (xs[0].shape[0],) + tuple(a["in_shape"])).copy(),
-    user=False, doc="dy / L, broadcast along the axis that mean removed."))
+    forward=_mean_grad,
+    user=False, doc="dy / L (or dy, for a sum), broadcast along the axis that was reduced."))
 
 
 # -- global_avgpool ----------------------------------------------------------------------

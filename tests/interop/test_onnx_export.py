@@ -60,7 +60,7 @@ network coverage {
                    -> log_softmax(axis = -1) -> mean(1)
     output gram = matmul(s, s, trans_a = true) -> softmax(axis = -1) -> reshape([4, -1])
     output joined = concat(s -> permute([1, 0]), s -> permute([1, 0]) -> scale(2.0), axis = 0)
-    output flat1 = x -> flatten(1) -> permute([1, 0])
+    output flat1 = x -> flatten(1) -> permute([1, 0]) -> sum(1)
     output norms = x -> groupnorm(2) -> instancenorm -> groupnorm(4, affine = false)
                      -> instancenorm(affine = true)
 }

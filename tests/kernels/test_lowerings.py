@@ -73,7 +73,7 @@ def _one_program(cases):
         r = g.add("input", [], {"shape": y.type.shape}, name=f"c{i}.r", type=y.type)
         g.targets[r.name] = r
         feeds[r.id] = rng.standard_normal(y.type.full_shape(N))
-        term = g.add("sum", [g.add("mul", [y, r], name=f"c{i}.prod")], name=f"c{i}.loss")
+        term = g.add("sum_all", [g.add("mul", [y, r], name=f"c{i}.prod")], name=f"c{i}.loss")
         total = term if total is None else g.add("add", [total, term], name=f"c{i}.acc")
     infer_shapes(g)
     g.loss = total

@@ -106,10 +106,11 @@ CASES = [
     ("log_softmax", [(2, 3, 4)], dict(axis=1)),
     ("mean", [(3, 4)], dict(axis=0)),
     ("mean", [(2, 3, 4)], dict(axis=-1)),
+    ("sum", [(2, 3, 4)], dict(axis=1)),
     ("permute", [(2, 3, 4)], dict(axes=(2, 0, 1))),
     ("permute", [(3, 5)], dict(axes=(1, 0))),
     ("scale", [(3,)], dict(factor=-2.5)),
-    ("sum", [(3, 2)], {}),
+    ("sum_all", [(3, 2)], {}),
     ("sum_to", [(4, 3, 3)], dict(shape=(1, 3, 1), batched=False)),
     ("broadcast_like", [(1, 3, 1), (4, 3, 3)], {}),
     ("reshape", [(4, 3)], dict(shape=(2, 6))),
@@ -183,7 +184,7 @@ def test_vjp_matches_finite_differences(op, shapes, attrs):
     g.targets["r"] = r
     feeds[r.id] = rng.standard_normal(y.type.full_shape(N))
     prod = g.add("mul", [y, r], name="prod")
-    loss = g.add("sum", [prod], name="loss")
+    loss = g.add("sum_all", [prod], name="loss")
     infer_shapes(g)
     g.loss = loss
     autodiff(g, wrt_inputs=True)
@@ -266,11 +267,12 @@ def _reference(op, xs, params, a):
         "elu": lambda: np.where(xs[0] > 0, xs[0], a["alpha"] * (np.exp(xs[0]) - 1)),
         "softplus": lambda: np.where(a["beta"] * xs[0] > a["threshold"], xs[0],
                                      np.log(1 + np.exp(a["beta"] * xs[0])) / a["beta"]),
-        "scale": lambda: xs[0] * a.get("factor"), "sum": lambda: xs[0].sum(),
+        "scale": lambda: xs[0] * a.get("factor"), "sum_all": lambda: xs[0].sum(),
         "sum_to": lambda: xs[0].sum(axis=(0, 1, 3), keepdims=True)[0],
         "broadcast_like": lambda: np.broadcast_to(xs[0], xs[1].shape),
         "reshape": lambda: xs[0].reshape((N,) + tuple(a["shape"])),
         "mean": lambda: xs[0].mean(axis=a["axis"] + 1),
+        "sum": lambda: xs[0].sum(axis=a["axis"] + 1),
         "permute": lambda: np.transpose(xs[0], (0,) + tuple(i + 1 for i in a["axes"])),
     }
     if op in table:
