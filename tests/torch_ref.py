@@ -102,6 +102,8 @@ class TorchTwin(nn.Module):
         if op == "avgpool":
             return _AVGPOOL[nd](x, a["kernel"], a["stride"], padding=a["pad"][0::2],
                                 ceil_mode=a["ceil"], count_include_pad=a["count_include_pad"])
+        if op == "global_maxpool":
+            return x.flatten(2).max(dim=2).values
         if op == "global_avgpool":
             return x.mean(dim=tuple(range(2, x.dim())))
         if op == "upsample":

@@ -354,6 +354,10 @@ def _lower(n, ins: list[str], out: str, const, unique, opset: int = OPSET):
         pooled = unique(f"{n.name}.pooled")
         return [("GlobalAveragePool", ins, [pooled], {}),
                 ("Flatten", [pooled], [out], {"axis": 1})]
+    if op == "global_maxpool":
+        pooled = unique(f"{n.name}.pooled")
+        return [("GlobalMaxPool", ins, [pooled], {}),
+                ("Flatten", [pooled], [out], {"axis": 1})]
     if op == "flatten":
         if a.get("axis", 0) == 0:
             return [("Flatten", ins, [out], {"axis": 1})]

@@ -51,7 +51,7 @@ class Layer:
     params: dict[str, np.ndarray] = field(default_factory=dict)   # role -> array
     path: tuple[str, ...] = ()                # the module scope it comes from
     where: str = ""                           # the ONNX node name, for messages
-    pending: bool = False                     # GlobalAveragePool waiting for its Flatten
+    pending: bool = False                     # a global pool waiting for its Flatten
 
     def render(self, channel=None) -> str:
         args = list(self.args)
@@ -414,8 +414,10 @@ class _Translator:
             handler(node, a, ins, out, path, where)
         for layer in self.layers:
             if layer.pending:
-                self.refuse("GlobalAveragePool not followed by Flatten (netlang's "
-                            "global_avgpool is flat)", layer.where)
+                onnx_op = "GlobalAveragePool" if layer.op == "global_avgpool" else \
+                    "GlobalMaxPool"
+                self.refuse(f"{onnx_op} not followed by Flatten (netlang's global pools are "
+                            "flat)", layer.where)
         self._crops_to_references()
         return self.layers
 
@@ -801,6 +803,9 @@ class _Translator:
 
     def _GlobalAveragePool(self, node, a, ins, out, path, where):
         self.add(Layer("global_avgpool", [], {}, [ins[0]], out, {}, path, where, pending=True))
+
+    def _GlobalMaxPool(self, node, a, ins, out, path, where):
+        self.add(Layer("global_maxpool", [], {}, [ins[0]], out, {}, path, where, pending=True))
 
     def _flat(self, ins, out, path, where):
         prev = self.producer.get(ins[0])

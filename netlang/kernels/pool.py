@@ -163,6 +163,41 @@ def lower_mean_grad(r: KernelBuilder, grp: Group) -> None:
     r.finish_map(grp, grp.name, {r.key(dy): "const float*"}, body)
 
 
+def _first_max(r: KernelBuilder, x, per: int, var: str = "q") -> list[str]:
+    """Lines finding channel o0's maximum `m` and its first position `{var}`."""
+    at = f"{r.key(x)}[(long long)n * {x.type.size} + (long long)o0 * {per} + p]"
+    return [f"float m = {r.key(x)}[(long long)n * {x.type.size} + (long long)o0 * {per}];",
+            f"long long {var} = 0;",
+            f"for (long long p = 1; p < {per}; ++p) {{",
+            f"    float t = {at};",
+            f"    if (t > m || (t != t && m == m)) {{ m = t; {var} = p; }}",
+            "}"]
+
+
+@lowers("global_maxpool")
+def lower_global_maxpool(r: KernelBuilder, grp: Group) -> None:
+    n = grp.anchor
+    x = n.inputs[0]
+    per = math.prod(x.type.shape[1:])
+    r.finish_map(grp, grp.name, {r.key(x): "const float*"},
+                 _first_max(r, x, per) + ["float v = m;"])
+
+
+@lowers("global_maxpool_grad")
+def lower_global_maxpool_grad(r: KernelBuilder, grp: Group) -> None:
+    """Per channel, the first maximal position gets dy (a map over the input: each
+    element asks whether it is that position; channels are small planes here)."""
+    n = grp.anchor
+    dy, x = n.inputs
+    per = math.prod(x.type.shape[1:])
+    sp = x.type.shape[1:]
+    pos = " + ".join(f"(long long)o{j + 1} * {math.prod(sp[j + 1:])}" for j in range(len(sp)))
+    body = _first_max(r, x, per) + [
+        f"long long here = {pos};",
+        f"float v = here == q ? {r.key(dy)}[(long long)n * {x.type.shape[0]} + o0] : 0.0f;"]
+    r.finish_map(grp, grp.name, {r.key(x): "const float*", r.key(dy): "const float*"}, body)
+
+
 @lowers("global_avgpool")
 def lower_global_avgpool(r: KernelBuilder, grp: Group) -> None:
     n = grp.anchor

@@ -1,5 +1,5 @@
-"""Pooling and resampling: maxpool, avgpool, global_avgpool, mean over an axis, upsample, and
-their gradients.
+"""Pooling and resampling: maxpool, avgpool, global_avgpool, global_maxpool, mean and sum
+over an axis, upsample, and their gradients.
 
 Window ops loop over the kernel offsets (9 for a 3x3 window), each step vectorised over
 the whole tensor: no Python loop over pixels, and no scatter (`np.add.at`) in backward.
@@ -304,6 +304,37 @@ register(OpDef(
     shape=lambda ctx: TensorType(tuple(ctx.attrs["in_shape"])), kind=FusionKind.BROADCAST,
     forward=_mean_grad,
     user=False, doc="dy / L (or dy, for a sum), broadcast along the axis that was reduced."))
+
+
+# -- global_maxpool ----------------------------------------------------------------------
+
+def _gmp_shape(ctx: ShapeCtx) -> TensorType:
+    spatial_rank(ctx, ctx.op)
+    return TensorType((ctx.x.shape[0],))
+
+
+def _gmp_grad(xs, a, rt):
+    """dy to the first maximal position of each channel (as PyTorch's max pooling routes
+    it: one index per window, the first in row-major order), zero elsewhere."""
+    dy, x = xs
+    flat = x.reshape(x.shape[:2] + (-1,))
+    first = flat.argmax(axis=2)   # the first maximum; a NaN is the maximum, as np.max's
+    out = np.zeros_like(flat)
+    np.put_along_axis(out, first[..., None], dy[..., None], axis=2)
+    return out.reshape(x.shape)
+
+
+register(OpDef(
+    name="global_maxpool", attrs=(), shape=_gmp_shape, kind=FusionKind.REDUCE,
+    color="#fce5cd",
+    forward=lambda xs, a, rt: xs[0].reshape(xs[0].shape[:2] + (-1,)).max(axis=2),
+    vjp=lambda b, node, dy: [b.emit("global_maxpool_grad", [dy, node.inputs[0]])],
+    doc="Maximum over all spatial positions: [C, H, W] -> [C]."))
+
+register(OpDef(
+    name="global_maxpool_grad", attrs=(), shape=lambda ctx: ctx.inputs[1],
+    kind=FusionKind.OPAQUE, min_inputs=2, max_inputs=2, forward=_gmp_grad,
+    user=False, doc="dy at each channel's first maximal position."))
 
 
 # -- global_avgpool ----------------------------------------------------------------------

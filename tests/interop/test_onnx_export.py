@@ -61,6 +61,7 @@ network coverage {
     output gram = matmul(s, s, trans_a = true) -> softmax(axis = -1) -> reshape([4, -1])
     output joined = concat(s -> permute([1, 0]), s -> permute([1, 0]) -> scale(2.0), axis = 0)
     output flat1 = x -> flatten(1) -> permute([1, 0]) -> sum(1)
+    output peak = x -> relu -> global_maxpool
     output norms = x -> groupnorm(2) -> instancenorm -> groupnorm(4, affine = false)
                      -> instancenorm(affine = true)
 }

@@ -71,6 +71,8 @@ CASES = [
     ("avgpool", [(2, 7, 7)], pool_attrs(3, stride=2, pad=1, ceil=True, count_include_pad=True)),
     ("avgpool", [(2, 7, 7)], pool_attrs(3, stride=2, pad=1, ceil=True, count_include_pad=False)),
     ("global_avgpool", [(3, 4, 5)], {}),
+    ("global_maxpool", [(3, 4, 5)], {}),
+    ("global_maxpool", [(2, 7)], {}),
     ("upsample", [(2, 3, 4)], dict(scale=2.0, mode="nearest")),
     ("upsample", [(2, 3, 4)], dict(scale=1.5, mode="nearest")),
     ("upsample", [(2, 3, 4)], dict(scale=2.0, mode="bilinear")),
@@ -251,6 +253,7 @@ def _reference(op, xs, params, a):
         return y * params[0] + params[1] if a["affine"] else y
     table = {
         "global_avgpool": lambda: xs[0].reshape(N, xs[0].shape[1], -1).mean(axis=2),
+        "global_maxpool": lambda: xs[0].reshape(N, xs[0].shape[1], -1).max(axis=2),
         "concat": lambda: np.concatenate(xs, axis=a.get("axis", 0) % xs[0][0].ndim + 1),
         "add": lambda: xs[0] + xs[1], "mul": lambda: xs[0] * xs[1],
         "flatten": lambda: xs[0].reshape((N,) + xs[0].shape[1:a.get("axis", 0) + 1] + (-1,)),
@@ -346,3 +349,28 @@ def test_float32_stays_float32():
         feeds = {k: (v.astype(np.float32) if v.dtype == np.float64 else v)
                  for k, v in feeds.items()}
         assert run(g, feeds)[y.id].dtype == np.float32, op
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_global_maxpool_routes_ties_to_the_first_position(backend, torch_mod):
+    """After a relu most of a channel is 0: the gradient goes to one position (the first),
+    as PyTorch's, not to every tied one."""
+    import netlang
+    from tests.backends.test_cuda import HAVE_CXX
+
+    if backend == "cpu" and not HAVE_CXX:
+        pytest.skip("the cpu backend needs a C++ compiler")
+    torch = torch_mod
+    net = netlang.loads("network n {\n input x: [2, 3, 3]\n"
+                        " output y = x -> relu -> global_maxpool\n}")
+    rng = np.random.default_rng(0)
+    x = -np.abs(rng.standard_normal((2, 2, 3, 3)))
+    x[0, 0, 1, 1] = 0.5
+    t = rng.standard_normal((2, 2))
+    xt = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.mse_loss(torch.relu(xt).flatten(2).max(dim=2).values,
+                                 torch.tensor(t)).backward()
+    _, g = net.value_and_grad({}, {"x": x.astype(np.float32), "t": t.astype(np.float32)},
+                              loss="mse(y, t)", wrt_inputs=True, backend=backend)
+    np.testing.assert_allclose(g["x"], xt.grad.numpy(), atol=1e-6)
+    assert np.count_nonzero(g["x"][1, 0]) == 1
