@@ -165,6 +165,13 @@ def _at(t: TensorType, key: str, coords: list[str], n: str = "n",
     return f"{key}[{inner}]"
 
 
+def position_in_channel(t: TensorType) -> str:
+    """The offset of output coordinates o1, o2.. within channel o0's plane (row-major)."""
+    sp = t.shape[1:]
+    return " + ".join(f"(long long)o{j + 1} * {math.prod(sp[j + 1:])}"
+                      for j in range(len(sp))) or "0"
+
+
 def _decompose(shape: tuple[int, ...], var: str, prefix: str) -> list[str]:
     """Lines that split a per-sample linear index `var` into coordinates prefix0.."""
     lines = []

@@ -7,7 +7,7 @@ import math
 
 from netlang.ir.graph import Node
 from netlang.ir.types import TensorType
-from netlang.kernels.builder import KernelBuilder, _at, _f
+from netlang.kernels.builder import KernelBuilder, _at, _f, position_in_channel
 from netlang.kernels.registry import lowers
 from netlang.ir.fusion import Group
 from netlang.ops.loss import BCE_GRAD_EPS, BCE_LOG_FLOOR, DICE_SMOOTH, SMOOTH_L1_BETA
@@ -64,8 +64,7 @@ def lower_nll_grad(r: KernelBuilder, grp: Group) -> None:
     n = grp.anchor
     z, t, g = n.inputs
     per = math.prod(z.type.shape[1:])
-    rest = " + ".join(f"o{j + 1} * {math.prod(z.type.shape[j + 2:])}"
-                      for j in range(z.type.rank - 1)) or "0"
+    rest = position_in_channel(z.type)
     body = [f"long long pos = {rest};",
             f"int tc = (int){r.key(t)}[(long long)n * {per} + pos];",
             f"float v = tc == o0 ? -{r.key(g)}[0] / (float)((long long)N * {per}) : 0.0f;"]
@@ -203,8 +202,7 @@ def lower_cross_entropy_grad(r: KernelBuilder, grp: Group) -> None:
     n = grp.anchor
     z, t, g = n.inputs
     per = math.prod(z.type.shape[1:])
-    rest = " + ".join(f"o{j + 1} * {math.prod(z.type.shape[j + 2:])}"
-                      for j in range(z.type.rank - 1)) or "0"
+    rest = position_in_channel(z.type)
     body = [f"long long pos = {rest}; int nn = n;"]
     body += _ce_position(r, z, "0")[1:]   # reuses nn, pos
     body += [f"int tc = (int){r.key(t)}[(long long)n * {per} + pos];",

@@ -10,6 +10,7 @@ reduction's terms) and the builder adds the fused epilogue, the store and the la
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from netlang.ir.graph import Node
 from netlang.ir.types import TensorType
@@ -269,34 +270,65 @@ def _row_of(t: TensorType) -> str:
                        for j in range(t.rank - 1)]) or "0"
 
 
-@lowers("layernorm")
-def lower_layernorm(r: KernelBuilder, grp: Group) -> None:
+# -- layernorm, groupnorm, instancenorm: normalisation over rows ---------------------------
+# Layernorm's rows are the last axis; a group of groupnorm is C/G contiguous channels (NCHW
+# memory), so it is a row too, of C/G * positions elements: the same statistics serve, and
+# only where the affine parameters are indexed differs (the last axis, or the channel).
+
+@dataclass(frozen=True)
+class _RowLayout:
+    groups: int | None    # None: rows along the last axis (layernorm); else the groups
+    w_in_row: str         # the weight index of element r of row o0 (in a reduction)
+    w_at_out: str         # the weight index at output coordinates o0, o1..
+    row_at_out: str       # the row within the sample at output coordinates
+
+
+def _layout(n: Node, x: Node) -> _RowLayout:
+    if n.op.startswith("layernorm"):
+        return _RowLayout(None, "r", f"o{x.type.rank - 1}", _row_of(x.type))
+    g, cg, per = _group(n)
+    return _RowLayout(g, f"o0 * {cg} + r / {per}", "o0", f"o0 / {cg}")
+
+
+def _group(n: Node) -> tuple[int, int, int]:
+    """(groups, channels per group, positions per channel) of a groupnorm node's input."""
+    x = n.inputs[0] if n.op in ("groupnorm", "instancenorm") else n.inputs[1]
+    c = x.type.shape[0]
+    g = n.attrs["groups"]
+    return g, c // g, math.prod(x.type.shape[1:])
+
+
+@lowers("layernorm", "groupnorm", "instancenorm")
+def lower_row_norm(r: KernelBuilder, grp: Group) -> None:
     n = grp.anchor
     x = n.inputs[0]
-    mean, var, rows, d = _ln_stats(r, x, [n])
+    lay = _layout(n, x)
+    mean, var, rows, d = _ln_stats(r, x, [n], rows=lay.groups)
     ctype = "const float*"
     inputs = {r.key(x): ctype, mean: ctype, var: ctype}
-    last = f"o{n.type.rank - 1}"
-    body = [f"long long row = (long long)n * {rows} + {_row_of(n.type)};",
+    body = [f"long long row = (long long)n * {rows} + {lay.row_at_out};",
             f"float v = ({_at(x.type, r.key(x), r.coords(n.type))} - {mean}[row]) * "
             f"rsqrtf({var}[row] + {_f(n.attrs['eps'])});"]
     if n.attrs["affine"]:
         w, b = n.inputs[1:3]
         inputs[r.key(w)] = inputs[r.key(b)] = ctype
-        body.append(f"v = v * {r.key(w)}[{last}] + {r.key(b)}[{last}];")
+        body.append(f"v = v * {r.key(w)}[{lay.w_at_out}] + {r.key(b)}[{lay.w_at_out}];")
     r.finish_map(grp, grp.name, inputs, body)
 
 
-@lowers("layernorm_grad_input")
-def lower_layernorm_grad_input(r: KernelBuilder, grp: Group) -> None:
+@lowers("layernorm_grad_input", "groupnorm_grad_input")
+def lower_row_norm_grad_input(r: KernelBuilder, grp: Group) -> None:
+    """dx = inv / d (d g - sum(g) - x_hat sum(g x_hat)) with g = dy * weight, the two sums
+    per row as reductions."""
     n = grp.anchor
     dy, x = n.inputs[:2]
     w = n.inputs[2] if n.attrs["affine"] else None
     eps = _f(n.attrs["eps"])
-    mean, var, rows, d = _ln_stats(r, x, [n])
+    lay = _layout(n, x)
+    mean, var, rows, d = _ln_stats(r, x, [n], rows=lay.groups)
     ctype = "const float*"
     stat_t = TensorType((rows,), batched=True)
-    wmul = f" * {r.key(w)}[r]" if w is not None else ""
+    wmul = f" * {r.key(w)}[{lay.w_in_row}]" if w is not None else ""
     red_in = {r.key(dy): ctype, r.key(x): ctype, mean: ctype, var: ctype}
     if w is not None:
         red_in[r.key(w)] = ctype
@@ -309,12 +341,10 @@ def lower_layernorm_grad_input(r: KernelBuilder, grp: Group) -> None:
     r.emit_reduce(n.name + "_sgx", [n], sgx, stat_t, red_in, f"{d}", setup,
                   [f"acc_v += (double){r.key(dy)}[{off}]{wmul} * "
                    f"(({r.key(x)}[{off}] - mu) * inv);"], acc="double")
-    inputs = dict(red_in)
-    inputs.update({sg: ctype, sgx: ctype})
+    inputs = dict(red_in, **{sg: ctype, sgx: ctype})
     coords = r.coords(n.type)
-    last = f"o{n.type.rank - 1}"
-    wv = f" * {r.key(w)}[{last}]" if w is not None else ""
-    body = [f"long long row = (long long)n * {rows} + {_row_of(n.type)};",
+    wv = f" * {r.key(w)}[{lay.w_at_out}]" if w is not None else ""
+    body = [f"long long row = (long long)n * {rows} + {lay.row_at_out};",
             f"float inv = rsqrtf({var}[row] + {eps});",
             f"float xh = ({_at(x.type, r.key(x), coords)} - {mean}[row]) * inv;",
             f"float g = {_at(dy.type, r.key(dy), coords)}{wv};",
@@ -336,75 +366,6 @@ def lower_layernorm_grad_weight(r: KernelBuilder, grp: Group) -> None:
     r.emit_reduce(grp.name, grp.nodes, r.key(n), n.type,
                   {r.key(dy): ctype, r.key(x): ctype, mean: ctype, var: ctype},
                   f"((long long)N * {rows})", [], term, acc="double")
-
-
-# -- groupnorm (and instancenorm: a group per channel) ---------------------------------------
-# A group's channels are contiguous in NCHW memory, so a group is a row of C/G * positions
-# elements and the row statistics of layernorm serve; the affine parameters are per channel.
-
-def _group(n: Node) -> tuple[int, int, int]:
-    """(groups, channels per group, positions per channel) of a groupnorm node's input."""
-    x = n.inputs[0] if n.op in ("groupnorm", "instancenorm") else n.inputs[1]
-    c = x.type.shape[0]
-    g = n.attrs["groups"]
-    return g, c // g, math.prod(x.type.shape[1:])
-
-
-def _lower_groupnorm(r: KernelBuilder, grp: Group) -> None:
-    n = grp.anchor
-    x = n.inputs[0]
-    g, cg, per = _group(n)
-    mean, var, rows, d = _ln_stats(r, x, [n], rows=g)
-    ctype = "const float*"
-    inputs = {r.key(x): ctype, mean: ctype, var: ctype}
-    body = [f"long long row = (long long)n * {g} + o0 / {cg};",
-            f"float v = ({_at(x.type, r.key(x), r.coords(n.type))} - {mean}[row]) * "
-            f"rsqrtf({var}[row] + {_f(n.attrs['eps'])});"]
-    if n.attrs["affine"]:
-        w, b = n.inputs[1:3]
-        inputs[r.key(w)] = inputs[r.key(b)] = ctype
-        body.append(f"v = v * {r.key(w)}[o0] + {r.key(b)}[o0];")
-    r.finish_map(grp, grp.name, inputs, body)
-
-
-lowers("groupnorm")(_lower_groupnorm)
-lowers("instancenorm")(_lower_groupnorm)
-
-
-@lowers("groupnorm_grad_input")
-def lower_groupnorm_grad_input(r: KernelBuilder, grp: Group) -> None:
-    n = grp.anchor
-    dy, x = n.inputs[:2]
-    w = n.inputs[2] if n.attrs["affine"] else None
-    eps = _f(n.attrs["eps"])
-    g, cg, per = _group(n)
-    mean, var, rows, d = _ln_stats(r, x, [n], rows=g)
-    ctype = "const float*"
-    stat_t = TensorType((rows,), batched=True)
-    # element r of group o0 is channel o0 * cg + r / per
-    wmul = f" * {r.key(w)}[o0 * {cg} + r / {per}]" if w is not None else ""
-    red_in = {r.key(dy): ctype, r.key(x): ctype, mean: ctype, var: ctype}
-    if w is not None:
-        red_in[r.key(w)] = ctype
-    off = f"(long long)n * {x.type.size} + (long long)o0 * {d} + r"
-    setup = [f"float mu = {mean}[(long long)n * {rows} + o0];",
-             f"float inv = rsqrtf({var}[(long long)n * {rows} + o0] + {eps});"]
-    sg, sgx = r.new_scratch(rows, True), r.new_scratch(rows, True)
-    r.emit_reduce(n.name + "_sg", [n], sg, stat_t, red_in, f"{d}", setup,
-                  [f"acc_v += (double){r.key(dy)}[{off}]{wmul};"], acc="double")
-    r.emit_reduce(n.name + "_sgx", [n], sgx, stat_t, red_in, f"{d}", setup,
-                  [f"acc_v += (double){r.key(dy)}[{off}]{wmul} * "
-                   f"(({r.key(x)}[{off}] - mu) * inv);"], acc="double")
-    inputs = dict(red_in)
-    inputs.update({sg: ctype, sgx: ctype})
-    coords = r.coords(n.type)
-    wv = f" * {r.key(w)}[o0]" if w is not None else ""
-    body = [f"long long row = (long long)n * {rows} + o0 / {cg};",
-            f"float inv = rsqrtf({var}[row] + {eps});",
-            f"float xh = ({_at(x.type, r.key(x), coords)} - {mean}[row]) * inv;",
-            f"float gr = {_at(dy.type, r.key(dy), coords)}{wv};",
-            f"float v = inv / {d}.0f * ({d}.0f * gr - {sg}[row] - xh * {sgx}[row]);"]
-    r.finish_map(grp, grp.name, inputs, body)
 
 
 @lowers("groupnorm_grad_weight")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 
-from netlang.kernels.builder import KernelBuilder, Loop, _f, _offsets_of, nest, window_taps
+from netlang.kernels.builder import (
+    KernelBuilder, Loop, _f, _offsets_of, nest, position_in_channel, window_taps,
+)
 from netlang.kernels.registry import lowers
 from netlang.ir.fusion import Group
 
@@ -190,10 +192,8 @@ def lower_global_maxpool_grad(r: KernelBuilder, grp: Group) -> None:
     n = grp.anchor
     dy, x = n.inputs
     per = math.prod(x.type.shape[1:])
-    sp = x.type.shape[1:]
-    pos = " + ".join(f"(long long)o{j + 1} * {math.prod(sp[j + 1:])}" for j in range(len(sp)))
     body = _first_max(r, x, per) + [
-        f"long long here = {pos};",
+        f"long long here = {position_in_channel(x.type)};",
         f"float v = here == q ? {r.key(dy)}[(long long)n * {x.type.shape[0]} + o0] : 0.0f;"]
     r.finish_map(grp, grp.name, {r.key(x): "const float*", r.key(dy): "const float*"}, body)
 

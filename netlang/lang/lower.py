@@ -313,8 +313,8 @@ class Lowerer:
                                     f"{_show(v)}", e.args[0].span)
                     value = float(v)
         qual = self._qual(scope, stmt.name)
-        attrs = {"role": "value", "init": "uniform" if init == "uniform" else init,
-                 "bound": value if init == "uniform" else 0.0, "trainable": True}
+        attrs = {"role": "value", "init": init, "bound": value if init == "uniform" else 0.0,
+                 "trainable": True}
         if init == "normal":
             attrs["std"] = value
         node = self.graph.add("param", [], attrs, name=qual, span=stmt.span,

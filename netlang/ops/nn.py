@@ -557,17 +557,22 @@ def _ln_vjp(b, node, dy):
     return grads
 
 
-def _ln_grad_input(xs, a, rt):
-    dy, x = xs[0], xs[1]
-    g = dy * xs[2] if a["affine"] else dy
+def _row_norm_grad(g: np.ndarray, x: np.ndarray, eps: float) -> np.ndarray:
+    """The input gradient of a normalisation over the last axis, given g = dy * weight:
+    inv / d (d g - sum(g) - x_hat sum(g x_hat))."""
     d = x.shape[-1]
     mu = x.mean(axis=-1, keepdims=True)
     var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
-    inv = 1 / np.sqrt(var + x.dtype.type(a["eps"]))
+    inv = 1 / np.sqrt(var + x.dtype.type(eps))
     xh = (x - mu) * inv
-    out = inv / d * (d * g - g.sum(axis=-1, keepdims=True)
-                     - xh * (g * xh).sum(axis=-1, keepdims=True))
-    return out.astype(x.dtype)
+    return inv / d * (d * g - g.sum(axis=-1, keepdims=True)
+                      - xh * (g * xh).sum(axis=-1, keepdims=True))
+
+
+def _ln_grad_input(xs, a, rt):
+    dy, x = xs[0], xs[1]
+    g = dy * xs[2] if a["affine"] else dy
+    return _row_norm_grad(g, x, a["eps"]).astype(x.dtype)
 
 
 register(OpDef(
@@ -618,10 +623,7 @@ def _gn_params(ins, a) -> dict[str, ParamSpec]:
 
 
 def _gn_normalized(x: np.ndarray, groups: int, eps: float) -> np.ndarray:
-    xs = x.reshape(x.shape[0], groups, -1)
-    mu = xs.mean(axis=2, keepdims=True)
-    var = ((xs - mu) ** 2).mean(axis=2, keepdims=True)
-    return ((xs - mu) / np.sqrt(var + x.dtype.type(eps))).reshape(x.shape)
+    return _ln_normalized(x.reshape(x.shape[0], groups, -1), eps).reshape(x.shape)
 
 
 def _per_channel(v: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -650,17 +652,9 @@ def _gn_vjp(b, node, dy):
 def _gn_grad_input(xs, a, rt):
     dy, x = xs[0], xs[1]
     g = dy * _per_channel(xs[2], x) if a["affine"] else dy
-    n, groups = x.shape[0], a["groups"]
-    gs = g.reshape(n, groups, -1)
-    xs_ = x.reshape(n, groups, -1)
-    d = xs_.shape[2]
-    mu = xs_.mean(axis=2, keepdims=True)
-    var = ((xs_ - mu) ** 2).mean(axis=2, keepdims=True)
-    inv = 1 / np.sqrt(var + x.dtype.type(a["eps"]))
-    xh = (xs_ - mu) * inv
-    out = inv / d * (d * gs - gs.sum(axis=2, keepdims=True)
-                     - xh * (gs * xh).sum(axis=2, keepdims=True))
-    return out.reshape(x.shape).astype(x.dtype)
+    rows = (x.shape[0], a["groups"], -1)   # a group is a row of its channels' positions
+    return _row_norm_grad(g.reshape(rows), x.reshape(rows), a["eps"]).reshape(
+        x.shape).astype(x.dtype)
 
 
 def _gn_grad_weight(xs, a, rt):

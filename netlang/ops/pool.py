@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from netlang.ir.types import TensorType
+from netlang.ops.elementwise import normalize_axis
 from netlang.ops.registry import (
     DIM_NAMES, Attr, FusionKind, OpDef, ShapeCtx, ShapeError, per_dim, register, resolve_pad,
     sliding_out, spatial_rank,
@@ -263,8 +264,6 @@ register(OpDef(
 # -- mean over an axis ------------------------------------------------------------------
 
 def _mean_shape(ctx: ShapeCtx) -> TensorType:
-    from netlang.ops.elementwise import normalize_axis
-
     ax = normalize_axis(ctx, ctx.op)
     return TensorType(ctx.x.shape[:ax] + ctx.x.shape[ax + 1:], ctx.x.batched)
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from netlang.ir.types import TensorType, fmt_shape
+from netlang.ops.elementwise import normalize_axis
 from netlang.ops.registry import (
     DIM_NAMES, Attr, FusionKind, OpDef, ShapeCtx, ShapeError, register, spatial_rank,
 )
@@ -18,12 +19,8 @@ from netlang.ops.registry import (
 def _concat_shape(ctx: ShapeCtx) -> TensorType:
     first = ctx.inputs[0]
     rank = first.rank
-    axis = ctx.attrs.get("axis", 0)
-    if not -rank <= axis < rank:
-        raise ShapeError("E081", f"concat: axis {axis} of a {fmt_shape(first.shape)} input",
-                         notes=("axes count from 0 after the batch; -1 is the last",))
-    axis = axis + rank if axis < 0 else axis
-    ctx.attrs["axis"] = axis
+    ctx.attrs.setdefault("axis", 0)
+    axis = normalize_axis(ctx, "concat")
     for other in ctx.inputs[1:]:
         same = other.rank == rank and all(a == b for i, (a, b) in enumerate(
             zip(other.shape, first.shape)) if i != axis)
@@ -224,13 +221,8 @@ register(OpDef(
 
 def _flatten_shape(ctx: ShapeCtx) -> TensorType:
     x = ctx.x
-    axis = ctx.attrs.get("axis", 0)
-    if not -x.rank <= axis < max(x.rank, 1):
-        raise ShapeError("E081", f"flatten: axis {axis} of a {fmt_shape(x.shape)} input",
-                         notes=("axes count from 0 after the batch; flatten merges that axis "
-                                "and every one after it",))
-    axis = axis + x.rank if axis < 0 else axis
-    ctx.attrs["axis"] = axis
+    ctx.attrs.setdefault("axis", 0)
+    axis = normalize_axis(ctx, "flatten")
     return TensorType(x.shape[:axis] + (math.prod(x.shape[axis:]),))
 
 
