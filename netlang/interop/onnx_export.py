@@ -313,6 +313,13 @@ def _lower(n, ins: list[str], out: str, const, unique, opset: int = OPSET):
     if op == "scale":
         return [("Mul", [ins[0], const(f"{n.name}.factor", [a["factor"]], np.float32)],
                  [out], {})]
+    if op == "softmax" and a.get("causal"):   # -inf on the keys after each query
+        from netlang.ops.elementwise import causal_mask
+        keep = causal_mask(n.type.shape)
+        mask = const(f"{n.name}.causal", np.where(keep, 0.0, -np.inf), np.float32)
+        masked = unique(f"{n.name}.masked")
+        return [("Add", [ins[0], mask], [masked], {}),
+                ("Softmax", [masked], [out], {"axis": a["axis"] + 1})]
     if op == "softmax":
         return [("Softmax", ins, [out], {"axis": a["axis"] + 1})]
     if op == "log_softmax":

@@ -102,6 +102,17 @@ def _identifier(text: str, fallback: str = "x") -> str:
     return name
 
 
+def _is_causal_mask(c: np.ndarray) -> bool:
+    """0 where key j <= query i and -inf after, over the last two axes (what netlang's
+    exporter writes for `softmax(causal=true)`)."""
+    if c.ndim < 2 or any(d != 1 for d in c.shape[:-2]):
+        return False
+    from netlang.ops.elementwise import causal_mask
+    keep = causal_mask(c.shape)
+    m = c.reshape(c.shape[-2:])
+    return bool(np.all(m[keep] == 0) and np.all(np.isneginf(m[~keep])) and (~keep).any())
+
+
 class _Refusals:
     def __init__(self):
         self.items: dict[str, list[str]] = {}
@@ -353,6 +364,8 @@ class _Translator:
         self.refusals = _Refusals()
         # groupnorm outputs (still [N, G, -1] in the ONNX graph) -> the input's shape
         self.group_shapes: dict[str, list] = {}
+        # scores + a causal mask constant (0 / -inf) -> the scores, for the Softmax after it
+        self.causal: dict[str, tuple[str, str]] = {}
         self.uses = Counter(i for n in g.node for i in n.input if i)
         for o in g.output:
             self.uses[o.name] += 1
@@ -405,7 +418,7 @@ class _Translator:
                     self.alias[out] = ins[0]
                 continue
             if any(i and i not in self.consts and i not in self.producer
-                   and i not in self.inputs for i in ins[:1]):
+                   and i not in self.inputs and i not in self.causal for i in ins[:1]):
                 continue   # fed by a node already refused
             handler = getattr(self, f"_{op}", None)
             if handler is None:
@@ -640,7 +653,15 @@ class _Translator:
         if axis < 1 or not rank or (opset < 13 and axis != rank - 1):
             self.refuse(f"{node.op_type} over the batch axis or a flattened tail", where)
             return
-        self._simple(op, ins, out, path, where, **({} if axis == 1 else {"axis": axis - 1}))
+        kw = {} if axis == 1 else {"axis": axis - 1}
+        if ins[0] in self.causal:
+            if op != "softmax" or axis != rank - 1:
+                self.refuse(f"{node.op_type} of causally masked scores other than a Softmax "
+                            "over the last axis", where)
+                return
+            ins = [self.causal.pop(ins[0])[0]]
+            kw["causal"] = True
+        self._simple(op, ins, out, path, where, **kw)
 
     def _Softmax(self, node, a, ins, out, path, where):
         self._softmax_like("softmax", node, a, ins, out, path, where)
@@ -713,6 +734,9 @@ class _Translator:
         data, c = (x, cy) if cx is None else (y, cx)
         if cx is not None and cy is not None:
             self.consts[out] = (cx + cy) if op == "add" else (cx * cy)
+            return
+        if op == "add" and _is_causal_mask(c) and self.uses[out] == 1:
+            self.causal[out] = (data, where)   # the Softmax that reads it takes causal=true
             return
         prev = self.producer.get(data)
         if prev is not None and prev.op == "groupnorm" and self.uses[data] == 1 and \
@@ -1484,6 +1508,8 @@ def import_model(path: str, network: str | None = None) -> Imported:
         net_inputs[vi.name] = tuple(shape[1:])
         tr.inputs[vi.name] = True
     layers = tr.run()
+    for _, where in tr.causal.values():
+        tr.refuse("Add of a constant tensor (a causal mask not read by a Softmax)", where)
     outputs = [tr.src(o.name) for o in g.output]
     for o, v in zip(g.output, outputs):
         if v in tr.consts:

@@ -153,9 +153,14 @@ def _per_row(r: KernelBuilder, grp: Group, label: str, x: Node, axis: int,
     return key
 
 
-def _logsumexp_rows(r: KernelBuilder, grp: Group, x: Node, axis: int) -> str:
-    """Per row, m + log(sum(exp(x - m))) with m the row's maximum."""
+def _logsumexp_rows(r: KernelBuilder, grp: Group, x: Node, axis: int,
+                    causal: bool = False) -> str:
+    """Per row, m + log(sum(exp(x - m))) with m the row's maximum; `causal`: over the
+    first i + 1 entries of row i (i the coordinate before the last axis)."""
     c = x.type.shape[axis]
+    if causal:
+        q = r.coords(_rows_of(x, axis))[-1]   # the query: the last row coordinate
+        c = f"({q} + 1 < {c} ? {q} + 1 : {c})"
     return _per_row(r, grp, "_logsumexp", x, axis, {r.key(x): "const float*"}, lambda at: [
         "float m = -NL_INF;",
         f"for (int c = 0; c < {c}; ++c) m = fmaxf(m, {at(x)});",
@@ -170,11 +175,14 @@ def _softmax_family(r: KernelBuilder, grp: Group, log: bool) -> None:
     n = grp.anchor
     x = n.inputs[0]
     ax = n.attrs["axis"]
-    lse = _logsumexp_rows(r, grp, x, ax)
+    causal = bool(n.attrs.get("causal"))
+    lse = _logsumexp_rows(r, grp, x, ax, causal)
     coords = r.coords(n.type)
     xv = _at(x.type, r.key(x), coords)
     row = _row_at(x, ax, coords)
     value = f"{xv} - {lse}[{row}]" if log else f"expf({xv} - {lse}[{row}])"
+    if causal:   # key after query: probability 0
+        value = f"{coords[-1]} > {coords[-2]} ? 0.0f : {value}"
     r.finish_map(grp, grp.name, {r.key(x): "const float*", lse: "const float*"},
                  [f"float v = {value};"])
 

@@ -292,8 +292,31 @@ def normalize_axis(ctx: ShapeCtx, what: str) -> int:
 
 
 def _softmax_shape(ctx: ShapeCtx) -> TensorType:
-    normalize_axis(ctx, ctx.op)
+    axis = normalize_axis(ctx, ctx.op)
+    if ctx.attrs.get("causal"):
+        rank = ctx.x.rank
+        if rank < 2 or axis != rank - 1:
+            raise ShapeError("E081", f"softmax(causal=true) over axis {axis} of a "
+                             f"{fmt_shape(ctx.x.shape)} input",
+                             notes=("a causal softmax runs over the last axis (the keys) of "
+                                    "scores with at least two axes: [.., queries, keys]",),
+                             help="write `softmax(axis=-1, causal=true)` on attention scores")
     return ctx.x
+
+
+def causal_mask(shape: tuple[int, ...]) -> np.ndarray:
+    """True where query i may see key j (j <= i) over the last two axes of `shape`, the
+    upper-left aligned mask of PyTorch's `is_causal`."""
+    q, k = shape[-2], shape[-1]
+    return np.arange(k)[None, :] <= np.arange(q)[:, None]
+
+
+def _softmax_forward(x: np.ndarray, a: dict) -> np.ndarray:
+    if not a.get("causal"):
+        return softmax(x, a["axis"] + 1)
+    keep = causal_mask(x.shape)
+    z = np.where(keep, x, x.dtype.type(-np.inf))
+    return np.where(keep, softmax(z, a["axis"] + 1), x.dtype.type(0)).astype(x.dtype)
 
 
 def _log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
@@ -302,12 +325,16 @@ def _log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
 
 
 register(OpDef(
-    name="softmax", attrs=(Attr("axis", "int", 0),), shape=_softmax_shape,
-    kind=FusionKind.REDUCE, writes_per_element=True,
-    forward=lambda xs, a, rt: softmax(xs[0], a["axis"] + 1),
+    name="softmax", attrs=(Attr("axis", "int", 0),
+                           Attr("causal", "bool", False,
+                                doc="attention scores [.., queries, keys]: query i sees keys "
+                                    "0..i only (the others get probability 0)")),
+    shape=_softmax_shape, kind=FusionKind.REDUCE, writes_per_element=True,
+    forward=lambda xs, a, rt: _softmax_forward(xs[0], a),
+    # y (dy - sum(dy y)) is 0 where y is: the masked positions need no gradient of their own.
     vjp=lambda b, node, dy: [b.emit("softmax_grad", [dy, node], axis=node.attrs["axis"])],
     doc="Softmax over an axis: the channels (`axis=0`, the default), or `axis=-1` for the "
-        "last (attention scores)."))
+        "last (attention scores); `causal=true` masks the keys after each query."))
 
 register(OpDef(
     name="softmax_grad", attrs=(Attr("axis", "int", 0),), shape=_same, kind=FusionKind.REDUCE,

@@ -59,6 +59,7 @@ network coverage {
     output tok = s -> permute([1, 0]) -> layernorm(affine = false) -> dense(4, bias = false)
                    -> log_softmax(axis = -1) -> mean(1)
     output gram = matmul(s, s, trans_a = true) -> softmax(axis = -1) -> reshape([4, -1])
+    output causal = matmul(s, s, trans_b = true) -> softmax(axis = -1, causal = true)
     output joined = concat(s -> permute([1, 0]), s -> permute([1, 0]) -> scale(2.0), axis = 0)
     output flat1 = x -> flatten(1) -> permute([1, 0]) -> sum(1)
     output peak = x -> relu -> global_maxpool

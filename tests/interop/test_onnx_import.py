@@ -77,7 +77,7 @@ def test_the_ops_no_example_uses_round_trip(tmp_path):
     onnx.save(export_model(net, w).model, str(path))
     imp = import_model(str(path))
     for call in ("batchnorm(affine=false)", "-> gelu -> conv(5, 1) -> gelu(approximate=tanh) "
-                 "-> silu", "softplus(beta=2) -> scale(0.5)"):
+                 "-> silu", "softplus(beta=2) -> scale(0.5)", "softmax(axis=1, causal=true)"):
         assert call in imp.source
     back = netlang.loads(imp.source)
     assert back.param_count() == net.param_count()

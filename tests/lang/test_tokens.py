@@ -43,6 +43,9 @@ def test_axes_that_the_value_does_not_have():
     assert "error[E081]: softmax: axis 2 of a [16, 8] input (it has 2 axes after the batch)" \
         in text and "give an axis from -2 to 1" in text
     assert "error[E081]" in err("    output y = t -> mean(-3)")
+    text = err("    output y = t -> softmax(axis=0, causal=true)")
+    assert "error[E081]: softmax(causal=true) over axis 0 of a [16, 8] input" in text
+    assert "softmax(axis=-1, causal=true)" in text
     text = err("    output y = t -> permute([0, 0])")
     assert "error[E081]: permute([0, 0]) of [16, 8]: the axes must name each of the 2" in text
     assert "permute([1, 0])" in text

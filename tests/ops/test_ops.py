@@ -104,6 +104,8 @@ CASES = [
     ("softmax", [(4, 3)], {}),
     ("softmax", [(2, 3, 4)], dict(axis=2)),
     ("softmax", [(3, 5)], dict(axis=-1)),
+    ("softmax", [(2, 4, 4)], dict(axis=-1, causal=True)),
+    ("softmax", [(5, 3)], dict(axis=1, causal=True)),
     ("log_softmax", [(4, 3)], {}),
     ("log_softmax", [(2, 3, 4)], dict(axis=1)),
     ("mean", [(3, 4)], dict(axis=0)),
@@ -229,6 +231,9 @@ def _reference(op, xs, params, a):
     if op in ("softmax", "log_softmax"):
         ax = a["axis"] + 1
         z = np.exp(xs[0] - xs[0].max(axis=ax, keepdims=True))
+        if a.get("causal"):   # written out: key j > query i is dropped before the sum
+            q, k = xs[0].shape[-2:]
+            z = z * np.array([[j <= i for j in range(k)] for i in range(q)])
         p = z / z.sum(axis=ax, keepdims=True)
         return p if op == "softmax" else np.log(p)
     if op == "matmul":
