@@ -51,6 +51,9 @@ class Graph:
     grads: dict[str, Node] = field(default_factory=dict)
     # Kernel groups, set by the fusion pass (an ir.fusion.Fusion).
     fusion: Any = None
+    # Nodes written in another file (an imported block, the library): the calls that led
+    # there, innermost first, so a diagnostic on one can show the user's own line too.
+    called_at: dict[int, list[tuple[SourceSpan, str]]] = field(default_factory=dict)
     _next_id: int = 0
 
     def add(self, op: str, inputs: Iterable[Node], attrs: dict[str, Any] | None = None, *,

@@ -108,6 +108,16 @@ class IfStmt:
 
 
 @dataclass(frozen=True)
+class Require:
+    """`require cond, "message"`: E082 with the message when the condition is false."""
+    left: Expr
+    op: str | None
+    right: Expr | None
+    message: str
+    span: SourceSpan
+
+
+@dataclass(frozen=True)
 class BlockInputs:
     names: tuple[str, ...]
     span: SourceSpan
@@ -146,8 +156,8 @@ class ExprStmt:
     span: SourceSpan
 
 
-Stmt = (InputDecl | ParamDecl | IfStmt | BlockInputs | Output | Return | Assign | AssertShape
-        | ExprStmt)
+Stmt = (InputDecl | ParamDecl | IfStmt | Require | BlockInputs | Output | Return | Assign
+        | AssertShape | ExprStmt)
 
 
 @dataclass(frozen=True)

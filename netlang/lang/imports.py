@@ -1,8 +1,11 @@
-"""Read a `.net` file and the files it imports (blocks only), detecting cycles."""
+"""Read a `.net` file and the files it imports (blocks only), detecting cycles; the
+library's blocks (library.net) are visible to every program."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 from netlang.diagnostics import NetlangError, SourceMap, error
@@ -17,6 +20,23 @@ class SourceTree:
     main: ast.Module
     blocks: dict[str, ast.BlockDef] = field(default_factory=dict)
     sources: SourceMap = field(default_factory=SourceMap)
+    # The library's blocks; a program's own block of the same name takes its place.
+    library: dict[str, ast.BlockDef] = field(default_factory=dict)
+
+    def block(self, name: str) -> ast.BlockDef | None:
+        return self.blocks.get(name) or self.library.get(name)
+
+    def visible_blocks(self) -> list[str]:
+        return list(self.blocks) + [b for b in self.library if b not in self.blocks]
+
+
+LIBRARY_FILE = "<netlang>/library.net"
+
+
+@lru_cache(maxsize=1)
+def _library() -> tuple[str, tuple[ast.BlockDef, ...]]:
+    text = resources.files("netlang.lang").joinpath("library.net").read_text(encoding="utf-8")
+    return text, tuple(parse(text, LIBRARY_FILE).blocks)
 
 
 def read_program(text: str, file: str, base_dir: Path | None = None,
@@ -24,7 +44,9 @@ def read_program(text: str, file: str, base_dir: Path | None = None,
     sources = sources or SourceMap()
     sources.add(file, text)
     main = parse(text, file)
-    prog = SourceTree(main, {}, sources)
+    lib_text, lib_blocks = _library()
+    sources.add(LIBRARY_FILE, lib_text)
+    prog = SourceTree(main, {}, sources, {b.name: b for b in lib_blocks})
     _collect(prog, main, base_dir or Path("."), [str(Path(file).resolve())
                                                  if base_dir else file])
     return prog

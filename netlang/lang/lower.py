@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Union
 
 from netlang.diagnostics import NetlangError, SourceSpan, did_you_mean, error, warning
@@ -232,11 +232,33 @@ class Lowerer:
                 local = {_defines(x) or getattr(x, "name", None) for x in body}
                 branch = stmt.then if self._condition(stmt, scope, local) else stmt.orelse
                 out += self._choose_branches(branch, scope)
+            elif isinstance(stmt, ast.Require):
+                local = {_defines(x) or getattr(x, "name", None) for x in body}
+                if not self._condition(stmt, scope, local):
+                    raise error("E082", stmt.message, stmt.span,
+                                notes=[f"the condition is false: {self._shown(stmt, scope)}"],
+                                help="check the arguments of the call" if self.block_stack
+                                else "check the network's parameters (and `--set`)")
             else:
                 out.append(stmt)
         return tuple(out)
 
-    def _condition(self, stmt: ast.IfStmt, scope: Scope, local: set) -> bool:
+    def _shown(self, stmt: ast.Require, scope: Scope) -> str:
+        """The condition as written, then with its sides' values: `dim % heads == 0`
+        is `2 == 0`."""
+        def side(e):
+            v = self.eval(e, scope)
+            return v.name if isinstance(v, Symbol) else _show(v).strip("`")
+        last = stmt.right if stmt.op is not None else stmt.left
+        a, b = stmt.left.span, last.span
+        line = self.prog.sources.line(a.file, a.line)
+        text = line[a.col - 1:b.end_col - 1] if line is not None and a.line == b.end_line \
+            else None
+        value = side(stmt.left) if stmt.op is None else \
+            f"{side(stmt.left)} {stmt.op} {side(stmt.right)}"
+        return f"`{text}` is `{value}`" if text else f"`{value}`"
+
+    def _condition(self, stmt: ast.IfStmt | ast.Require, scope: Scope, local: set) -> bool:
         def value(e: ast.Expr):
             if isinstance(e, ast.Name) and e.id in local and e.id not in scope.values:
                 raise error("E012", f"a condition reads parameters; `{e.id}` is a value of "
@@ -390,7 +412,7 @@ class Lowerer:
         """A bare layer or block name that starts a block's body, `block b(c) { relu }`:
         applied to the block's input, as `relu()` would be; any other bare name is E014."""
         if isinstance(e, ast.Name) and scope.implicit_input is not None and \
-                (v.name in registry.user_ops() or v.name in self.prog.blocks):
+                (v.name in registry.user_ops() or self.prog.block(v.name)):
             return self._apply(e, scope.implicit_input, scope)
         raise self._undefined(v.name, e.span, scope)
 
@@ -403,7 +425,7 @@ class Lowerer:
 
     def _undefined(self, name: str, span: SourceSpan, scope: Scope) -> NetlangError:
         hint = did_you_mean(name, list(scope.values))
-        if hint is None and (name in registry.user_ops() or name in self.prog.blocks):
+        if hint is None and (name in registry.user_ops() or self.prog.block(name)):
             hint = f"`{name}` is a layer: pipe a value into it, `x -> {name}`"
         return error("E014", f"`{name}` is not defined", span, help=hint)
 
@@ -535,7 +557,7 @@ class Lowerer:
             if kw.name in kwargs:
                 raise error("E011", f"argument `{kw.name}` is given twice", kw.span)
             kwargs[kw.name] = (self.eval(kw.value, scope), kw.span)
-        if call.func in self.prog.blocks:
+        if self.prog.block(call.func):
             return self._call_block(call, args, arg_spans, kwargs, scope)
         ops = registry.user_ops()
         if call.func in ops:
@@ -544,7 +566,7 @@ class Lowerer:
             return self._number_function(call, args, arg_spans, kwargs, scope)
         if call.func in SHAPE_FUNCTIONS and piped is None:
             return self._shape_function(call, args, arg_spans, kwargs, scope)
-        hint = did_you_mean(call.func, list(ops) + list(self.prog.blocks))
+        hint = did_you_mean(call.func, list(ops) + self.prog.visible_blocks())
         if call.func in LOSSES:
             raise error("E010", f"`{call.func}` is not a layer", call.name_span,
                         notes=["losses belong in the `train` section"], help=hint)
@@ -711,7 +733,7 @@ class Lowerer:
 
     def _call_block(self, call: ast.Call, args: list[Value], spans: list[SourceSpan],
                     kwargs: dict[str, tuple[Value, SourceSpan]], scope: Scope) -> Value:
-        block = self.prog.blocks[call.func]
+        block = self.prog.block(call.func)
         if block.name in self.block_stack:
             chain = " -> ".join(self.block_stack[self.block_stack.index(block.name):] +
                                 [block.name])
@@ -766,14 +788,34 @@ class Lowerer:
                                                       self.block_stack[-2:] + [block.name])],
                         help="flatten the chain of blocks, or use `repeat`")
         self.block_stack.append(block.name)
+        first = len(self.graph.nodes)
         try:
             result = self._run_body(block.body, inner, is_block=True)
+        except NetlangError as exc:
+            raise _called_from(exc, block.name, call.span) from None
         finally:
             self.block_stack.pop()
+        site = (call.span, f"in `{block.name}`, called here")
+        for n in self.graph.nodes[first:]:
+            if n.span is not None and n.span.file != call.span.file:
+                self.graph.called_at.setdefault(n.id, []).append(site)
         if result is None:
             raise error("E013", f"block `{block.name}` returns nothing", block.span,
                         help="end the block with `return value` or a bare chain")
         return result
+
+
+def _called_from(exc: NetlangError, block: str, call: SourceSpan) -> NetlangError:
+    """An error inside a block of another file (an imported one, the library) also shows
+    where this file calls it: the message alone would point at text the user did not
+    write here. A failed `require` always shows its call: the arguments are the cause."""
+    out = []
+    for d in exc.diagnostics:
+        if d.span is not None and (d.span.file != call.file or d.code == "E082") and \
+                all(sp.file != call.file for sp, _ in d.related):
+            d = replace(d, related=d.related + ((call, f"in `{block}`, called here"),))
+        out.append(d)
+    return NetlangError(out)
 
 
 # A parameter declaration's initialisers and their default argument.

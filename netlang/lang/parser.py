@@ -18,7 +18,7 @@ from netlang.diagnostics import NetlangError, SourceSpan, did_you_mean, error
 from netlang.lang import ast
 
 KEYWORDS = ("import", "block", "network", "train", "input", "output", "return", "repeat", "as",
-            "param", "if", "else")
+            "param", "if", "else", "require")
 TOP_LEVEL = ("import", "block", "network", "train")
 _CLOSERS = {"(": ")", "[": "]", "{": "}"}
 _TOKEN_TEXT = {
@@ -156,6 +156,11 @@ class _ToAst(Transformer_NonRecursive):   # iterative: deep trees need no deep s
         if isinstance(orelse, ast.IfStmt):
             orelse = (orelse,)
         return ast.IfStmt(left, op, right, then, orelse or (), self._s(meta))
+
+    @v_args(meta=True)
+    def require_stmt(self, meta, children):
+        (left, op, right), message = children
+        return ast.Require(left, op, right, str(message)[1:-1], self._s(meta))
 
     @v_args(meta=True)
     def block_inputs(self, meta, children):

@@ -154,6 +154,7 @@ def _diagnose(graph: Graph, node: Node, exc: ShapeError, info: ShapeInfo,
                               "another's size, `pad(x, like)` zero-pads it")
     if exc.code == "E021":
         related = _lossy_related(graph, data_inputs(node), info)
+    related += graph.called_at.get(node.id, [])[:3]
     return NetlangError(Diagnostic(exc.code, exc.message, node.span, tuple(notes), help_,
                                    related=tuple(related)))
 
