@@ -91,3 +91,77 @@ def test_se_resnet18_matches_pytorch_and_counts_its_gates(torch_mod):
         want = twin({"image": x})["logits"].numpy()
     got = se.forward(w, {"image": x.numpy()})["logits"]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+class _GridAttention:
+    """Oktay et al.'s grid attention gate as their code writes it (GridAttentionBlock2D,
+    sub-sample factor 2, concatenation mode), from torch.nn, not from netlang's graph."""
+
+    def __init__(self, torch, cx, cg, inter):
+        nn = torch.nn
+        self.theta = nn.Conv2d(cx, inter, 2, stride=2, bias=False)
+        self.phi = nn.Conv2d(cg, inter, 1)
+        self.psi = nn.Conv2d(inter, 1, 1)
+        self.w = nn.Conv2d(cx, cx, 1, bias=False)   # their bias: cancelled by the batchnorm
+        self.bn = nn.BatchNorm2d(cx)
+        self.torch = torch
+
+    def __call__(self, g, x):
+        F = self.torch.nn.functional
+        theta_x = self.theta(x)
+        phi_g = F.interpolate(self.phi(g), size=theta_x.shape[2:], mode="bilinear")
+        sig = self.torch.sigmoid(self.psi(F.relu(theta_x + phi_g)))
+        sig = F.interpolate(sig, size=x.shape[2:], mode="bilinear")
+        return self.bn(self.w(sig.expand_as(x) * x))
+
+    def params(self):
+        p = "y.grid_attention_gate"
+        return {f"{p}.theta.conv0.weight": self.theta.weight,
+                f"{p}.phi.conv0.weight": self.phi.weight, f"{p}.phi.conv0.bias": self.phi.bias,
+                f"{p}.alpha.conv0.weight": self.psi.weight,
+                f"{p}.alpha.conv0.bias": self.psi.bias,
+                f"{p}.conv0.weight": self.w.weight,
+                f"{p}.batchnorm0.weight": self.bn.weight, f"{p}.batchnorm0.bias": self.bn.bias}
+
+
+def test_attention_unet_gate_is_oktays(torch_mod):
+    """The example's gate against the paper's code: the gating signal at half the skip's
+    size, a stride-2 W_x, bilinear resampling of the coefficients, then W; outputs and
+    every gradient agree in float64, batchnorm in training mode."""
+    torch = torch_mod
+    net = netlang.loads('import "attention_unet.net"\nnetwork gate() {\n'
+                        "    input g: [6, 4, 4]\n    input x: [3, 8, 8]\n"
+                        "    output y = grid_attention_gate(g, x, 5)\n}\n",
+                        base_dir=EXAMPLES)
+    torch.manual_seed(0)
+    twin = _GridAttention(torch, 3, 6, 5)
+    for m in (twin.theta, twin.phi, twin.psi, twin.w, twin.bn):
+        m.double()
+    tp = twin.params()
+    trainable = {k for k, t in net.params.items() if "running" not in k}
+    assert set(tp) == trainable
+    w = {k: tp[k].detach().numpy().copy() if k in tp else net.init(0)[k].astype(np.float64)
+         for k in net.params}
+    rng = np.random.default_rng(0)
+    g, x = rng.standard_normal((2, 6, 4, 4)), rng.standard_normal((2, 3, 8, 8))
+    target = rng.standard_normal((2, 3, 8, 8))
+    want = twin(torch.tensor(g), torch.tensor(x))
+    loss = torch.nn.functional.mse_loss(want, torch.tensor(target))
+    loss.backward()
+    batch = {"g": g, "x": x, "target": target}
+    value, grads = net.value_and_grad(w, batch, loss="mse(y, target)", dtype=np.float64)
+    assert value == pytest.approx(loss.item(), rel=1e-10)
+    for k, t in tp.items():
+        np.testing.assert_allclose(grads[k], t.grad.numpy(), rtol=1e-8, atol=1e-11, err_msg=k)
+
+
+def test_attention_unet_variants():
+    oktay = netlang.load(EXAMPLES / "attention_unet.net", params={"base": 4, "size": 32})
+    simple = netlang.load(EXAMPLES / "attention_unet.net",
+                          params={"base": 4, "size": 32, "gate": "simple"})
+    assert any(n.op == "conv" and n.attrs["stride"] == (2, 2) for n in oktay.graph.nodes)
+    assert not any(n.op == "conv" and n.attrs["stride"] == (2, 2) for n in simple.graph.nodes)
+    assert oktay.outputs["mask"].shape == simple.outputs["mask"].shape == (1, 32, 32)
+    with pytest.raises(netlang.NetlangError) as exc:
+        netlang.load(EXAMPLES / "attention_unet.net", params={"gate": "other"})
+    assert exc.value.diagnostics[0].code == "E082"

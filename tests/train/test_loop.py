@@ -446,3 +446,19 @@ network seg { input image: [1, 8, 8]  output scores = image -> conv(1, 3, pad=sa
     Trainer(net, cfg, tmp_path / "run", progress=False, log=logs.append).run()
     assert any(line.startswith("warning: bce reads `scores`, which no sigmoid makes")
                for line in logs)
+
+
+@pytest.mark.slow
+def test_attention_unet_learns_shapes(tmp_path):
+    """Oktay's gates (the example's default) on the bundled shapes, through the CLI's
+    defaults but for the data, loss and learning rate."""
+    net = netlang.load(EXAMPLES / "attention_unet.net",
+                       params={"base": 4, "size": 32, "channels": 1})
+    from netlang.config import TrainConfig
+
+    cfg = apply_overrides(TrainConfig(), [("data", "shapes(size = 32, count = 256)"),
+                                 ("loss", "bce(mask, target) + dice(mask, target)"),
+                                 ("optimizer", "adam(lr = 3e-3)"), ("epochs", "20")],
+                          list(net.outputs))
+    result = Trainer(net, cfg, tmp_path, progress=False, log=quiet).run()
+    assert result.test["dice"] >= 0.8, result.test
