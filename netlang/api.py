@@ -89,6 +89,8 @@ class Network:
                     .astype(np.float32)
             elif init == "ones":
                 out[p.name] = np.ones(shape, np.float32)
+            elif init == "constant":
+                out[p.name] = np.full(shape, p.attrs["value"], np.float32)
             else:
                 out[p.name] = np.zeros(shape, np.float32)
         return out

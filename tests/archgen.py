@@ -140,14 +140,14 @@ def archs(draw, max_layers: int = 5, illegal: bool = True) -> Arch:
 
 def _flat_choices(shape):
     return ["dense", "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "dropout", "gelu",
-            "silu", "elu", "softplus",
+            "silu", "elu", "softplus", "hardtanh", "prelu",
             "batchnorm", "add", "layernorm", "log_softmax"]
 
 
 def _spatial_choices(shape):
     return ["conv", "conv", "conv", "conv_transpose", "conv_transpose", "maxpool", "maxpool",
             "avgpool", "avgpool", "upsample", "batchnorm", "relu", "leaky_relu", "sigmoid",
-            "gelu", "silu", "elu", "softplus",
+            "gelu", "silu", "elu", "softplus", "hardtanh", "prelu",
             "tanh", "softmax", "dropout", "crop", "pad", "flatten", "global_avgpool", "add",
             "concat", "mul", "layernorm", "groupnorm", "permute", "softmax_axis", "log_softmax",
             "mean", "reshape"]
@@ -179,6 +179,14 @@ def _layer(draw, arch: Arch, shape: tuple[int, ...], illegal: bool):
         beta = draw(st.sampled_from([1.0, 2.0]))
         return Layer(op, f"softplus(beta = {beta}, threshold = 3.0)",
                      {"beta": beta, "threshold": 3.0}), shape, None
+    if op == "hardtanh":
+        lo, hi = draw(st.sampled_from([(-1.0, 1.0), (0.0, 6.0), (-0.3, 0.2)]))
+        return Layer(op, f"hardtanh({lo}, {hi})", {"min_val": lo, "max_val": hi}), shape, None
+    if op == "prelu":
+        per_channel = draw(st.booleans())
+        return Layer(op, f"prelu(per_channel={str(per_channel).lower()})",
+                     {"per_channel": per_channel},
+                     [("weight", (c if per_channel else 1,))]), shape, None
     if op == "layernorm":
         eps = draw(st.sampled_from([1e-5, 1e-3]))
         affine = draw(st.booleans())
@@ -440,6 +448,10 @@ def torch_forward(arch: Arch, x, params: dict, training: bool, torch):
             y = F.elu(v, a["alpha"])
         elif op == "softplus":
             y = F.softplus(v, a["beta"], a["threshold"])
+        elif op == "hardtanh":
+            y = F.hardtanh(v, a["min_val"], a["max_val"])
+        elif op == "prelu":
+            y = F.prelu(v, p["weight"])
         elif op == "softmax":
             y = torch.softmax(v, dim=1)
         elif op == "softmax_axis":

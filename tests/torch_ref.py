@@ -63,6 +63,9 @@ class TorchTwin(nn.Module):
                 c = n.type.shape[0]
                 self.layers[key(n.name)] = nn.GroupNorm(a["groups"], c, eps=a["eps"],
                                                         affine=a["affine"], **dev)
+            elif n.op == "prelu":
+                w = [i for i in n.inputs if i.op == "param"][0]
+                self.layers[key(n.name)] = nn.PReLU(w.type.shape[0], init=a["init"], **dev)
             elif n.op == "param" and a.get("role") == "value":
                 # a `param` declaration: a bare tensor
                 self.free[key(n.name)] = nn.Parameter(torch.zeros(n.type.shape, **dev))
@@ -146,6 +149,10 @@ class TorchTwin(nn.Module):
             return F.elu(x, a["alpha"])
         if op == "softplus":
             return F.softplus(x, a["beta"], a["threshold"])
+        if op == "hardtanh":
+            return F.hardtanh(x, a["min_val"], a["max_val"])
+        if op == "prelu":
+            return self.layers[key(n.name)](x)
         if op == "softmax":
             return torch.softmax(x, dim=a["axis"] + 1)
         if op == "log_softmax":

@@ -281,6 +281,15 @@ def _lower(n, ins: list[str], out: str, const, unique, opset: int = OPSET):
         return [(simple[op], ins, [out], {})]
     if op == "leaky_relu":
         return [("LeakyRelu", ins, [out], {"alpha": float(a["alpha"])})]
+    if op == "hardtanh":
+        lo = const(f"{n.name}.min", np.float32(a["min_val"]), np.float32)
+        hi = const(f"{n.name}.max", np.float32(a["max_val"]), np.float32)
+        return [("Clip", [ins[0], lo, hi], [out], {})]
+    if op == "prelu":   # the slope [C] (or [1]) broadcast over the channel axis
+        slope = unique(f"{n.name}.slope")
+        shape = [-1] + [1] * (n.type.rank - 1) if n.type.rank else [-1]
+        return [("Reshape", [ins[1], const(f"{n.name}.slope_shape", shape)], [slope], {}),
+                ("PRelu", [ins[0], slope], [out], {})]
     if op == "elu":
         return [("Elu", ins, [out], {"alpha": float(a["alpha"])})]
     if op == "silu":

@@ -635,6 +635,44 @@ class _Translator:
         self._simple("leaky_relu", ins, out, path, where,
                      **({} if np.float32(alpha) == np.float32(0.01) else {"alpha": alpha}))
 
+    def _Clip(self, node, a, ins, out, path, where):
+        if self.opset < 11:
+            lo, hi = a.get("min"), a.get("max")
+        else:
+            if any(len(ins) > i and ins[i] and self.const(ins[i]) is None for i in (1, 2)):
+                self.refuse("Clip with bounds computed at run time", where)
+                return
+            lo, hi = (self.const(ins[i]) if len(ins) > i and ins[i] else None for i in (1, 2))
+        lo = None if lo is None else float(np.asarray(lo))
+        hi = None if hi is None else float(np.asarray(hi))
+        if lo == 0.0 and hi is None:   # Clip(x, 0) is relu
+            self._simple("relu", ins, out, path, where)
+        elif lo is None or hi is None:
+            self.refuse("Clip without both bounds", where)
+        else:
+            kw = {} if (lo, hi) == (-1.0, 1.0) else {"min_val": lo, "max_val": hi}
+            self._simple("hardtanh", ins, out, path, where, **kw)
+
+    def _PRelu(self, node, a, ins, out, path, where):
+        slope = self._weights(ins, 1, where, "PRelu slope")
+        if slope is None:
+            return
+        x_shape = self.shapes.get(ins[0]) or []
+        w = np.asarray(slope, np.float32)
+        # ONNX broadcasts the slope from the right: one per channel is [C, 1, ..] (or [C]
+        # on [N, C])
+        full = (1,) * (len(x_shape) - w.ndim) + w.shape
+        if w.size == 1:
+            kw = {}
+        elif len(full) == len(x_shape) > 1 and full[1] == x_shape[1] and \
+                all(d == 1 for k, d in enumerate(full) if k != 1):
+            kw = {"per_channel": True}
+        else:
+            self.refuse("PRelu with a slope other than one value or one per channel", where)
+            return
+        self.add(Layer("prelu", [], kw, [ins[0]], out, {"weight": w.reshape(-1)}, path,
+                       where))
+
     def _Elu(self, node, a, ins, out, path, where):
         alpha = float(a.get("alpha", 1.0))
         self._simple("elu", ins, out, path, where, **({} if alpha == 1.0 else {"alpha": alpha}))

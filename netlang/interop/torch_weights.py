@@ -6,8 +6,9 @@ Both sides are read as a sequence of layers: PyTorch's by module (the tensor nam
 their last dot; a safetensors file keeps no order, so in the natural order of the names,
 numbers read as numbers: `features.2` before `features.10`, `layer1.0.conv1` before
 `layer1.0.conv2`), netlang's by layer (in the order of the graph). A layer's signature is
-its kind (a convolution or transposed convolution, a linear layer, a batchnorm) and the
-shapes of its tensors by role (weight, bias, running_mean, running_var). Each netlang
+its kind (a convolution or transposed convolution, a linear layer, a batchnorm, or a
+layer of vectors only: LayerNorm, GroupNorm, InstanceNorm, PReLU) and the shapes of its
+tensors by role (weight, bias, running_mean, running_var). Each netlang
 layer takes the first PyTorch module not yet taken with the same signature. So layers of
 one signature map in the order of their names, and a layer whose signature is unique maps
 wherever it is. That is exact for torchvision's ResNets, VGGs and AlexNet (the tests build
@@ -30,8 +31,12 @@ import numpy as np
 
 from netlang.diagnostics import error
 
+# netlang op -> the kind of PyTorch module its tensors look like. Normalisation layers
+# without running statistics (LayerNorm, GroupNorm, affine InstanceNorm) and PReLU hold
+# only vectors, which tell them apart by shape and position, not by kind.
 LAYER_OPS = {"conv": "conv", "conv_transpose": "conv", "dense": "linear",
-             "batchnorm": "batchnorm"}
+             "batchnorm": "batchnorm", "layernorm": "vector", "groupnorm": "vector",
+             "instancenorm": "vector", "prelu": "vector"}
 SKIPPED = ("num_batches_tracked",)
 
 
@@ -88,6 +93,8 @@ def _kind_of(tensors: dict[str, np.ndarray]) -> str:
         return "linear"
     if w is not None and w.ndim >= 3:
         return "conv"
+    if w is not None and all(a.ndim == 1 for a in tensors.values()):
+        return "vector"
     return "other"
 
 

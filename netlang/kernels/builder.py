@@ -574,7 +574,9 @@ extern "C" __global__ void {name}(const float* __restrict__ A, const float* __re
                         and x.type.shape[0] == out_shape[0] and not x.type.batched):
                     # a per-channel vector (a bias, batchnorm's statistics): read at o0
                     inputs[self.key(x)] = "const float*"
-                    loads[k] = f"{self.key(x)}[o0]" if len(out_shape) else f"{self.key(x)}[0]"
+                    one = x.type.shape[0] == 1   # one value for all channels (prelu)
+                    loads[k] = f"{self.key(x)}[o0]" if len(out_shape) and not one else \
+                        f"{self.key(x)}[0]"
                 else:
                     inputs[self.key(x)] = "const float*"
                     loads[k] = _at(x.type, self.key(x), coords, out_shape=out_shape)

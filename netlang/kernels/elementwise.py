@@ -49,6 +49,11 @@ def _gelu_expression(grad: bool):
 
 expression("gelu", _gelu_expression(False))
 expression("gelu_grad", _gelu_expression(True))
+expression("hardtanh", "fminf(fmaxf({v}, {min_val}), {max_val})")
+expression("hardtanh_grad", "(({1} > {min_val} && {1} < {max_val}) ? {v} : 0.0f)")
+expression("prelu", "({v} > 0.0f ? {v} : {1} * {v})")
+expression("prelu_grad_input", "({2} > 0.0f ? {v} : {1} * {v})")
+expression("prelu_weight_terms", "({1} > 0.0f ? 0.0f : {v} * {1})")
 expression("silu", "({v} * nl_sigmoid({v}))")
 expression("silu_grad", "({v} * nl_silu_grad({1}))")
 expression("elu", "({v} > 0.0f ? {v} : {alpha} * expm1f(fminf({v}, 0.0f)))")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from netlang.ir.types import TensorType, fmt_shape
-from netlang.ops.registry import Attr, FusionKind, OpDef, ShapeCtx, ShapeError, register
+from netlang.ops.registry import (Attr, FusionKind, OpDef, ParamSpec, ShapeCtx, ShapeError,
+                                  register)
 
 
 def _same(ctx: ShapeCtx) -> TensorType:
@@ -267,6 +268,76 @@ register(OpDef(
                                        xs[0], xs[0] * _sigmoid(xs[1] * xs[1].dtype.type(
                                            a["beta"]))).astype(xs[0].dtype),
     user=False, doc="Gradient of softplus given its input."))
+
+
+def _hardtanh_shape(ctx: ShapeCtx) -> TensorType:
+    lo, hi = ctx.attrs["min_val"], ctx.attrs["max_val"]
+    if not lo < hi:
+        raise ShapeError("E012", f"hardtanh: min_val {lo:g} must be below max_val {hi:g}",
+                         help="hardtanh(-1, 1) clamps to [-1, 1]; relu6 is hardtanh(0, 6)")
+    return ctx.x
+
+
+register(OpDef(
+    name="hardtanh", attrs=(Attr("min_val", "float", -1.0), Attr("max_val", "float", 1.0)),
+    shape=_hardtanh_shape, kind=FusionKind.ELEMWISE,
+    forward=lambda xs, a, rt: np.clip(xs[0], xs[0].dtype.type(a["min_val"]),
+                                      xs[0].dtype.type(a["max_val"])),
+    vjp=lambda b, node, dy: [b.emit("hardtanh_grad", [dy, node.inputs[0]], **node.attrs)],
+    doc="Clamp to [min_val, max_val] (-1, 1 by default; relu6 is hardtanh(0, 6))."))
+
+register(OpDef(
+    name="hardtanh_grad", attrs=(Attr("min_val", "float"), Attr("max_val", "float")),
+    shape=_same, kind=FusionKind.ELEMWISE, min_inputs=2, max_inputs=2,
+    forward=lambda xs, a, rt: xs[0] * ((xs[1] > a["min_val"]) & (xs[1] < a["max_val"])),
+    user=False, doc="Gradient of hardtanh given its input (0 at the bounds, as PyTorch)."))
+
+
+def _prelu_params(ins, a):
+    c = ins[0].shape[0] if a["per_channel"] and ins[0].rank else 1
+    return {"weight": ParamSpec((c,), "constant", value=a["init"])}
+
+
+def _per_channel(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """A [C] (or [1]) weight shaped to broadcast over x's channel axis (axis 1)."""
+    return w.reshape((1, -1) + (1,) * (x.ndim - 2))
+
+
+def _prelu_vjp(b, node, dy):
+    x, w = node.inputs
+    terms = b.emit("prelu_weight_terms", [dy, x])
+    per_channel = x.type.rank > 0 and w.type.shape == x.type.shape[:1]
+    dw = b.emit("bias_grad", [terms]) if per_channel else b.reduce_to(terms, w.type)
+    return [b.emit("prelu_grad_input", [dy, w, x]), dw]
+
+
+def _prelu_shape(ctx: ShapeCtx) -> TensorType:
+    if ctx.attrs["per_channel"] and ctx.x.rank == 0:
+        raise ShapeError("E025", "prelu(per_channel=true) needs an input with a channel axis")
+    return ctx.x
+
+
+register(OpDef(
+    name="prelu", attrs=(Attr("per_channel", "bool", False),
+                         Attr("init", "float", 0.25, doc="the initial slope")),
+    shape=_prelu_shape, kind=FusionKind.ELEMWISE, params=_prelu_params,
+    param_roles=lambda a: ["weight"],
+    forward=lambda xs, a, rt: np.where(xs[0] > 0, xs[0], xs[0] * _per_channel(xs[1], xs[0])),
+    vjp=_prelu_vjp,
+    doc="x if x > 0 else w x with a learned slope w: one for the layer (nn.PReLU()), or "
+        "one per channel with `per_channel=true` (nn.PReLU(C)); initially `init` (0.25)."))
+
+register(OpDef(
+    name="prelu_grad_input", attrs=(), shape=_same, kind=FusionKind.ELEMWISE,
+    min_inputs=3, max_inputs=3,
+    forward=lambda xs, a, rt: np.where(xs[2] > 0, xs[0], xs[0] * _per_channel(xs[1], xs[2])),
+    user=False, doc="Input gradient of prelu: dy, or dy w where x <= 0."))
+
+register(OpDef(
+    name="prelu_weight_terms", attrs=(), shape=_same, kind=FusionKind.ELEMWISE,
+    min_inputs=2, max_inputs=2,
+    forward=lambda xs, a, rt: np.where(xs[1] > 0, xs[0].dtype.type(0), xs[0] * xs[1]),
+    user=False, doc="dy x where x <= 0: summed per channel, prelu's weight gradient."))
 
 
 def softmax(x: np.ndarray, axis: int) -> np.ndarray:

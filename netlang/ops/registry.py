@@ -166,9 +166,10 @@ class ShapeCtx:
 @dataclass(frozen=True)
 class ParamSpec:
     shape: tuple[int, ...]
-    init: str            # uniform | ones | zeros
+    init: str            # uniform | ones | zeros | constant
     bound: float = 0.0   # for uniform: U(-bound, bound)
     trainable: bool = True
+    value: float = 0.0   # for constant
 
 
 @dataclass

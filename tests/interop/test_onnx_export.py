@@ -63,6 +63,9 @@ network coverage {
     output joined = concat(s -> permute([1, 0]), s -> permute([1, 0]) -> scale(2.0), axis = 0)
     output flat1 = x -> flatten(1) -> permute([1, 0]) -> sum(1)
     output peak = x -> relu -> global_maxpool
+    output clamp = x -> hardtanh -> prelu -> conv(2, 1) -> hardtanh(0, 6)
+                     -> prelu(per_channel = true, init = 0.1) -> flatten
+                     -> prelu(per_channel = true)
     output norms = x -> groupnorm(2) -> instancenorm -> groupnorm(4, affine = false)
                      -> instancenorm(affine = true)
 }

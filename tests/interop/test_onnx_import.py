@@ -77,7 +77,9 @@ def test_the_ops_no_example_uses_round_trip(tmp_path):
     onnx.save(export_model(net, w).model, str(path))
     imp = import_model(str(path))
     for call in ("batchnorm(affine=false)", "-> gelu -> conv(5, 1) -> gelu(approximate=tanh) "
-                 "-> silu", "softplus(beta=2) -> scale(0.5)", "softmax(axis=1, causal=true)"):
+                 "-> silu", "softplus(beta=2) -> scale(0.5)", "softmax(axis=1, causal=true)",
+                 "hardtanh -> prelu -> conv(2, 1) -> hardtanh(min_val=0, max_val=6)",
+                 "-> prelu(per_channel=true) -> flatten -> prelu(per_channel=true)"):
         assert call in imp.source
     back = netlang.loads(imp.source)
     assert back.param_count() == net.param_count()

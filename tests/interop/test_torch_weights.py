@@ -278,3 +278,27 @@ def test_export_weights_refusals(tmp_path, capsys):
     from safetensors.numpy import load_file
 
     assert sorted(load_file(out)) == sorted(net.params)
+
+
+def test_norm_layers_and_prelu_map_by_shape_and_order(tmp_path):
+    """GroupNorm, PReLU and LayerNorm hold vectors only: they map by shape and order as
+    the other layers do, and the network then computes PyTorch's outputs."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.PReLU(8),
+                          nn.Conv2d(8, 4, 1), nn.PReLU(), nn.Flatten(), nn.Linear(4 * 36, 16),
+                          nn.LayerNorm(16), nn.Linear(16, 5))
+    with torch.no_grad():
+        for p in model.parameters():   # not the initial ones/zeros/0.25
+            p.add_(torch.randn_like(p) * 0.3)
+    path = _saved(tmp_path, model)
+    net = netlang.loads("network n {\n    input x: [3, 6, 6]\n"
+                        "    output y = x -> conv(8, 3, pad=1) -> groupnorm(2)\n"
+                        "      -> prelu(per_channel=true) -> conv(4, 1) -> prelu -> flatten\n"
+                        "      -> dense(16) -> layernorm -> dense(5)\n}\n")
+    mapping = load_torch_weights(path, net)
+    pairs = dict(mapping.pairs)
+    assert pairs["y.groupnorm0.weight"] == "1.weight" and pairs["y.prelu0.weight"] == "2.weight"
+    assert pairs["y.prelu1.weight"] == "4.weight" and pairs["y.layernorm0.bias"] == "7.bias"
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    want = model(torch.from_numpy(x)).detach().numpy()
+    got = net.forward(mapping.weights, {"x": x})["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

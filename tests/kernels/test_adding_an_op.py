@@ -1,7 +1,7 @@
-"""docs/adding_an_op.md, followed literally: its two code blocks register `hardtanh`, and a
+"""docs/adding_an_op.md, followed literally: its two code blocks register `hardshrink`, and a
 network using it runs forward and backward on NumPy and on cuda-emu with equal results.
 
-Runs in a subprocess, so the registries of the test session stay without `hardtanh`.
+Runs in a subprocess, so the registries of the test session stay without `hardshrink`.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ exec(compile(op_block, "docs/adding_an_op.md", "exec"), vars(family))
 entries = ast.literal_eval("{" + kernel_block.split("\n", 1)[1] + "}")
 kernels.EXPRESSIONS.update(entries)   # what adding the lines to EXPRESSIONS does
 
-assert kernels.has_lowering("hardtanh") and kernels.has_lowering("hardtanh_grad")
+assert kernels.has_lowering("hardshrink") and kernels.has_lowering("hardshrink_grad")
 net = netlang.loads("""network n {
     input x: [2, 6, 6]
-    output y = x -> conv(3, 3, pad=1) -> hardtanh(-0.5, hi=0.5) -> conv(2, 1)
+    output y = x -> conv(3, 3, pad=1) -> hardshrink(lambd=0.3) -> conv(2, 1)
 }""")
 rng = np.random.default_rng(0)
 w = net.init(0)
@@ -48,7 +48,7 @@ for k in ref[1]:
     np.testing.assert_allclose(emu[1][k], ref[1][k], rtol=1e-4, atol=1e-6)
 y = net.forward(w, {"x": x}, backend="cuda-emu")["y"]
 np.testing.assert_allclose(y, net.forward(w, {"x": x})["y"], rtol=1e-5, atol=1e-6)
-print("hardtanh ok on numpy and cuda-emu")
+print("hardshrink ok on numpy and cuda-emu")
 '''
 
 
@@ -61,4 +61,4 @@ def test_the_documented_op_runs_on_every_backend():
     res = subprocess.run([sys.executable, "-c", SCRIPT, str(doc)], capture_output=True,
                          text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "hardtanh ok on numpy and cuda-emu" in res.stdout
+    assert "hardshrink ok on numpy and cuda-emu" in res.stdout

@@ -98,6 +98,10 @@ CASES = [
     ("gelu", [(3, 4)], {}),
     ("gelu", [(3, 4)], dict(approximate="tanh")),
     ("silu", [(3, 4)], {}),
+    ("hardtanh", [(3, 4)], dict(min_val=-0.5, max_val=0.7)),
+    ("prelu", [(3, 4, 2)], dict(per_channel=True, init=0.25)),
+    ("prelu", [(3, 4, 2)], dict(per_channel=False, init=0.25)),
+    ("prelu", [(5,)], dict(per_channel=True, init=0.1)),
     ("elu", [(3, 4)], dict(alpha=0.7)),
     ("softplus", [(3, 4)], {}),
     ("softplus", [(3, 4)], dict(beta=2.0, threshold=1.0)),
@@ -236,6 +240,10 @@ def _reference(op, xs, params, a):
             z = z * np.array([[j <= i for j in range(k)] for i in range(q)])
         p = z / z.sum(axis=ax, keepdims=True)
         return p if op == "softmax" else np.log(p)
+    if op == "prelu":   # the slope of channel c (axis 1 with the batch), or one for all
+        x, w = xs[0], params[0]
+        slope = np.array([w[c % w.size] for c in range(x.shape[1])])
+        return np.where(x > 0, x, slope.reshape((1, -1) + (1,) * (x.ndim - 2)) * x)
     if op == "matmul":
         x, w = xs
         x = np.swapaxes(x, -1, -2) if a["trans_a"] else x
@@ -272,6 +280,7 @@ def _reference(op, xs, params, a):
         np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in xs[0].ravel()]
                  ).reshape(xs[0].shape),
         "silu": lambda: xs[0] / (1 + np.exp(-xs[0])),
+        "hardtanh": lambda: np.minimum(np.maximum(xs[0], a["min_val"]), a["max_val"]),
         "elu": lambda: np.where(xs[0] > 0, xs[0], a["alpha"] * (np.exp(xs[0]) - 1)),
         "softplus": lambda: np.where(a["beta"] * xs[0] > a["threshold"], xs[0],
                                      np.log(1 + np.exp(a["beta"] * xs[0])) / a["beta"]),
