@@ -79,8 +79,9 @@ def infer_node(node: Node, info: ShapeInfo | None = None) -> TensorType:
             check_size(ptype, f"the {p.attrs['role']} of {node.op}")
             if p.type is None:
                 p.type = ptype
-                p.attrs.update(init=spec.init, bound=spec.bound, trainable=spec.trainable,
-                              value=spec.value)
+                p.attrs.update(init=spec.init, bound=spec.bound, trainable=spec.trainable)
+                if spec.init == "constant":
+                    p.attrs["value"] = spec.value
             elif p.type != ptype:
                 raise AssertionError(f"{p!r} typed {p.type}, {node!r} wants {ptype}")
     return out
