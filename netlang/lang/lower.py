@@ -227,13 +227,12 @@ class Lowerer:
         picks. Conditions read parameters only (they are decided before any value of the
         body exists), so the chosen statements take part in ordering like any others."""
         out: list[ast.Stmt] = []
+        local = {_defines(x) or getattr(x, "name", None) for x in body}
         for stmt in body:
             if isinstance(stmt, ast.IfStmt):
-                local = {_defines(x) or getattr(x, "name", None) for x in body}
                 branch = stmt.then if self._condition(stmt, scope, local) else stmt.orelse
                 out += self._choose_branches(branch, scope)
             elif isinstance(stmt, ast.Require):
-                local = {_defines(x) or getattr(x, "name", None) for x in body}
                 if not self._condition(stmt, scope, local):
                     raise error("E082", stmt.message, stmt.span,
                                 notes=[f"the condition is false: {self._shown(stmt, scope)}"],
