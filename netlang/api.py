@@ -23,7 +23,7 @@ from netlang.ir.graph import Graph, Node
 from netlang.ir.types import TensorType
 from netlang.lang.imports import SourceTree, read_program
 from netlang.lang.lower import Value, lower, parse_override
-from netlang.passes.loss import check_probability_losses, probability_warnings
+from netlang.passes.loss import check_losses, probability_warnings
 from netlang.passes.shape_infer import infer_shapes
 
 
@@ -264,7 +264,7 @@ def loads(text: str, network: str | None = None, params: Mapping[str, Any] | Non
         trains = [t for t in prog.main.trains if t.network in (None, graph.name)]
         cfg = train_config(trains[0], outputs, text) if trains else None
         if cfg is not None:
-            check_probability_losses(graph, cfg.loss)
+            check_losses(graph, cfg.loss)
             cfg = resolve_data_paths(cfg, base_dir or Path("."))
         if len(trains) > 1:
             raise error("E030", f"network `{graph.name}` has two train sections", trains[1].span)

@@ -13,8 +13,9 @@ from typing import Any
 
 from netlang.diagnostics import SourceSpan, did_you_mean, error
 from netlang.lang import ast
-from netlang.ops.loss import LOSSES as LOSS_OPS
-from netlang.ops.registry import Symbol
+from netlang.ops import registry
+from netlang.ops.loss import HUBER, LOSSES as LOSS_OPS, loss_attrs
+from netlang.ops.registry import AttrError, Symbol, coerce_attr
 from netlang.optimizers import OPTIMIZERS as OPTIMIZER_TABLE
 from netlang.passes.loss import LossTerm
 
@@ -124,6 +125,10 @@ def _literal(e: ast.Expr) -> Any:
         if e.id in ("true", "false"):
             return e.id == "true"
         return Symbol(e.id)
+    if isinstance(e, ast.Chain) and len(e.items) == 1:
+        return _literal(e.items[0])
+    if isinstance(e, ast.ListExpr):
+        return [_literal(x) for x in e.items]
     if isinstance(e, ast.Neg):
         v = _literal(e.operand)
         if _num(v):
@@ -196,7 +201,7 @@ def _loss_terms(e: ast.Expr, outputs: list[str], sign: float = 1.0) -> list[Loss
             raise error("E030", f"unknown loss `{e.func}`", e.name_span,
                         notes=["losses: " + ", ".join(LOSS_OPS)],
                         help=did_you_mean(e.func, LOSS_OPS))
-        if len(e.args) != 2 or not all(isinstance(a, ast.Name) for a in e.args) or e.kwargs:
+        if len(e.args) != 2 or not all(isinstance(a, ast.Name) for a in e.args):
             raise error("E030", f"`{e.func}` takes a network output and a target name",
                         e.span, help=f"for example `{e.func}({outputs[0] if outputs else 'y'}, "
                         "target)`")
@@ -208,9 +213,40 @@ def _loss_terms(e: ast.Expr, outputs: list[str], sign: float = 1.0) -> list[Loss
         if tgt in outputs:
             raise error("E030", f"the target `{tgt}` is a network output", e.args[1].span,
                         help="name the target after the data it comes from, e.g. `label`")
-        return [LossTerm(sign, e.func, pred, tgt)]
+        op, attrs = _loss_options(e)
+        if e.func == "huber":   # PyTorch's HuberLoss(delta) = delta * SmoothL1Loss(beta=delta)
+            delta = attrs.pop("delta")
+            if delta <= 0:
+                raise error("E030", f"`delta` must be positive, got {delta:g}", e.span,
+                            help="1.0 is PyTorch's default")
+            attrs = loss_attrs(op, {"beta": delta, **attrs})
+            sign *= delta
+        return [LossTerm(sign, op, pred, tgt, tuple(attrs.items()), e.span)]
     raise error("E030", "a loss is a sum of terms such as `bce(mask, target) + "
                 "0.5 * dice(mask, target)`", e.span)
+
+
+def _loss_options(e: ast.Call) -> tuple[str, dict[str, Any]]:
+    """The loss op of a term and its attributes, checked against the op's schema."""
+    op = "smooth_l1" if e.func == "huber" else e.func
+    schema = HUBER if e.func == "huber" else registry.get(op).attrs
+    given = {}
+    for kw in e.kwargs:
+        attr = next((a for a in schema if a.name == kw.name), None)
+        if attr is None:
+            names = [a.name for a in schema]
+            raise error("E030", f"`{e.func}` has no option `{kw.name}`", kw.span,
+                        notes=["options: " + (", ".join(names) or "none")],
+                        help=did_you_mean(kw.name, names))
+        try:
+            given[kw.name] = coerce_attr(attr, _literal(kw.value))
+        except AttrError as err:
+            raise error("E030", str(err), kw.value.span,
+                        help=f"{attr.name}: {attr.doc}" if attr.doc else None) from None
+    if e.func == "huber":
+        delta = given.pop("delta", 1.0)
+        return op, {"delta": delta, **loss_attrs(op, given)}
+    return op, loss_attrs(op, given)
 
 
 def parse_loss(text_or_expr: str | ast.Expr, outputs: list[str]) -> tuple[LossTerm, ...]:

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from netlang.diagnostics import error
+from netlang.ops.loss import LOSS_OPS
 
 OPSET = 17
-TRAINING_ONLY = {"mse", "l1", "smooth_l1", "nll", "cross_entropy", "bce", "bce_logits", "dice",
-                 "sum_all", "sum_to", "constant", "broadcast_like", "dropout_mask"}
+TRAINING_ONLY = set(LOSS_OPS) | {"sum_all", "sum_to", "constant", "broadcast_like",
+                                 "dropout_mask"}
 
 
 @dataclass

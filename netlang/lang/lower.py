@@ -26,6 +26,7 @@ from netlang.ir.types import TensorType, fmt_shape
 from netlang.lang import ast
 from netlang.lang.imports import SourceTree
 from netlang.ops import registry
+from netlang.ops.loss import LOSS_OPS, LOSSES as USER_LOSSES
 from netlang.ops.registry import AttrError, Symbol
 
 
@@ -40,7 +41,7 @@ MAX_NODES = 100_000
 # (which belong in the train section).
 NUMBER_FUNCTIONS = {"min": min, "max": max}
 SHAPE_FUNCTIONS = ("channels", "size")   # sizes of a value, while the network is built
-LOSSES = ("mse", "l1", "smooth_l1", "bce", "bce_logits", "dice", "cross_entropy", "nll")
+LOSSES = tuple(USER_LOSSES) + tuple(LOSS_OPS)   # names that belong in the train section
 NUMERIC_KINDS = ("int", "float", "ints", "size", "floats")
 MAX_BLOCK_DEPTH = 50   # blocks calling blocks; each level costs Python stack
 

@@ -1,19 +1,24 @@
 """Losses: mse, l1, smooth_l1, cross_entropy (logits, log-sum-exp), nll (log-probabilities),
-bce (and its stable logits form), dice.
+bce and focal (and their stable logits forms), dice.
 
 A loss takes (prediction, target) and returns a scalar, averaged over the batch (and
-pixels). Its VJP takes the incoming scalar gradient as a third input. The simplify pass
-rewrites `cross_entropy(softmax(z))` into `cross_entropy(z)` and `bce(sigmoid(z))` into
-`bce_logits(z)`, so a network may output probabilities and still train stably.
+pixels), or summed with `reduction = sum`. cross_entropy and nll take class weights and
+an ignored target value; their mean divides by the weights of the positions that count,
+as PyTorch's. A loss's VJP takes the incoming scalar gradient as a third input. The
+simplify pass rewrites `cross_entropy(softmax(z))` into `cross_entropy(z)`, `bce(sigmoid(z))`
+into `bce_logits(z)` and `focal(sigmoid(z))` into `focal_logits(z)`, so a network may
+output probabilities and still train stably.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
 from netlang.ir.types import TensorType, fmt_shape
 from netlang.ops.elementwise import _sigmoid, softmax
-from netlang.ops.registry import FusionKind, OpDef, ShapeCtx, ShapeError, register
+from netlang.ops.registry import Attr, FusionKind, OpDef, ShapeCtx, ShapeError, register
 
 SCALAR = TensorType((), batched=False)
 DICE_SMOOTH = 1.0
@@ -33,6 +38,39 @@ def target_type(op: str, pred: TensorType) -> TensorType:
     return pred
 
 
+REDUCTION = Attr("reduction", "choice", "mean", ("mean", "sum"),
+                 doc="`mean` over the batch (and pixels), or their `sum`")
+CLASS_ATTRS = (
+    Attr("weight", "floats", None,
+         doc="one weight per class: a position counts w[t] times, and the mean divides "
+             "by the sum of the weights of the positions"),
+    Attr("ignore_index", "int", None,
+         doc="a target value that is skipped (no loss, no gradient, not counted); none "
+             "unless given"),
+)
+LABEL_SMOOTHING = Attr("label_smoothing", "float", 0.0, minimum=0.0,
+                       doc="mixes the one-hot target with the uniform distribution")
+FOCAL_ATTRS = (
+    Attr("gamma", "float", 2.0, minimum=0.0, doc="focusing exponent: (1 - p_t)^gamma"),
+    Attr("alpha", "float", 0.25,
+         doc="weight of the positive class (1 - alpha for the negative); negative turns "
+             "the weighting off"),
+)
+
+
+def loss_attrs(op: str, given: dict[str, Any]) -> dict[str, Any]:
+    """A loss term's attributes: the given ones (checked by coerce_attr) that differ from
+    the defaults of the op's schema, which the rules read with `.get` (so the printed IR
+    of a plain loss shows no options)."""
+    from netlang.ops.registry import get
+
+    out = {a.name: given[a.name] for a in get(op).attrs
+           if a.name in given and given[a.name] != a.default}
+    if isinstance(out.get("weight"), float):
+        out["weight"] = (out["weight"],)
+    return out
+
+
 def _loss_shape(ctx: ShapeCtx) -> TensorType:
     pred, tgt = ctx.inputs[:2]
     want = target_type(ctx.op.replace("_logits", ""), pred)
@@ -43,6 +81,20 @@ def _loss_shape(ctx: ShapeCtx) -> TensorType:
                          help=f"the target must hold {what} of shape {fmt_shape(want.shape)}")
     if ctx.op.startswith(CLASS_LOSSES) and pred.rank < 1:
         raise ShapeError("E025", f"{ctx.op} needs a prediction with a class axis")
+    a = ctx.attrs
+    if a.get("weight") is not None and len(a["weight"]) != pred.shape[0]:
+        raise ShapeError("E012", f"{ctx.op}: `weight` has {len(a['weight'])} values for "
+                         f"{pred.shape[0]} classes",
+                         help=f"give one weight per class ({pred.shape[0]})")
+    if a.get("weight") is not None and min(a["weight"]) < 0:
+        raise ShapeError("E012", f"{ctx.op}: class weights must not be negative",
+                         help="a class that should not count gets weight 0")
+    if a.get("label_smoothing", 0.0) >= 1.0:
+        raise ShapeError("E012", f"{ctx.op}: `label_smoothing` must be below 1, got "
+                         f"{a['label_smoothing']:g}", help="0.1 is a common choice")
+    if "beta" in a and a["beta"] <= 0:
+        raise ShapeError("E012", f"{ctx.op}: `beta` must be positive, got {a['beta']:g}",
+                         help="a small beta approaches `l1`")
     return SCALAR
 
 
@@ -50,27 +102,47 @@ def _grad_shape(ctx: ShapeCtx) -> TensorType:
     return ctx.inputs[0]
 
 
-def _loss(name, forward, grad, doc, kind=FusionKind.REDUCE):
+LOSS_OPS: list[str] = []   # every registered loss op, the logits forms included
+
+
+def _loss(name, forward, grad, doc, attrs=(REDUCTION,), kind=FusionKind.REDUCE):
+    LOSS_OPS.append(name)
     register(OpDef(
-        name=name, attrs=(), shape=_loss_shape, kind=kind, min_inputs=2, max_inputs=2,
+        name=name, attrs=attrs, shape=_loss_shape, kind=kind, min_inputs=2, max_inputs=2,
         forward=forward,
-        vjp=lambda b, node, dy: [b.emit(f"{name}_grad", [node.inputs[0], node.inputs[1], dy]),
+        vjp=lambda b, node, dy: [b.emit(f"{name}_grad", [node.inputs[0], node.inputs[1], dy],
+                                        **node.attrs),
                                  None],
         user=False, doc=doc))
     register(OpDef(
-        name=f"{name}_grad", attrs=(), shape=_grad_shape, kind=FusionKind.ELEMWISE,
+        name=f"{name}_grad", attrs=attrs, shape=_grad_shape, kind=FusionKind.ELEMWISE,
         min_inputs=3, max_inputs=3, forward=grad, user=False,
         doc=f"Gradient of {name} with respect to the prediction."))
 
 
+def is_sum(a: dict[str, Any]) -> bool:
+    return a.get("reduction", "mean") == "sum"
+
+
+def _reduce(per: np.ndarray, a: dict[str, Any], dtype) -> np.ndarray:
+    """The loss from its per-element values (float64): their mean or their sum."""
+    total = per.sum(dtype=np.float64)
+    return np.asarray(total if is_sum(a) else total / per.size, dtype=dtype)
+
+
+def _per(a: dict[str, Any], size: int) -> float:
+    """The gradient's factor for one element: 1 / count for a mean, 1 for a sum."""
+    return 1.0 if is_sum(a) else 1.0 / size
+
+
 def _mse(xs, a, rt):
     p, t = xs
-    return np.asarray(np.mean((p - t) ** 2, dtype=np.float64), dtype=p.dtype)
+    return _reduce((p.astype(np.float64) - t) ** 2, a, p.dtype)
 
 
 def _mse_grad(xs, a, rt):
     p, t, g = xs
-    return (p - t) * (g * (2.0 / p.size))
+    return (p - t) * (g * (2.0 * _per(a, p.size)))
 
 
 _loss("mse", _mse, _mse_grad, "Mean squared error.")
@@ -78,34 +150,39 @@ _loss("mse", _mse, _mse_grad, "Mean squared error.")
 
 def _l1(xs, a, rt):
     p, t = xs
-    return np.asarray(np.mean(np.abs(p - t), dtype=np.float64), dtype=p.dtype)
+    return _reduce(np.abs(p.astype(np.float64) - t), a, p.dtype)
 
 
 def _l1_grad(xs, a, rt):
     p, t, g = xs
-    return np.sign(p - t) * (g / p.size)
+    return np.sign(p - t) * (g * _per(a, p.size))
 
 
 _loss("l1", _l1, _l1_grad, "Mean absolute error (the gradient at p = t is 0, as PyTorch).")
 
 
+BETA = Attr("beta", "float", SMOOTH_L1_BETA,
+            doc="where the quadratic part ends (PyTorch's `beta`)")
+
+
 def _smooth_l1(xs, a, rt):
     p, t = xs
     d = np.abs(p.astype(np.float64) - t)
-    b = SMOOTH_L1_BETA
-    return np.asarray(np.mean(np.where(d < b, 0.5 * d * d / b, d - 0.5 * b)), dtype=p.dtype)
+    b = a.get("beta", SMOOTH_L1_BETA)
+    return _reduce(np.where(d < b, 0.5 * d * d / b, d - 0.5 * b), a, p.dtype)
 
 
 def _smooth_l1_grad(xs, a, rt):
     p, t, g = xs
     d = p - t
-    b = p.dtype.type(SMOOTH_L1_BETA)
-    return np.where(np.abs(d) < b, d / b, np.sign(d)) * (g / p.size)
+    b = p.dtype.type(a.get("beta", SMOOTH_L1_BETA))
+    return np.where(np.abs(d) < b, d / b, np.sign(d)) * (g * _per(a, p.size))
 
 
 _loss("smooth_l1", _smooth_l1, _smooth_l1_grad,
-      "Smooth L1 (Huber with delta 1, beta 1 as PyTorch's default): 0.5 d^2 where |d| < 1, "
-      "|d| - 0.5 elsewhere, averaged.")
+      "Smooth L1 (PyTorch's, beta 1 by default): 0.5 d^2 / beta where |d| < beta, "
+      "|d| - 0.5 beta elsewhere, averaged. `huber(delta)` is delta times smooth_l1 with "
+      "beta = delta.", attrs=(BETA, REDUCTION))
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -123,56 +200,99 @@ def _check_classes(z: np.ndarray, t: np.ndarray) -> None:
                          f"found {int(t.min())}..{int(t.max())}")
 
 
+def _classes(z: np.ndarray, t: np.ndarray, a: dict[str, Any]):
+    """What a class loss reads of its target: the kept positions, the targets with the
+    ignored ones set to class 0, each position's weight w[t] (0 where ignored), the class
+    weights, and the mean's divisor (the weights' sum; 1 for a sum or when nothing
+    counts)."""
+    t = t.astype(np.int64)
+    ignore = a.get("ignore_index")
+    keep = np.ones(t.shape, bool) if ignore is None else t != ignore
+    _check_classes(z, t[keep])
+    tt = np.where(keep, t, 0)
+    w = a.get("weight")
+    cw = np.ones(z.shape[1]) if w is None else np.asarray(w, np.float64)
+    wt = cw[tt] * keep
+    total = wt.sum()
+    den = 1.0 if is_sum(a) or total == 0 else total
+    return keep, tt, wt, cw, den
+
+
+def _channel_shape(z: np.ndarray) -> tuple[int, ...]:
+    return (1, z.shape[1]) + (1,) * (z.ndim - 2)
+
+
 def _ce(xs, a, rt):
     z, t = xs
-    _check_classes(z, t)
-    return np.asarray(-np.mean(_take_class(_log_softmax(z), t), dtype=np.float64), dtype=z.dtype)
+    keep, tt, wt, cw, den = _classes(z, t, a)
+    logp = _log_softmax(z)
+    per = -wt * _take_class(logp, tt)
+    eps = a.get("label_smoothing", 0.0)
+    if eps:
+        smooth = -(logp * cw.reshape(_channel_shape(z))).sum(axis=1, dtype=np.float64)
+        per = (1 - eps) * per + eps / z.shape[1] * keep * smooth
+    return np.asarray(per.sum(dtype=np.float64) / den, dtype=z.dtype)
+
+
+def _onehot(z: np.ndarray, tt: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(z)
+    np.put_along_axis(out, tt[:, None], 1, axis=1)
+    return out
 
 
 def _ce_grad(xs, a, rt):
     z, t, g = xs
+    keep, tt, wt, cw, den = _classes(z, t, a)
     p = softmax(z, 1)
-    onehot = np.zeros_like(p)
-    np.put_along_axis(onehot, t.astype(np.int64)[:, None], 1, axis=1)
-    count = p.size // p.shape[1]
-    return (p - onehot) * (g / count)
+    eps = a.get("label_smoothing", 0.0)
+    grad = (1 - eps) * (wt * (g / den))[:, None] * (p - _onehot(z, tt))
+    if eps:
+        c = z.shape[1]
+        grad = grad + (eps / c) * (keep * (g / den))[:, None] * (
+            cw.sum() * p - cw.reshape(_channel_shape(z)))
+    return grad.astype(z.dtype)
 
 
 def _nll(xs, a, rt):
     z, t = xs
-    _check_classes(z, t)
-    return np.asarray(-np.mean(_take_class(z, t), dtype=np.float64), dtype=z.dtype)
+    keep, tt, wt, cw, den = _classes(z, t, a)
+    per = -wt * _take_class(z, tt)
+    return np.asarray(per.sum(dtype=np.float64) / den, dtype=z.dtype)
 
 
 def _nll_grad(xs, a, rt):
     z, t, g = xs
-    out = np.zeros_like(z)
-    np.put_along_axis(out, t.astype(np.int64)[:, None], -1, axis=1)
-    count = z.size // z.shape[1]
-    return out * (g / count)
+    keep, tt, wt, cw, den = _classes(z, t, a)
+    return (-(wt * (g / den))[:, None] * _onehot(z, tt)).astype(z.dtype)
 
 
 _loss("nll", _nll, _nll_grad,
       "Negative log-likelihood of log-probabilities (a `log_softmax` output) against class "
-      "indices: -mean(z[t]).")
+      "indices: -mean(z[t]).", attrs=CLASS_ATTRS + (REDUCTION,))
 
 _loss("cross_entropy", _ce, _ce_grad,
       "Cross-entropy of logits against class indices (log-sum-exp, stable). Fed by a "
-      "softmax, the softmax is folded into it.")
+      "softmax, the softmax is folded into it.",
+      attrs=CLASS_ATTRS + (LABEL_SMOOTHING, REDUCTION))
 
 
-def _bce(xs, a, rt):
-    p, t = xs
+def _bce_terms(p: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Per-element binary cross-entropy of probabilities, logs floored at -100 (float64)."""
     p64 = p.astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):   # log(0) is floored
         lp = np.maximum(np.log(np.maximum(p64, 0)), BCE_LOG_FLOOR)
         l1p = np.maximum(np.log(np.maximum(1 - p64, 0)), BCE_LOG_FLOOR)
-        return np.asarray(-np.mean(t * lp + (1 - t) * l1p), dtype=p.dtype)
+    return -(t * lp + (1 - t) * l1p)
+
+
+def _bce(xs, a, rt):
+    p, t = xs
+    return _reduce(_bce_terms(p, t), a, p.dtype)
 
 
 def _bce_grad(xs, a, rt):
     p, t, g = xs
-    return (p - t) / np.maximum(p * (1 - p), p.dtype.type(BCE_GRAD_EPS)) * (g / p.size)
+    return (p - t) / np.maximum(p * (1 - p), p.dtype.type(BCE_GRAD_EPS)) * (g * _per(a, p.size))
 
 
 _loss("bce", _bce, _bce_grad,
@@ -180,20 +300,75 @@ _loss("bce", _bce, _bce_grad,
       "sigmoid, it is rewritten into the stable `bce_logits`.")
 
 
+def _bce_logits_terms(z: np.ndarray, t: np.ndarray) -> np.ndarray:
+    z64 = z.astype(np.float64)
+    return np.maximum(z64, 0) - z64 * t + np.log1p(np.exp(-np.abs(z64)))
+
+
 def _bce_logits(xs, a, rt):
     z, t = xs
-    z64 = z.astype(np.float64)
-    value = np.mean(np.maximum(z64, 0) - z64 * t + np.log1p(np.exp(-np.abs(z64))))
-    return np.asarray(value, dtype=z.dtype)
+    return _reduce(_bce_logits_terms(z, t), a, z.dtype)
 
 
 def _bce_logits_grad(xs, a, rt):
     z, t, g = xs
-    return (_sigmoid(z) - t) * (g / z.size)
+    return (_sigmoid(z) - t) * (g * _per(a, z.size))
 
 
 _loss("bce_logits", _bce_logits, _bce_logits_grad,
       "Binary cross-entropy on logits: max(z, 0) - z t + log(1 + exp(-|z|)).")
+
+
+# Focal loss (Lin et al. 2017, torchvision's sigmoid_focal_loss): the binary cross-entropy
+# of each element times alpha_t (1 - p_t)^gamma, p_t = p t + (1 - p)(1 - t).
+def _focal_factors(p: np.ndarray, t: np.ndarray, a: dict[str, Any]):
+    """(alpha_t, q = 1 - p_t, q^gamma, d(q^gamma)/dq), in float64."""
+    gamma, alpha = a.get("gamma", 2.0), a.get("alpha", 0.25)
+    p = p.astype(np.float64)
+    q = 1 - (p * t + (1 - p) * (1 - t))
+    at = alpha * t + (1 - alpha) * (1 - t) if alpha >= 0 else np.ones_like(q)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mod = np.power(q, gamma)
+        dmod = np.where(q > 0, gamma * np.power(q, gamma - 1), 1.0 if gamma == 1 else 0.0)
+    return at, q, mod, dmod
+
+
+def _focal(xs, a, rt):
+    p, t = xs
+    at, q, mod, _ = _focal_factors(p, t, a)
+    return _reduce(at * mod * _bce_terms(p, t), a, p.dtype)
+
+
+def _focal_grad(xs, a, rt):
+    p, t, g = xs
+    at, q, mod, dmod = _focal_factors(p, t, a)
+    p64 = p.astype(np.float64)
+    dce = (p64 - t) / np.maximum(p64 * (1 - p64), BCE_GRAD_EPS)
+    grad = at * (-dmod * (2 * t - 1) * _bce_terms(p, t) + mod * dce)
+    return (grad * (g * _per(a, p.size))).astype(p.dtype)
+
+
+def _focal_logits(xs, a, rt):
+    z, t = xs
+    at, q, mod, _ = _focal_factors(_sigmoid(z.astype(np.float64)), t, a)
+    return _reduce(at * mod * _bce_logits_terms(z, t), a, z.dtype)
+
+
+def _focal_logits_grad(xs, a, rt):
+    z, t, g = xs
+    s = _sigmoid(z.astype(np.float64))
+    at, q, mod, dmod = _focal_factors(s, t, a)
+    grad = at * (-dmod * (2 * t - 1) * s * (1 - s) * _bce_logits_terms(z, t) + mod * (s - t))
+    return (grad * (g * _per(a, z.size))).astype(z.dtype)
+
+
+_loss("focal", _focal, _focal_grad,
+      "Focal loss of probabilities (Lin et al., torchvision's sigmoid_focal_loss): "
+      "alpha_t (1 - p_t)^gamma times the binary cross-entropy. Fed by a sigmoid, it is "
+      "rewritten into the stable `focal_logits`.", attrs=FOCAL_ATTRS + (REDUCTION,))
+_loss("focal_logits", _focal_logits, _focal_logits_grad,
+      "Focal loss on logits (the sigmoid inside, log-sum-exp stable).",
+      attrs=FOCAL_ATTRS + (REDUCTION,))
 
 
 def _dice_parts(p, t):
@@ -223,7 +398,10 @@ def _dice_grad(xs, a, rt):
 
 _loss("dice", _dice, _dice_grad,
       "Soft Dice loss: 1 - mean over channels of (2 sum(p t) + 1) / (sum(p) + sum(t) + 1), "
-      "sums over the batch and all pixels.")
+      "sums over the batch and all pixels.", attrs=())
 
 
-LOSSES = ("mse", "l1", "smooth_l1", "cross_entropy", "nll", "bce", "dice")
+LOSSES = ("mse", "l1", "smooth_l1", "huber", "cross_entropy", "nll", "bce", "focal", "dice")
+# `huber(p, t, delta)` is written as `delta * smooth_l1(p, t, beta = delta)` (PyTorch's
+# HuberLoss is that product); config.parse_loss makes the term.
+HUBER = (Attr("delta", "float", 1.0, doc="where the quadratic part ends"), REDUCTION)

@@ -2,19 +2,23 @@
 
 `attach_loss` adds one target input per target name and the weighted sum of the loss
 terms, making `graph.loss` a scalar node. `stable_losses` is a simplify rewrite:
-`bce(sigmoid(z), t)` becomes `bce_logits(z, t)` and `cross_entropy(softmax(z), t)` becomes
-`cross_entropy(z, t)`, both computed with log-sum-exp; the sigmoid/softmax node stays for
+`bce(sigmoid(z), t)` becomes `bce_logits(z, t)`, `focal(sigmoid(z), t)` `focal_logits(z, t)`
+and `cross_entropy(softmax(z), t)` becomes `cross_entropy(z, t)`, all computed with
+log-sum-exp; the sigmoid/softmax node stays for
 the network's outputs and is removed by DCE where nothing else reads it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from netlang.diagnostics import error
+from netlang.diagnostics import SourceSpan, error
 from netlang.ir.graph import Graph, Node
 from netlang.ir.types import fmt_shape
 from netlang.ops.loss import target_type
+from netlang.ops import registry
+from netlang.ops.registry import ShapeCtx, ShapeError
 from netlang.passes.shape_infer import infer_node
 
 
@@ -24,9 +28,11 @@ class LossTerm:
     them from the loss text)."""
 
     weight: float
-    op: str            # mse | l1 | smooth_l1 | cross_entropy | nll | bce | dice
+    op: str            # a loss op of ops/loss.py: mse | l1 | smooth_l1 | cross_entropy | ...
     pred: str          # a network output
     target: str        # a target name supplied by the data
+    attrs: tuple[tuple[str, Any], ...] = ()   # the op's attributes, checked (loss_attrs)
+    span: SourceSpan | None = field(default=None, compare=False)   # the term's text
 
 
 def attach_loss(g: Graph, terms: tuple[LossTerm, ...]) -> None:
@@ -50,8 +56,12 @@ def attach_loss(g: Graph, terms: tuple[LossTerm, ...]) -> None:
             raise error("E031", f"target `{term.target}` is used as {fmt_shape(tgt.type.shape)}"
                         f" {tgt.type.dtype} and as {fmt_shape(want.shape)} {want.dtype}", None,
                         help="use a separate target name for each kind of loss")
-        node = g.add(term.op, [pred, tgt], name=f"loss.{term.op}{i}", span=pred.span)
-        infer_node(node)
+        node = g.add(term.op, [pred, tgt], dict(term.attrs), name=f"loss.{term.op}{i}",
+                     span=pred.span)
+        try:
+            infer_node(node)
+        except ShapeError as exc:   # an option that does not fit the output (class weights)
+            raise _option_error(exc, term, pred.type) from None
         if term.weight != 1:
             node = g.add("scale", [node], {"factor": float(term.weight)},
                          name=f"loss.{term.op}{i}.scale", span=pred.span)
@@ -66,8 +76,10 @@ def attach_loss(g: Graph, terms: tuple[LossTerm, ...]) -> None:
     g.loss = total
 
 
-# Which activation turns logits into the probabilities a loss reads.
-_PROBABILITY = {"bce": "sigmoid", "cross_entropy": "softmax"}
+# Which activation turns logits into the probabilities a loss reads, and the loss's form
+# on logits.
+_PROBABILITY = {"bce": "sigmoid", "focal": "sigmoid", "cross_entropy": "softmax"}
+_ON_LOGITS = {"bce": "bce_logits", "focal": "focal_logits", "cross_entropy": "cross_entropy"}
 
 
 def _probability_source(pred: Node, op: str) -> Node | None:
@@ -99,23 +111,39 @@ def _probability_source(pred: Node, op: str) -> Node | None:
     return node if node.attrs.get("axis", 0) == 0 else None
 
 
-def check_probability_losses(g: Graph, terms: tuple[LossTerm, ...]) -> None:
-    """Refuse a probability loss fed through dropout (checked with the network)."""
+def check_losses(g: Graph, terms: tuple[LossTerm, ...]) -> None:
+    """Checked with the network (`netlang check`): the options of each term against the
+    output it reads (class weights, one per class), and no probability loss fed through
+    dropout."""
     for term in terms:
-        if term.op in _PROBABILITY and term.pred in g.outputs:
+        if term.pred not in g.outputs:
+            continue
+        pred = g.outputs[term.pred].type
+        ctx = ShapeCtx(term.op, [pred, target_type(term.op, pred)], dict(term.attrs))
+        try:
+            registry.get(term.op).shape(ctx)
+        except ShapeError as exc:
+            raise _option_error(exc, term, pred) from None
+        if term.op in _PROBABILITY:
             _probability_source(g.outputs[term.pred], term.op)
 
 
+def _option_error(exc: ShapeError, term: LossTerm, pred):
+    return error(exc.code, exc.message, term.span,
+                 notes=[f"`{term.pred}` is {fmt_shape(pred.shape)}"], help=exc.help)
+
+
 def probability_warnings(g: Graph, terms: tuple[LossTerm, ...]) -> list[str]:
-    """`bce` of an output that no sigmoid makes: it reads values outside [0, 1] clamped,
-    which is not a binary cross-entropy (a U-Net ending in a 1x1 conv of logits)."""
+    """`bce` or `focal` of an output that no sigmoid makes: it reads values outside [0, 1]
+    clamped, which is not a binary cross-entropy (a U-Net ending in a 1x1 conv of
+    logits)."""
     out = []
     for term in terms:
-        if term.op == "bce" and term.pred in g.outputs and \
-                _probability_source(g.outputs[term.pred], "bce") is None:
-            out.append(f"bce reads `{term.pred}`, which no sigmoid makes: values outside "
-                       "[0, 1] are clamped, so this is not the binary cross-entropy of "
-                       f"`{term.pred}`; end the output with `-> sigmoid`, or use "
+        if term.op in ("bce", "focal") and term.pred in g.outputs and \
+                _probability_source(g.outputs[term.pred], term.op) is None:
+            out.append(f"{term.op} reads `{term.pred}`, which no sigmoid makes: values "
+                       "outside [0, 1] are clamped, so this is not the binary cross-entropy "
+                       f"of `{term.pred}`; end the output with `-> sigmoid`, or use "
                        "cross_entropy with two classes")
     return out
 
@@ -129,6 +157,5 @@ def stable_losses(g: Graph) -> None:
         act = _probability_source(n.inputs[0], n.op)
         if act is None:
             continue
-        if n.op == "bce":
-            n.op = "bce_logits"
+        n.op = _ON_LOGITS[n.op]
         n.inputs[0] = act.inputs[0]

@@ -25,10 +25,11 @@ import numpy as np
 from netlang.config import TrainConfig
 from netlang.diagnostics import did_you_mean, error
 from netlang.ir.types import fmt_shape
+from netlang.ops.loss import CLASS_LOSSES
 from netlang.train import augment, checkpoint
 from netlang.train import data as data_mod
 from netlang.train.metrics import (
-    Metrics, head_names, heads, maximized, metric_names, per_class, task_of,
+    Metrics, head_names, heads, ignored, maximized, metric_names, per_class, task_of,
 )
 from netlang.train.optim import Optimizer, Schedule
 
@@ -100,8 +101,9 @@ def evaluate(net, weights, data, split: str, cfg: TrainConfig, batch: int = 64,
     """Loss and task metrics of `weights` on one split (inference mode): the metrics of
     each output the loss reads, named `OUTPUT_metric` when it reads several."""
     hs = heads(net, cfg.loss)
-    ms = [Metrics(task, net.outputs[p].shape[0] if net.outputs[p].shape else 0)
-          for p, _, task in hs]
+    ms = [Metrics(task, net.outputs[p].shape[0] if net.outputs[p].shape else 0,
+                  ignored(cfg.loss, p, tg))
+          for p, tg, task in hs]
     for b in data.batches(split, batch):
         loss, outs = net.evaluate(weights, b, loss=cfg.loss_text, backend=backend)
         for i, ((p, tg, _), m) in enumerate(zip(hs, ms)):
@@ -224,6 +226,30 @@ class Trainer:
                             + (" class indices" if node.type.dtype == "int64" else ""), None,
                             help="cross_entropy takes class indices; bce, dice and mse take "
                                  "targets shaped like the output")
+        self._check_classes(prog.graph)
+
+    def _check_classes(self, g) -> None:
+        """Class-index targets name a class of the output they are read against (or the
+        loss's `ignore_index`): a wrong label would index past the logits."""
+        for n in g.nodes:
+            if n.op not in CLASS_LOSSES:
+                continue
+            name, c = n.inputs[1].name, n.inputs[0].type.shape[0]
+            ignore = n.attrs.get("ignore_index")
+            for split in (self.data.train, self.data.val, self.data.test):
+                arr = split.arrays.get(name)
+                if arr is None or not arr.size or (arr.min() >= 0 and arr.max() < c):
+                    continue
+                vals = np.unique(arr)
+                bad = vals[((vals < 0) | (vals >= c)) & (vals != ignore)]
+                if bad.size:
+                    raise error("E032", f"target `{name}` holds class {bad[0]:g}; the loss "
+                                f"`{n.op}` reads {c} classes (0 to {c - 1})", None,
+                                notes=["values outside that range: "
+                                       + ", ".join(f"{v:g}" for v in bad[:8])
+                                       + (" ..." if bad.size > 8 else "")],
+                                help=f"give the output {int(bad.max()) + 1} classes, or skip "
+                                     f"a label with `{n.op}(..., ignore_index={bad[0]:g})`")
 
     def _check_memory(self) -> None:
         """Refuse, before the first step, a step that cannot fit in this machine's memory."""

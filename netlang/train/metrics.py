@@ -23,9 +23,14 @@ MAXIMIZE = ("accuracy", "top5", "dice", "iou", "r2")
 
 
 class Metrics:
-    def __init__(self, task: str, classes: int = 0):
+    """`ignore`: a class-index target value that no metric counts (the loss's
+    `ignore_index`)."""
+
+    def __init__(self, task: str, classes: int = 0, ignore: int | None = None):
         self.task = task
         self.classes = classes
+        self.ignore = ignore
+        self.counted = 0
         self.loss_sum = 0.0
         self.n = 0
         self.correct = 0
@@ -48,8 +53,10 @@ class Metrics:
             return
         if self.task == "classification":
             top = np.argsort(-pred, axis=1)
-            self.correct += int((top[:, 0] == target).sum())
-            self.top5 += int((top[:, :5] == target[:, None]).any(axis=1).sum())
+            keep = np.ones(len(target), bool) if self.ignore is None else target != self.ignore
+            self.correct += int(((top[:, 0] == target) & keep).sum())
+            self.top5 += int(((top[:, :5] == target[:, None]).any(axis=1) & keep).sum())
+            self.counted += int(keep.sum())
         elif self.task == "binary":
             self.correct += int(((pred >= 0.5) == (target >= 0.5)).sum())
             self.elements += pred.size
@@ -62,6 +69,8 @@ class Metrics:
             self.elements += pred.size
         elif self.task == "segmentation":
             p, t = _masks(pred, target)
+            if self.ignore is not None and target.ndim == pred.ndim - 1:
+                p = p & (target != self.ignore)[:, None]
             axes = (0,) + tuple(range(2, p.ndim))
             inter = (p & t).sum(axis=axes)
             ps, ts = p.sum(axis=axes), t.sum(axis=axes)
@@ -76,9 +85,9 @@ class Metrics:
         if not self.n:
             return out
         if self.task == "classification":
-            out["accuracy"] = self.correct / self.n
+            out["accuracy"] = self.correct / max(self.counted, 1)
             if self.classes > 5:   # top-5 of 5 or fewer classes is always 1
-                out["top5"] = self.top5 / self.n
+                out["top5"] = self.top5 / max(self.counted, 1)
         elif self.task == "binary" and self.elements:
             out["accuracy"] = self.correct / self.elements
         elif self.task == "regression" and self.elements:
@@ -120,6 +129,14 @@ def heads(net, terms) -> list[tuple[str, str, str]]:
     for t in terms:
         seen.setdefault((t.pred, t.target), t)
     return [(p, tg, task_of(net, [t])) for (p, tg), t in seen.items()]
+
+
+def ignored(terms, pred: str, target: str) -> int | None:
+    """The `ignore_index` of the loss term reading (pred, target), if any."""
+    for t in terms:
+        if (t.pred, t.target) == (pred, target) and dict(t.attrs).get("ignore_index") is not None:
+            return dict(t.attrs)["ignore_index"]
+    return None
 
 
 def metric_names(net, terms) -> list[str]:

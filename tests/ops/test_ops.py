@@ -133,8 +133,26 @@ CASES = [
     ("bce", [(1, 4, 4)], {}),
     ("bce_logits", [(1, 4, 4)], {}),
     ("dice", [(2, 4, 4)], {}),
+    # loss options: class weights, an ignored class, label smoothing, sums, beta, focal
+    ("cross_entropy", [(4, 3, 3)], dict(weight=(1.0, 2.0, 0.5, 0.25), ignore_index=2)),
+    ("cross_entropy", [(4,)], dict(label_smoothing=0.1, reduction="sum")),
+    ("cross_entropy", [(3, 2, 2)], dict(weight=(0.5, 1.0, 2.0), label_smoothing=0.2)),
+    ("cross_entropy", [(3, 2, 2)], dict(ignore_index=0)),
+    ("nll", [(3, 2, 2)], dict(weight=(0.5, 1.0, 2.0), ignore_index=1, reduction="sum")),
+    ("nll", [(4,)], dict(weight=(0.5, 1.0, 2.0, 3.0))),
+    ("mse", [(3, 4)], dict(reduction="sum")),
+    ("l1", [(3, 4)], dict(reduction="sum")),
+    ("smooth_l1", [(3, 4)], dict(beta=0.5)),
+    ("bce", [(1, 4, 4)], dict(reduction="sum")),
+    ("bce_logits", [(1, 4, 4)], dict(reduction="sum")),
+    ("focal", [(1, 4, 4)], {}),
+    ("focal", [(2, 3)], dict(gamma=0.0, alpha=-1.0, reduction="sum")),
+    ("focal_logits", [(1, 4, 4)], {}),
+    ("focal_logits", [(2, 3)], dict(gamma=1.0, alpha=0.75)),
+    ("focal_logits", [(2, 3)], dict(gamma=0.5, alpha=-1.0, reduction="sum")),
 ]
-LOSSES = {"mse", "l1", "smooth_l1", "cross_entropy", "nll", "bce", "bce_logits", "dice"}
+LOSSES = {"mse", "l1", "smooth_l1", "cross_entropy", "nll", "bce", "bce_logits", "dice",
+          "focal", "focal_logits"}
 CLASSES = ("cross_entropy", "nll")
 
 
@@ -150,7 +168,7 @@ def build(op: str, shapes, attrs, rng):
         g.inputs[x.name] = x
         xs.append(x)
         feeds[x.id] = rng.standard_normal((N,) + s)
-        if op in ("bce", "dice"):
+        if op in ("bce", "dice", "focal"):
             feeds[x.id] = rng.uniform(0.05, 0.95, (N,) + s)
     if op in LOSSES:
         pred = xs[0]
@@ -304,27 +322,52 @@ def _reference(op, xs, params, a):
                                                           box[2 * i + 1])
                                                     for i in range(x.ndim - 2))]
     p, t = xs[0], xs[1]
+    total = (lambda v: v.sum()) if a.get("reduction") == "sum" else (lambda v: v.mean())
     if op == "mse":
-        return ((p - t) ** 2).mean()
+        return total((p - t) ** 2)
     if op == "l1":
-        return np.abs(p - t).mean()
+        return total(np.abs(p - t))
     if op == "smooth_l1":
-        d = np.abs(p - t)
-        return np.where(d < 1, 0.5 * d * d, d - 0.5).mean()
-    if op == "nll":
-        return -np.take_along_axis(p, t[:, None], axis=1).mean()
-    if op == "cross_entropy":
-        logp = np.log(ref.softmax(p))
-        return -np.take_along_axis(logp, t[:, None], axis=1).mean()
+        d, b = np.abs(p - t), a["beta"]
+        return total(np.where(d < b, 0.5 * d * d / b, d - 0.5 * b))
+    if op in ("nll", "cross_entropy"):
+        return _class_loss_reference(op, p, t, a)
+    if op in ("focal", "focal_logits"):   # torchvision.ops.sigmoid_focal_loss, written out
+        s = p if op == "focal" else 1 / (1 + np.exp(-p))
+        ce = -(t * np.log(s) + (1 - t) * np.log(1 - s))
+        p_t = s * t + (1 - s) * (1 - t)
+        loss = ce * (1 - p_t) ** a["gamma"]
+        if a["alpha"] >= 0:
+            loss = (a["alpha"] * t + (1 - a["alpha"]) * (1 - t)) * loss
+        return total(loss)
     if op == "bce":
-        return -(t * np.log(p) + (1 - t) * np.log(1 - p)).mean()
+        return total(-(t * np.log(p) + (1 - t) * np.log(1 - p)))
     if op == "bce_logits":
         s = 1 / (1 + np.exp(-p))
-        return -(t * np.log(s) + (1 - t) * np.log(1 - s)).mean()
+        return total(-(t * np.log(s) + (1 - t) * np.log(1 - s)))
     if op == "dice":
         axes = (0, 2, 3)
         return 1 - ((2 * (p * t).sum(axes) + 1) / (p.sum(axes) + t.sum(axes) + 1)).mean()
     raise NotImplementedError(op)
+
+
+def _class_loss_reference(op, z, t, a):
+    """PyTorch's weighted cross-entropy / NLL as its documentation writes it, one position
+    at a time: sum of w[t] l over the positions that count, divided by the sum of their
+    w[t] for a mean; label smoothing mixes in eps / C sum_c w_c (-log p_c)."""
+    logp = z if op == "nll" else np.log(ref.softmax(z))
+    c = z.shape[1]
+    w = np.ones(c) if a.get("weight") is None else np.asarray(a["weight"])
+    eps = a.get("label_smoothing", 0.0)
+    num = den = 0.0
+    for idx in np.ndindex(t.shape):
+        tc = int(t[idx])
+        if tc == a.get("ignore_index"):
+            continue
+        lp = logp[(idx[0], slice(None)) + idx[1:]]
+        num += (1 - eps) * -w[tc] * lp[tc] + eps / c * (-w * lp).sum()
+        den += w[tc]
+    return num if a.get("reduction") == "sum" else num / den
 
 
 @pytest.mark.parametrize("op,shapes,attrs", CASES, ids=[case_id(c) for c in CASES])
