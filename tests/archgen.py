@@ -254,8 +254,18 @@ def _layer(draw, arch: Arch, shape: tuple[int, ...], illegal: bool):
         amount = tuple(draw(st.integers(0, 2)) for _ in range(2 * nd))
         box = amount
         out = (c,) + tuple(h + amount[2 * i] + amount[2 * i + 1] for i, h in enumerate(sp))
-        src = f"pad([{', '.join(map(str, amount))}])"
-        return Layer(op, src, {"box": box}), out, None
+        mode = draw(st.sampled_from(["constant", "reflect", "replicate", "circular"]))
+        value = draw(st.sampled_from([0.0, 0.5])) if mode == "constant" else 0.0
+        src = f"pad([{', '.join(map(str, amount))}]"
+        src += f", mode={mode}" if mode != "constant" else ""
+        src += f", value={value}" if value else ""
+        most = [max(amount[2 * i], amount[2 * i + 1]) for i in range(nd)]
+        why = None
+        if mode == "reflect" and any(m >= h for m, h in zip(most, sp)):
+            why = "reflect padding as large as the input"
+        if mode == "circular" and any(m > h for m, h in zip(most, sp)):
+            why = "circular padding larger than the input"
+        return Layer(op, src + ")", {"box": box, "mode": mode, "value": value}), out, why
     if op == "upsample":
         linear = {1: "linear", 2: "bilinear", 3: "trilinear"}[nd]
         mode = draw(st.sampled_from(["nearest", linear]))
@@ -495,7 +505,10 @@ def torch_forward(arch: Arch, x, params: dict, training: bool, torch):
                 slice(box[2 * d], v.shape[2 + d] - box[2 * d + 1]) for d in range(nd))
             y = v[idx]
         elif op == "pad":
-            y = F.pad(v, _torch_pad(a["box"]))
+            if a["mode"] == "constant":
+                y = F.pad(v, _torch_pad(a["box"]), value=a["value"])
+            else:
+                y = F.pad(v, _torch_pad(a["box"]), mode=a["mode"])
         elif op == "upsample":
             kw = {} if a["mode"] == "nearest" else {"align_corners": False}
             y = F.interpolate(v, scale_factor=a["scale"], mode=a["mode"], **kw)

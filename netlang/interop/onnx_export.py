@@ -417,11 +417,17 @@ def _lower(n, ins: list[str], out: str, const, unique, opset: int = OPSET):
                            const(f"{n.name}.ends", [src[i] - box[2 * i + 1]
                                                     for i in range(nd)]),
                            const(f"{n.name}.axes", list(range(2, 2 + nd)))], [out], {})]
-    if op == "pad":   # zeros; box = (before, after) per spatial dim
+    if op == "pad":   # box = (before, after) per spatial dim
         box = a["box"]
-        return [("Pad", [ins[0], const(f"{n.name}.pads", [0, 0, *box[0::2], 0, 0,
-                                                          *box[1::2]])], [out],
-                 {"mode": "constant"})]
+        mode = {"constant": "constant", "reflect": "reflect", "replicate": "edge",
+                "circular": "wrap"}[a.get("mode", "constant")]
+        if mode == "wrap" and opset < 19:
+            raise error("E071", f"`{n.name}`: circular padding needs opset 19 or newer (Pad "
+                        "mode `wrap`)", n.span, help="use --opset 19")
+        pad_ins = [ins[0], const(f"{n.name}.pads", [0, 0, *box[0::2], 0, 0, *box[1::2]])]
+        if a.get("value", 0.0):
+            pad_ins.append(const(f"{n.name}.value", np.array(a["value"]), np.float32))
+        return [("Pad", pad_ins, [out], {"mode": mode})]
     if op == "upsample":
         scale = a["scale"]
         nd = n.type.rank - 1

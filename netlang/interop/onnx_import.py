@@ -1018,7 +1018,8 @@ class _Translator:
         self.add(Layer("crop", [], {"size": _one(target)}, [ins[0]], out, {}, path, where))
 
     def _Pad(self, node, a, ins, out, path, where):
-        """Zero padding of the spatial axes -> `pad(amount)`."""
+        """Padding of the spatial axes -> `pad(amount)`, with its mode (reflect, edge as
+        replicate, wrap as circular) or constant value."""
         mode = a.get("mode", b"constant")
         mode = mode.decode() if isinstance(mode, bytes) else mode
         pads = self.const(ins[1]) if len(ins) > 1 and ins[1] else (
@@ -1027,9 +1028,17 @@ class _Translator:
         if len(ins) > 3 and ins[3]:
             self.refuse("Pad with an axes input", where)
             return
-        if mode != "constant" or value is None or np.any(value != 0):
-            self.refuse(f"Pad other than with zeros (mode {mode})", where)
+        modes = {"constant": "constant", "reflect": "reflect", "edge": "replicate",
+                 "wrap": "circular"}
+        if mode not in modes or value is None or value.size != 1:
+            self.refuse(f"Pad of mode {mode}" if mode not in modes else
+                        "Pad with a value computed at run time", where)
             return
+        kw = {}
+        if modes[mode] != "constant":
+            kw["mode"] = modes[mode]
+        elif float(value) != 0:
+            kw["value"] = float(value)
         if pads is None:
             self.refuse("Pad with amounts computed at run time", where)
             return
@@ -1046,7 +1055,7 @@ class _Translator:
         if amount is None:
             self.alias[out] = ins[0]
             return
-        self.add(Layer("pad", [amount], {}, [ins[0]], out, {}, path, where))
+        self.add(Layer("pad", [amount], kw, [ins[0]], out, {}, path, where))
 
 
 # ----------------------------------------------------------------------------- structure

@@ -154,10 +154,46 @@ def _crop(x: np.ndarray, box) -> np.ndarray:
     return x[idx]   # a view, no copy
 
 
-def _pad(x: np.ndarray, box) -> np.ndarray:
+PAD_MODES = ("constant", "reflect", "replicate", "circular")
+_NUMPY_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def _pad(x: np.ndarray, box, mode: str = "constant", value: float = 0.0) -> np.ndarray:
     # Padded channels-last, returned as an NCHW-logical view (the layout convs read).
     widths = [(0, 0)] + [(box[2 * i], box[2 * i + 1]) for i in range(x.ndim - 2)] + [(0, 0)]
-    return np.moveaxis(np.pad(np.moveaxis(x, 1, -1), widths), -1, 1)
+    last = np.moveaxis(x, 1, -1)
+    if mode == "constant":
+        out = np.pad(last, widths, constant_values=value)
+    else:
+        out = np.pad(last, widths, mode=_NUMPY_MODE[mode])
+    return np.moveaxis(out, -1, 1)
+
+
+def pad_source(mode: str, p: np.ndarray, lo: int, size: int) -> np.ndarray:
+    """The input position each padded position p reads along one axis (reflect, replicate,
+    circular), as PyTorch's F.pad modes."""
+    i = p - lo
+    if mode == "reflect":
+        i = np.abs(i)
+        return np.where(i >= size, 2 * (size - 1) - i, i)
+    if mode == "replicate":
+        return np.clip(i, 0, size - 1)
+    return np.mod(i, size)
+
+
+def _pad_grad(dy: np.ndarray, box, mode: str) -> np.ndarray:
+    """Every padded position's gradient added to the input position it read, one spatial
+    axis at a time (the padding is separable)."""
+    g = dy
+    for ax in range(dy.ndim - 2):
+        lo, hi = box[2 * ax], box[2 * ax + 1]
+        size = g.shape[2 + ax] - lo - hi
+        src = pad_source(mode, np.arange(g.shape[2 + ax]), lo, size)
+        moved = np.moveaxis(g, 2 + ax, 0)
+        out = np.zeros((size,) + moved.shape[1:], dtype=dy.dtype)
+        np.add.at(out, src, moved)
+        g = np.moveaxis(out, 0, 2 + ax)
+    return g
 
 
 register(OpDef(
@@ -202,19 +238,59 @@ def _pad_shape(ctx: ShapeCtx) -> TensorType:
                              help="write `pad(1)`, `pad(x, like)` or `pad(x, size=[H, W])`")
         ctx.attrs["box"] = tuple(box)
     b = _box(ctx)
+    mode = ctx.attrs.get("mode", "constant")
+    if mode != "constant" and ctx.attrs.get("value", 0.0) != 0.0:
+        raise ShapeError("E012", f"pad: `value` is for mode `constant`, not `{mode}`",
+                         help="drop `value`, or use `mode=constant`")
+    for i, h in enumerate(spatial):
+        most = max(b[2 * i], b[2 * i + 1])
+        if mode == "reflect" and most >= h or mode == "circular" and most > h:
+            need = most + 1 if mode == "reflect" else most
+            raise ShapeError("E012", f"pad: {mode} padding of {most} along "
+                             f"{DIM_NAMES[nd][i]} needs at least {need} pixels there; the "
+                             f"input has {h}",
+                             help="pad less, or use `mode=replicate`")
     return TensorType((ctx.x.shape[0],) + tuple(h + b[2 * i] + b[2 * i + 1]
                                                 for i, h in enumerate(spatial)))
 
 
+def _pad_grad_shape(ctx: ShapeCtx) -> TensorType:
+    b = _box(ctx)
+    return TensorType((ctx.x.shape[0],) + tuple(h - b[2 * i] - b[2 * i + 1]
+                                                for i, h in enumerate(ctx.x.shape[1:])))
+
+
+def _pad_vjp(b, node, dy):
+    rest = [None] * (len(node.inputs) - 1)
+    mode = node.attrs.get("mode", "constant")
+    if mode == "constant":   # the padded value is a constant: the gradient is the crop
+        return [b.emit("crop", [dy], box=node.attrs["box"])] + rest
+    return [b.emit("pad_grad", [dy], box=node.attrs["box"], mode=mode)] + rest
+
+
 register(OpDef(
     name="pad", attrs=(Attr("amount", "ints", None, minimum=0),
-                       Attr("size", "size", None, minimum=1)),
+                       Attr("size", "size", None, minimum=1),
+                       Attr("mode", "choice", "constant", PAD_MODES,
+                            doc="what the border holds: `value`, the input mirrored without "
+                                "its edge (`reflect`), the edge repeated (`replicate`), or "
+                                "the far side (`circular`)"),
+                       Attr("value", "float", 0.0, doc="the border's value, mode `constant`")),
     shape=_pad_shape, kind=FusionKind.INJECTIVE, max_inputs=2,
-    forward=lambda xs, a, rt: _pad(xs[0], a["box"]),
-    vjp=lambda b, node, dy: [b.emit("crop", [dy], box=node.attrs["box"])] +
-    [None] * (len(node.inputs) - 1),
-    doc="Zero padding by an amount (`pad(1)`), or to a reference value's size (`pad(x, like)`; "
-        "the odd pixel goes at the end)."))
+    forward=lambda xs, a, rt: _pad(xs[0], a["box"], a.get("mode", "constant"),
+                                   a.get("value", 0.0)),
+    vjp=_pad_vjp,
+    example="pad(1, mode=reflect)",
+    doc="Padding by an amount (`pad(1)`), or to a reference value's size (`pad(x, like)`; "
+        "the odd pixel goes at the end): zeros, a `value`, or the input reflected, "
+        "replicated or wrapped around (`mode`), as PyTorch's F.pad."))
+
+register(OpDef(
+    name="pad_grad", attrs=(Attr("box", "ints"), Attr("mode", "choice", "reflect", PAD_MODES)),
+    shape=_pad_grad_shape, kind=FusionKind.OPAQUE,
+    forward=lambda xs, a, rt: _pad_grad(xs[0], a["box"], a["mode"]), user=False,
+    doc="Gradient of a reflect, replicate or circular pad: each padded position's gradient "
+        "added to the input position it read."))
 
 
 # -- flatten and reshape -----------------------------------------------------------------

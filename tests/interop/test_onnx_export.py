@@ -68,6 +68,8 @@ network coverage {
                      -> prelu(per_channel = true)
     output norms = x -> groupnorm(2) -> instancenorm -> groupnorm(4, affine = false)
                      -> instancenorm(affine = true)
+    output borders = x -> pad(1, mode = reflect) -> pad([1, 2, 0, 1], mode = replicate)
+                       -> pad(1, value = 0.5) -> conv(2, 3)
 }
 """
 
@@ -163,6 +165,17 @@ def test_the_ops_no_example_uses_export_too():
     assert {"ConvTranspose", "LeakyRelu", "Tanh", "Pad", "AveragePool", "Resize", "Slice",
             "MaxPool", "Mul", "Softmax", "GlobalAveragePool", "Gemm"} <= types
     assert "Dropout" not in types   # inference graph
+
+
+def test_circular_padding_exports_from_opset_19():
+    net = netlang.loads("network n {\n input x: [2, 5, 5]\n"
+                        " output y = x -> pad([2, 1, 0, 3], mode = circular)\n}")
+    with pytest.raises(NetlangError) as err:
+        export_model(net, {})
+    assert "E071" in str(err.value) and "circular padding needs opset 19" in str(err.value)
+    model = export_model(net, {}, opset=19).model
+    x = np.random.default_rng(0).standard_normal((2, 2, 5, 5)).astype(np.float32)
+    np.testing.assert_allclose(_ort_outputs(model, {"x": x})[0], net.forward({}, {"x": x})["y"])
 
 
 def test_the_command_writes_the_model_and_says_which_weights(tmp_path, capsys):

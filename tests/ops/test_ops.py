@@ -85,6 +85,12 @@ CASES = [
     ("crop", [(2, 7, 6)], dict(size=(5, 2))),
     ("pad", [(2, 3, 4)], dict(amount=(1, 2, 0, 1))),
     ("pad", [(2, 3, 4), (1, 6, 5)], {}),
+    ("pad", [(2, 3, 4)], dict(amount=(1, 2, 0, 3), mode="reflect")),
+    ("pad", [(2, 3, 4)], dict(amount=(2, 1, 3, 0), mode="replicate")),
+    ("pad", [(2, 3, 4)], dict(amount=(1, 3, 4, 2), mode="circular")),
+    ("pad", [(2, 5)], dict(amount=(4, 2), mode="reflect")),
+    ("pad", [(2, 3, 4)], dict(amount=1, value=-1.5)),
+    ("pad", [(1, 2, 3, 2)], dict(amount=(1, 1, 2), mode="replicate")),
     ("add", [(2, 3, 3), (2, 3, 3)], {}),
     ("add", [(4, 3, 3), (1, 3, 3)], {}),
     ("mul", [(4, 3, 3), (1, 3, 3)], {}),
@@ -315,9 +321,27 @@ def _reference(op, xs, params, a):
     if op in ("crop", "pad"):
         box = a["box"]
         x = xs[0]
-        if op == "pad":
-            return np.pad(x, [(0, 0), (0, 0)] + [(box[2 * i], box[2 * i + 1])
-                                                 for i in range(x.ndim - 2)])
+        if op == "pad":   # PyTorch's F.pad modes, band by band along each axis
+            mode = a.get("mode", "constant")
+            for ax in range(2, x.ndim):
+                lo, hi = box[2 * (ax - 2)], box[2 * (ax - 2) + 1]
+                n = x.shape[ax]
+                def take(idx, x=x, ax=ax):
+                    return np.take(x, list(idx), axis=ax)
+
+                if mode == "reflect":       # mirror without repeating the edge
+                    front, back = take(range(lo, 0, -1)), take(range(n - 2, n - 2 - hi, -1))
+                elif mode == "replicate":   # the edge, repeated
+                    front, back = take([0] * lo), take([n - 1] * hi)
+                elif mode == "circular":    # the far side
+                    front, back = take(range(n - lo, n)), take(range(hi))
+                else:
+                    v = a.get("value", 0.0)
+                    shape = list(x.shape)
+                    front = np.full(shape[:ax] + [lo] + shape[ax + 1:], v)
+                    back = np.full(shape[:ax] + [hi] + shape[ax + 1:], v)
+                x = np.concatenate([front, x, back], axis=ax)
+            return x
         return x[(slice(None), slice(None)) + tuple(slice(box[2 * i], x.shape[2 + i] -
                                                           box[2 * i + 1])
                                                     for i in range(x.ndim - 2))]
@@ -431,3 +455,22 @@ def test_global_maxpool_routes_ties_to_the_first_position(backend, torch_mod):
                               loss="mse(y, t)", wrt_inputs=True, backend=backend)
     np.testing.assert_allclose(g["x"], xt.grad.numpy(), atol=1e-6)
     assert np.count_nonzero(g["x"][1, 0]) == 1 and g["x"][1, 0, 0, 0] != 0
+
+
+@pytest.mark.parametrize("layer,message", [
+    ("pad(3, mode = reflect)", "E012: pad: reflect padding of 3 along H needs at least 4 "
+                               "pixels there; the input has 3"),
+    ("pad([0, 0, 5, 0], mode = circular)", "circular padding of 5 along W needs at least 5 "
+                                           "pixels there; the input has 4"),
+    ("pad(1, mode = replicate, value = 2)", "pad: `value` is for mode `constant`, not "
+                                            "`replicate`"),
+    ("pad(1, mode = mirror)", "`mode` must be one of `constant`, `reflect`, `replicate`, "
+                              "`circular`, got `mirror`"),
+])
+def test_pad_modes_refuse_what_pytorch_refuses(layer, message):
+    import netlang
+    from netlang.diagnostics import NetlangError
+
+    with pytest.raises(NetlangError) as err:
+        netlang.loads(f"network n {{\n input x: [2, 3, 4]\n output y = x -> {layer}\n}}")
+    assert message in str(err.value)
