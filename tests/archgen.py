@@ -148,7 +148,8 @@ def _spatial_choices(shape):
     return ["conv", "conv", "conv", "conv_transpose", "conv_transpose", "maxpool", "maxpool",
             "avgpool", "avgpool", "upsample", "batchnorm", "relu", "leaky_relu", "sigmoid",
             "gelu", "silu", "elu", "softplus", "hardtanh", "prelu",
-            "tanh", "softmax", "dropout", "crop", "pad", "flatten", "global_avgpool", "add",
+            "tanh", "softmax", "dropout", "crop", "pad", "flatten", "global_avgpool",
+            "adaptive_avgpool", "add",
             "concat", "mul", "layernorm", "groupnorm", "permute", "softmax_axis", "log_softmax",
             "mean", "reshape"]
 
@@ -238,6 +239,9 @@ def _layer(draw, arch: Arch, shape: tuple[int, ...], illegal: bool):
         return Layer(op, "flatten", {}), (math.prod(shape),), None
     if op == "global_avgpool":
         return Layer(op, "global_avgpool", {}), (c,), None
+    if op == "adaptive_avgpool":   # any output size: smaller, equal or larger than the input
+        size = tuple(draw(st.integers(1, h + 2)) for h in sp)
+        return Layer(op, f"adaptive_avgpool({_ints(size)})", {"size": size}), (c,) + size, None
     if op in ("add", "mul", "concat"):
         same = [j for j, s in enumerate(arch.shapes) if
                 (s == shape if op != "concat" else len(s) == len(shape) and s[1:] == sp)]
@@ -494,6 +498,8 @@ def torch_forward(arch: Arch, x, params: dict, training: bool, torch):
             y = F.linear(v, p["weight"], p.get("bias"))
         elif op == "flatten":
             y = v.reshape(v.shape[0], -1)
+        elif op == "adaptive_avgpool":
+            y = getattr(F, f"adaptive_avg_pool{nd}d")(v, a["size"])
         elif op == "global_avgpool":
             y = v.mean(dim=tuple(range(2, v.ndim)))
         elif op in ("add", "mul", "concat"):

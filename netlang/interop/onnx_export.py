@@ -264,6 +264,39 @@ def _lower_tokens(n, ins, out, const, unique, opset):
     return None
 
 
+def _adaptive_avgpool(n, ins, out, const, unique):
+    """GlobalAveragePool for size 1, AveragePool where every size divides its axis, and
+    otherwise one MatMul per axis with the averaging matrix (ops/pool.adaptive_matrix):
+    ONNX has no adaptive pool, the product is exact."""
+    from netlang.ops.pool import adaptive_matrix
+
+    sp_in, size = n.inputs[0].type.shape[1:], n.attrs["size"]
+    if all(s == 1 for s in size):
+        return [("GlobalAveragePool", ins, [out], {})]
+    if all(h % s == 0 for h, s in zip(sp_in, size)):
+        k = [h // s for h, s in zip(sp_in, size)]
+        return [("AveragePool", ins, [out], {"kernel_shape": k, "strides": k})]
+    rank = len(sp_in) + 2
+    steps, x = [], ins[0]
+    for j, (h, s) in enumerate(zip(sp_in, size)):
+        ax = 2 + j
+        perm = list(range(rank))
+        perm[ax], perm[-1] = perm[-1], perm[ax]   # axis j last, and back (its own inverse)
+        m = const(f"{n.name}.avg{j}", adaptive_matrix(h, s).T, np.float32)
+        last = j == len(size) - 1
+        if ax == rank - 1:
+            y = out if last else unique(f"{n.name}.axis{j}")
+            steps.append(("MatMul", [x, m], [y], {}))
+        else:
+            t1, t2 = unique(f"{n.name}.t{j}"), unique(f"{n.name}.mm{j}")
+            y = out if last else unique(f"{n.name}.axis{j}")
+            steps += [("Transpose", [x], [t1], {"perm": perm}),
+                      ("MatMul", [t1, m], [t2], {}),
+                      ("Transpose", [t2], [y], {"perm": perm})]
+        x = y
+    return steps
+
+
 def _pads(flat: tuple[int, ...]) -> list[int]:
     """netlang's (lo, hi) per spatial dim -> ONNX's [begins..., ends...]."""
     return list(flat[0::2]) + list(flat[1::2])
@@ -367,6 +400,8 @@ def _lower(n, ins: list[str], out: str, const, unique, opset: int = OPSET):
             "kernel_shape": list(a["kernel"]), "strides": list(a["stride"]),
             "pads": _pads(a["pad"]), "ceil_mode": int(bool(a["ceil"])),
             "count_include_pad": int(bool(a["count_include_pad"]))})]
+    if op == "adaptive_avgpool":
+        return _adaptive_avgpool(n, ins, out, const, unique)
     if op == "global_avgpool":
         pooled = unique(f"{n.name}.pooled")
         return [("GlobalAveragePool", ins, [pooled], {}),

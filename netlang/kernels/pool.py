@@ -218,6 +218,50 @@ def lower_global_avgpool_grad(r: KernelBuilder, grp: Group) -> None:
     r.finish_map(grp, grp.name, {r.key(dy): "const float*"}, body)
 
 
+def _adaptive_bounds(j: int, o: str, n_in: int, n_out: int) -> list[str]:
+    """s{j}, e{j}: output position `o`'s window along axis j (ops/pool.adaptive_window)."""
+    return [f"int s{j} = ({o} * {n_in}) / {n_out};",
+            f"int e{j} = (({o} + 1) * {n_in} + {n_out - 1}) / {n_out};"]
+
+
+@lowers("adaptive_avgpool")
+def lower_adaptive_avgpool(r: KernelBuilder, grp: Group) -> None:
+    n = grp.anchor
+    x = n.inputs[0]
+    sp_in, size = x.type.shape[1:], n.attrs["size"]
+    nd = len(size)
+    body = [line for j in range(nd) for line in _adaptive_bounds(j, f"o{j + 1}", sp_in[j],
+                                                                   size[j])]
+    loops = [Loop(f"i{j}", f"e{j}", start=f"s{j}") for j in range(nd)]
+    count = " * ".join(f"(e{j} - s{j})" for j in range(nd))
+    body += ["float acc = 0.0f;"]
+    body += nest(loops, [f"acc += {r._xat(x, 'o0', [f'i{j}' for j in range(nd)])};"])
+    body.append(f"float v = acc / (float)({count});")
+    r.finish_map(grp, grp.name, {r.key(x): "const float*"}, body)
+
+
+@lowers("adaptive_avgpool_grad")
+def lower_adaptive_avgpool_grad(r: KernelBuilder, grp: Group) -> None:
+    """Input position h lies in the windows of outputs floor(h S / H) .. ceil((h + 1) S / H)
+    - 1; each adds its dy divided by its window's length."""
+    n = grp.anchor
+    dy = n.inputs[0]
+    sp_in, size = n.type.shape[1:], n.attrs["size"]
+    nd = len(size)
+    loops = []
+    for j in range(nd):
+        h, o = sp_in[j], size[j]
+        win = _adaptive_bounds(j, f"d{j}", h, o)
+        loops.append(Loop(f"d{j}", f"(((o{j + 1} + 1) * {o} + {h - 1}) / {h})",
+                          start=f"((o{j + 1} * {o}) / {h})",
+                          head=tuple(win) + (f"float w{j} = 1.0f / (float)(e{j} - s{j});",)))
+    dyi = f"(long long)n * {dy.type.size} + (long long)o0 * {math.prod(size)}"
+    dyi += _offsets_of("d", size)
+    body = ["float v = 0.0f;"] + nest(loops, [
+        f"v += {' * '.join(f'w{j}' for j in range(nd))} * {r.key(dy)}[{dyi}];"])
+    r.finish_map(grp, grp.name, {r.key(dy): "const float*"}, body)
+
+
 @lowers("upsample")
 def lower_upsample(r: KernelBuilder, grp: Group) -> None:
     n = grp.anchor

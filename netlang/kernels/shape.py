@@ -4,7 +4,7 @@ A concat that fusion writes in place runs no kernel (its producers store into it
 
 from __future__ import annotations
 
-from netlang.kernels.builder import KernelBuilder, _at, _f
+from netlang.kernels.builder import KernelBuilder, Loop, _at, _f, nest
 from netlang.kernels.registry import lowers
 from netlang.ir.fusion import Group
 
@@ -89,23 +89,21 @@ def lower_pad(r: KernelBuilder, grp: Group) -> None:
     r.finish_map(grp, grp.name, {r.key(x): "const float*"}, body)
 
 
-def _readers(mode: str, j: int, i: str, lo: int, hi: int, size: int) -> list[str]:
-    """Loop header(s) over the padded positions p{j} that read input position `i` along
-    one axis (at most three, a run of them at a replicated edge)."""
+def _readers(mode: str, j: int, i: str, lo: int, hi: int, size: int) -> Loop:
+    """The loop over the padded positions p{j} that read input position `i` along one
+    axis (at most three; a run of them at a replicated edge)."""
     p, last = f"p{j}", lo + size + hi
     if mode == "replicate":
-        start = f"({i} == 0 ? 0 : {lo} + {i})"
-        end = f"({i} == {size - 1} ? {last} : {lo} + {i} + 1)"
-        return [f"for (int {p} = {start}; {p} < {end}; ++{p}) {{"]
+        return Loop(p, f"({i} == {size - 1} ? {last} : {lo} + {i} + 1)",
+                    start=f"({i} == 0 ? 0 : {lo} + {i})")
     if mode == "reflect":   # lo + i; its mirror in the front band; its mirror in the back
-        return [f"for (int c{j} = 0; c{j} < 3; ++c{j}) {{",
-                f"    if (c{j} == 1 && ({i} < 1 || {i} > {lo})) continue;",
-                f"    if (c{j} == 2 && ({i} < {size - 1 - hi} || {i} > {size - 2})) continue;",
-                f"    int {p} = c{j} == 0 ? {lo} + {i} : (c{j} == 1 ? {lo} - {i} : "
-                f"{lo + 2 * (size - 1)} - {i});"]
-    return [f"for (int c{j} = -1; c{j} < 2; ++c{j}) {{",   # circular: lo + i + c size
-            f"    int {p} = {lo} + {i} + c{j} * {size};",
-            f"    if ({p} < 0 || {p} >= {last}) continue;"]
+        return Loop(f"c{j}", 3, (
+            f"if (c{j} == 1 && ({i} < 1 || {i} > {lo})) continue;",
+            f"if (c{j} == 2 && ({i} < {size - 1 - hi} || {i} > {size - 2})) continue;",
+            f"int {p} = c{j} == 0 ? {lo} + {i} : (c{j} == 1 ? {lo} - {i} : "
+            f"{lo + 2 * (size - 1)} - {i});"))
+    return Loop(f"c{j}", 2, (f"int {p} = {lo} + {i} + c{j} * {size};",   # circular
+                             f"if ({p} < 0 || {p} >= {last}) continue;"), start=-1)
 
 
 @lowers("pad_grad")
@@ -115,16 +113,10 @@ def lower_pad_grad(r: KernelBuilder, grp: Group) -> None:
     dy = n.inputs[0]
     box, mode = n.attrs["box"], n.attrs["mode"]
     nd = n.type.rank - 1
-    body = ["float v = 0.0f;"]
-    depth = 0
-    for j in range(nd):
-        lines = _readers(mode, j, f"o{j + 1}", box[2 * j], box[2 * j + 1],
-                         n.type.shape[j + 1])
-        body += ["    " * depth + line for line in lines]
-        depth += 1
+    loops = [_readers(mode, j, f"o{j + 1}", box[2 * j], box[2 * j + 1], n.type.shape[j + 1])
+             for j in range(nd)]
     read = _at(dy.type, r.key(dy), ["o0"] + [f"p{j}" for j in range(nd)])
-    body.append("    " * depth + f"v += {read};")
-    body += ["    " * (d - 1) + "}" for d in range(depth, 0, -1)]
+    body = ["float v = 0.0f;"] + nest(loops, [f"v += {read};"])
     r.finish_map(grp, grp.name, {r.key(dy): "const float*"}, body)
 
 

@@ -1,5 +1,5 @@
-"""Pooling and resampling: maxpool, avgpool, global_avgpool, global_maxpool, mean and sum
-over an axis, upsample, and their gradients.
+"""Pooling and resampling: maxpool, avgpool, adaptive_avgpool, global_avgpool,
+global_maxpool, mean and sum over an axis, upsample, and their gradients.
 
 Window ops loop over the kernel offsets (9 for a 3x3 window), each step vectorised over
 the whole tensor: no Python loop over pixels, and no scatter (`np.add.at`) in backward.
@@ -358,6 +358,65 @@ register(OpDef(
             xs[0].shape + (1,) * (len(a["in_shape"]) - 1)),
         (xs[0].shape[0],) + tuple(a["in_shape"])).copy(),
     user=False, doc="dy / (H W), broadcast over the spatial axes."))
+
+
+# -- adaptive_avgpool --------------------------------------------------------------------
+# PyTorch's AdaptiveAvgPool: output position i of an axis of n_in averages the input
+# positions floor(i n_in / n_out) .. ceil((i + 1) n_in / n_out) - 1 (windows of varying
+# length that may overlap by one).
+
+def adaptive_window(i, n_in: int, n_out: int):
+    """(start, stop) of output position i's window (integers or arrays)."""
+    return (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+
+
+def adaptive_matrix(n_in: int, n_out: int, dtype=np.float64) -> np.ndarray:
+    """[n_out, n_in]: each row averages its window."""
+    m = np.zeros((n_out, n_in), dtype=dtype)
+    for i in range(n_out):
+        a, b = adaptive_window(i, n_in, n_out)
+        m[i, a:b] = 1.0 / (b - a)
+    return m
+
+
+def _adaptive_shape(ctx: ShapeCtx) -> TensorType:
+    nd = spatial_rank(ctx, "adaptive_avgpool")
+    size = ctx.attrs["size"]
+    size = size if isinstance(size, tuple) else (size,) * nd
+    if len(size) != nd:
+        raise ShapeError("E012", f"`size` has {len(size)} values; the input has {nd} spatial "
+                         "dimensions", help=f"give one size, or {nd}")
+    ctx.attrs["size"] = tuple(size)
+    return TensorType((ctx.x.shape[0],) + tuple(size))
+
+
+def _adaptive_forward(xs, a, rt):
+    x = xs[0]
+    mats = [adaptive_matrix(h, o, x.dtype) for h, o in zip(x.shape[2:], a["size"])]
+    return _resample(x, mats)
+
+
+def _adaptive_grad(xs, a, rt):
+    dy = xs[0]
+    mats = [adaptive_matrix(h, o, dy.dtype).T for h, o in zip(a["in_shape"][1:], a["size"])]
+    return _resample(dy, mats)
+
+
+register(OpDef(
+    name="adaptive_avgpool", attrs=(Attr("size", "size", minimum=1),),
+    shape=_adaptive_shape, kind=FusionKind.REDUCE, color="#fce5cd", writes_per_element=True,
+    forward=_adaptive_forward, example="adaptive_avgpool(7)",
+    vjp=lambda b, node, dy: [b.emit("adaptive_avgpool_grad", [dy],
+                                    in_shape=node.inputs[0].type.shape, **node.attrs)],
+    doc="Average pooling to a given output size, whatever the input's (PyTorch's "
+        "AdaptiveAvgPool): `adaptive_avgpool(7)` makes [C, 7, 7]; `adaptive_avgpool(1)` is "
+        "global_avgpool keeping the spatial axes."))
+
+register(OpDef(
+    name="adaptive_avgpool_grad", attrs=(Attr("size", "size"), Attr("in_shape", "ints")),
+    shape=lambda ctx: TensorType(tuple(ctx.attrs["in_shape"])), kind=FusionKind.OPAQUE,
+    forward=_adaptive_grad, user=False,
+    doc="Each input position gathers dy / window length from the windows holding it."))
 
 
 # -- upsample ----------------------------------------------------------------------------

@@ -167,6 +167,15 @@ def test_the_ops_no_example_uses_export_too():
     assert "Dropout" not in types   # inference graph
 
 
+@pytest.mark.parametrize("size,kind", [(1, "GlobalAveragePool"), ("[2, 4]", "AveragePool"),
+                                       ("[3, 5]", "MatMul"), ("[4, 2]", "MatMul")])
+def test_adaptive_avgpool_exports_exactly(size, kind):
+    net = netlang.loads("network n {\n input x: [2, 6, 8]\n"
+                        f" output y = x -> adaptive_avgpool({size})\n}}")
+    model = _check(net, {})
+    assert kind in {n.op_type for n in model.graph.node}
+
+
 def test_circular_padding_exports_from_opset_19():
     net = netlang.loads("network n {\n input x: [2, 5, 5]\n"
                         " output y = x -> pad([2, 1, 0, 3], mode = circular)\n}")

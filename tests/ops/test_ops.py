@@ -81,6 +81,10 @@ CASES = [
     ("concat", [(2, 3, 3), (3, 3, 3), (1, 3, 3)], {}),
     ("concat", [(2, 3), (2, 4)], dict(axis=1)),
     ("concat", [(1, 4), (3, 4)], dict(axis=-2)),
+    ("adaptive_avgpool", [(2, 7, 5)], dict(size=(3, 2))),
+    ("adaptive_avgpool", [(2, 3, 4)], dict(size=(5, 4))),
+    ("adaptive_avgpool", [(3, 10)], dict(size=4)),
+    ("adaptive_avgpool", [(2, 4, 5, 3)], dict(size=(1, 2, 2))),
     ("crop", [(2, 7, 6), (1, 4, 3)], {}),
     ("crop", [(2, 7, 6)], dict(size=(5, 2))),
     ("pad", [(2, 3, 4)], dict(amount=(1, 2, 0, 1))),
@@ -318,6 +322,16 @@ def _reference(op, xs, params, a):
     }
     if op in table:
         return table[op]()
+    if op == "adaptive_avgpool":   # PyTorch's windows: floor(i H / S) .. ceil((i + 1) H / S)
+        x = xs[0]
+        size = a["size"] if isinstance(a["size"], tuple) else (a["size"],) * (x.ndim - 2)
+        out = np.zeros(x.shape[:2] + tuple(size))
+        for idx in np.ndindex(*size):
+            box = tuple(slice(math.floor(i * h / s), math.ceil((i + 1) * h / s))
+                        for i, h, s in zip(idx, x.shape[2:], size))
+            out[(slice(None), slice(None)) + idx] = x[(slice(None), slice(None)) + box].mean(
+                axis=tuple(range(2, x.ndim)))
+        return out
     if op in ("crop", "pad"):
         box = a["box"]
         x = xs[0]
