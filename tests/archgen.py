@@ -272,13 +272,19 @@ def _layer(draw, arch: Arch, shape: tuple[int, ...], illegal: bool):
         return Layer(op, src + ")", {"box": box, "mode": mode, "value": value}), out, why
     if op == "upsample":
         linear = {1: "linear", 2: "bilinear", 3: "trilinear"}[nd]
-        mode = draw(st.sampled_from(["nearest", linear]))
+        mode = draw(st.sampled_from(["nearest", linear] + (["bicubic"] if nd == 2 else [])))
+        align = mode != "nearest" and draw(st.booleans())
+        extra = ", align_corners=true" if align else ""
+        if draw(st.booleans()):   # to a size, smaller or larger
+            size = tuple(draw(st.integers(1, 2 * h + 3)) for h in sp)
+            return Layer(op, f"upsample(size={_ints(size)}, mode={mode}{extra})",
+                         {"size": size, "mode": mode, "align": align}), (c,) + size, None
         scale = draw(st.sampled_from([2.0, 3.0, 0.5] + ([1.5] if mode != "nearest" else [])
                                      + ([0.1] if big else [])))
         out = tuple(int(math.floor(h * scale)) for h in sp)
         why = "upsample to size 0" if min(out) < 1 else None
-        return Layer(op, f"upsample({scale}, mode={mode})", {"scale": scale, "mode": mode}), \
-            (c,) + out, why
+        return Layer(op, f"upsample({scale}, mode={mode}{extra})",
+                     {"scale": scale, "mode": mode, "align": align}), (c,) + out, why
     if op == "conv":
         return draw(_conv(c, sp, big))
     if op == "conv_transpose":
@@ -516,8 +522,12 @@ def torch_forward(arch: Arch, x, params: dict, training: bool, torch):
             else:
                 y = F.pad(v, _torch_pad(a["box"]), mode=a["mode"])
         elif op == "upsample":
-            kw = {} if a["mode"] == "nearest" else {"align_corners": False}
-            y = F.interpolate(v, scale_factor=a["scale"], mode=a["mode"], **kw)
+            kw = {} if a["mode"] == "nearest" else {"align_corners": a["align"]}
+            if "size" in a:
+                kw["size"] = a["size"]
+            else:
+                kw["scale_factor"] = a["scale"]
+            y = F.interpolate(v, mode=a["mode"], **kw)
         elif op == "conv":
             conv = getattr(F, f"conv{nd}d")
             box = tuple(q for pair in a["pads"] for q in pair)

@@ -111,8 +111,12 @@ class TorchTwin(nn.Module):
             return x.mean(dim=tuple(range(2, x.dim())))
         if op == "upsample":
             mode = a["mode"]
-            kw = {} if mode == "nearest" else {"align_corners": False}
-            return F.interpolate(x, scale_factor=a["scale"], mode=mode, **kw)
+            kw = {} if mode == "nearest" else {"align_corners": bool(a.get("align_corners"))}
+            if a.get("size") is not None:
+                kw["size"] = a["size"]
+            else:
+                kw["scale_factor"] = a["scale"]
+            return F.interpolate(x, mode=mode, **kw)
         if op == "concat":
             rank = max(v.dim() for v in xs)
             b = next(v.shape[0] for v in xs if v.dim() == rank)

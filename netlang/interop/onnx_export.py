@@ -464,15 +464,26 @@ def _lower(n, ins: list[str], out: str, const, unique, opset: int = OPSET):
             pad_ins.append(const(f"{n.name}.value", np.array(a["value"]), np.float32))
         return [("Pad", pad_ins, [out], {"mode": mode})]
     if op == "upsample":
-        scale = a["scale"]
-        nd = n.type.rank - 1
-        scales = [1.0, 1.0] + [float(s) for s in (scale if isinstance(scale, (tuple, list))
-                                                 else [scale] * nd)]
         if a["mode"] == "nearest":
             attrs = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
                      "nearest_mode": "floor"}
         else:
-            attrs = {"mode": "linear", "coordinate_transformation_mode": "half_pixel"}
+            ctm = "align_corners" if a.get("align_corners") else "half_pixel"
+            attrs = {"mode": "cubic" if a["mode"] == "bicubic" else "linear",
+                     "coordinate_transformation_mode": ctm}
+            if a["mode"] == "bicubic":
+                attrs["cubic_coeff_a"] = -0.75   # PyTorch's
+        if a.get("size") is not None:   # sizes = (batch, channels) of x, then the size
+            shape = unique(f"{n.name}.shape")
+            head = unique(f"{n.name}.batch_channels")
+            full = unique(f"{n.name}.full_size")
+            return [("Shape", [ins[0]], [shape], {}),
+                    ("Slice", [shape, const(f"{n.name}.zero", [0]), const(f"{n.name}.two", [2]),
+                               const(f"{n.name}.axis0", [0])], [head], {}),
+                    ("Concat", [head, const(f"{n.name}.spatial", list(a["size"]))], [full],
+                     {"axis": 0}),
+                    ("Resize", [ins[0], "", "", full], [out], attrs)]
+        scales = [1.0, 1.0] + [float(v) for v in a["scale"]]
         return [("Resize", [ins[0], "", const(f"{n.name}.scales", scales, np.float32)],
                  [out], attrs)]
     raise error("E071", f"`{n.name}`: no ONNX export for the op `{op}`", n.span,

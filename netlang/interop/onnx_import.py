@@ -370,6 +370,28 @@ class _Translator:
         for o in g.output:
             self.uses[o.name] += 1
         self.graph = g
+        # Resize sizes computed as Concat(Slice(Shape(x), 0, 2), spatial constant), as
+        # netlang exports `upsample(x, size=...)` with a dynamic batch: sizes -> spatial
+        self.concat_sizes: dict[str, list[int]] = {}
+        self.skipped: set[int] = set()
+        self._find_shape_sizes()
+
+    def _find_shape_sizes(self) -> None:
+        nodes = list(self.graph.node)
+        made = {o: k for k, n in enumerate(nodes) for o in n.output}
+        for k, n in enumerate(nodes):
+            if n.op_type != "Concat" or len(n.input) != 2 or n.input[1] not in self.consts:
+                continue
+            sl = made.get(n.input[0])
+            if sl is None or nodes[sl].op_type != "Slice" or len(nodes[sl].input) < 3:
+                continue
+            sh = made.get(nodes[sl].input[0])
+            starts, ends = (self.consts.get(v) for v in nodes[sl].input[1:3])
+            if sh is None or nodes[sh].op_type != "Shape" or starts is None or ends is None \
+                    or list(starts) != [0] or list(ends) != [2]:
+                continue
+            self.concat_sizes[n.output[0]] = [int(v) for v in self.consts[n.input[1]]]
+            self.skipped |= {k, sl, sh}
 
     def src(self, v: str) -> str:
         while v in self.alias:
@@ -389,6 +411,8 @@ class _Translator:
     def run(self):
         regions = _activation_regions(self.graph, self.consts, self.uses)
         for k, node in enumerate(self.graph.node):
+            if k in self.skipped:   # a Resize's sizes, read by _Resize
+                continue
             op, where = node.op_type, node.name or f"{node.op_type} -> {node.output[0]}"
             if node.domain not in ("", "ai.onnx"):
                 self.refuse(f"{node.domain}.{op} (a custom domain)", where)
@@ -944,34 +968,54 @@ class _Translator:
         ctm = ctm.decode() if isinstance(ctm, bytes) else ctm
         near = a.get("nearest_mode", b"round_prefer_floor")
         near = near.decode() if isinstance(near, bytes) else near
+        size = None
         if node.op_type == "Upsample":
             scales = self.const(ins[1]) if len(ins) > 1 else np.array(a.get("scales", []))
             ctm, near = "asymmetric", "floor"
         else:
             scales = self.const(ins[2]) if len(ins) > 2 and ins[2] else None
             sizes = self.const(ins[3]) if len(ins) > 3 and ins[3] else None
-            if (scales is None or scales.size == 0) and sizes is not None:
-                src = self.shapes.get(ins[0])
-                if src and all(isinstance(s, int) for s in src[2:]):
-                    scales = np.array([1, 1] + [sizes[i] / src[i] for i in
-                                                range(2, len(src))])
-        if scales is None or scales.size < 3 or any(float(s) != 1 for s in scales[:2]):
-            self.refuse("Resize without constant spatial scales", where)
+            if (scales is None or scales.size == 0) and sizes is not None and sizes.size > 2:
+                size = [int(v) for v in sizes[2:]]
+                scales = None
+            elif (scales is None or scales.size == 0) and len(ins) > 3 and ins[3]:
+                size = self._sizes_of(ins[3])
+                scales = None
+        if size is None and (scales is None or scales.size < 3 or
+                             any(float(s) != 1 for s in scales[:2])):
+            self.refuse("Resize without constant spatial scales or sizes", where)
             return
-        sc = [float(s) for s in scales[2:]]
-        nd = len(sc)
-        scale = sc[0] if len(set(sc)) == 1 else sc
-        scale = int(scale) if isinstance(scale, float) and scale.is_integer() else scale
+        nd = len(size) if size is not None else len(scales) - 2
+        linear = {1: "linear", 2: "bilinear", 3: "trilinear"}.get(nd)
+        kw = {}
         if mode == "nearest" and ctm == "asymmetric" and near == "floor":
-            kw = {"mode": "nearest"}
-        elif mode == "linear" and ctm in ("half_pixel", "pytorch_half_pixel"):
-            kw = {"mode": {1: "linear", 2: "bilinear", 3: "trilinear"}[nd]}
+            pass
+        elif mode == "linear" and ctm in ("half_pixel", "pytorch_half_pixel", "align_corners"):
+            kw["mode"] = linear
+        elif mode == "cubic" and nd == 2 and float(a.get("cubic_coeff_a", -0.75)) == -0.75 \
+                and not a.get("exclude_outside", 0) and ctm in ("half_pixel",
+                                                                "pytorch_half_pixel",
+                                                                "align_corners"):
+            kw["mode"] = "bicubic"
         else:
             self.refuse(f"Resize mode {mode} with {ctm}"
                         + (f" and {near}" if mode == "nearest" else ""), where)
             return
-        self.add(Layer("upsample", [scale], kw if kw["mode"] != "nearest" else {},
-                       [ins[0]], out, {}, path, where))
+        if ctm == "align_corners":
+            kw["align_corners"] = True
+        if size is not None:
+            self.add(Layer("upsample", [], {"size": _one(size), **kw}, [ins[0]], out, {}, path,
+                           where))
+            return
+        sc = [float(s) for s in scales[2:]]
+        scale = sc[0] if len(set(sc)) == 1 else sc
+        scale = int(scale) if isinstance(scale, float) and scale.is_integer() else scale
+        self.add(Layer("upsample", [scale], kw, [ins[0]], out, {}, path, where))
+
+    def _sizes_of(self, name: str) -> list[int] | None:
+        """The spatial sizes of a Resize whose `sizes` input is computed from the input's
+        shape (Shape -> Slice -> Concat with constant spatial sizes, as exported)."""
+        return self.concat_sizes.get(name)
 
     _Upsample = _Resize
 

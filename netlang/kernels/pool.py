@@ -3,6 +3,7 @@ gathers (each input pixel sums what reaches it), so no kernel needs atomics."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from netlang.kernels.builder import (
@@ -10,6 +11,7 @@ from netlang.kernels.builder import (
 )
 from netlang.kernels.registry import lowers
 from netlang.ir.fusion import Group
+from netlang.ops.pool import CUBIC_A, nearest_ratio
 
 
 def _window_loops(r: KernelBuilder, at: dict, sp_in, nd: int, inner: list[str]) -> list[str]:
@@ -262,43 +264,79 @@ def lower_adaptive_avgpool_grad(r: KernelBuilder, grp: Group) -> None:
     r.finish_map(grp, grp.name, {r.key(dy): "const float*"}, body)
 
 
+def _coord(at: dict, j: int, d: str, n_in: int, n_out: int) -> list[str]:
+    """C lines giving where output position `d` reads along axis j (ops/pool.source_coord):
+    int i{j} for `nearest`; else float c{j}, with a{j} = floor and the fraction l{j}."""
+    by_size = at.get("size") is not None
+    if at["mode"] == "nearest":
+        ratio = _f(nearest_ratio(at, j, n_in, n_out))
+        return [f"int i{j} = (int)floorf((float){d} * {ratio}); "
+                f"if (i{j} > {n_in - 1}) i{j} = {n_in - 1};"]
+    if at.get("align_corners"):
+        ratio = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+        lines = [f"float c{j} = (float){d} * {_f(ratio)};"]
+    else:
+        ratio = n_in / n_out if by_size else 1.0 / at["scale"][j]
+        lines = [f"float c{j} = ((float){d} + 0.5f) * {_f(ratio)} - 0.5f;"]
+        if at["mode"] != "bicubic":
+            lines.append(f"if (c{j} < 0.0f) c{j} = 0.0f;")
+    lines.append(f"int a{j} = (int)floorf(c{j}); float l{j} = c{j} - (float)a{j};")
+    return lines
+
+
+def _taps(at: dict, j: int, n_in: int) -> tuple[list[str], list[tuple[str, str]]]:
+    """After _coord: lines, and (index, weight) C expressions of the taps along axis j."""
+    last = n_in - 1
+    if at["mode"] == "bicubic":
+        a = CUBIC_A
+
+        def near(x):
+            return f"((({_f(a + 2)} * {x} - {_f(a + 3)}) * {x}) * {x} + 1.0f)"
+
+        def far(x):
+            return f"((({_f(a)} * {x} - {_f(5 * a)}) * {x} + {_f(8 * a)}) * {x} - {_f(4 * a)})"
+        lines = [f"float u{j}[4] = {{{far(f'(l{j} + 1.0f)')}, {near(f'l{j}')}, "
+                 f"{near(f'(1.0f - l{j})')}, {far(f'(2.0f - l{j})')}}};"]
+        taps = []
+        for k in range(4):
+            idx = f"(a{j} + {k - 1} < 0 ? 0 : (a{j} + {k - 1} > {last} ? {last} : a{j} + {k - 1}))"
+            taps.append((idx, f"u{j}[{k}]"))
+        return lines, taps
+    lines = [f"if (a{j} > {last}) a{j} = {last};",
+             f"int b{j} = a{j} + 1 < {n_in} ? a{j} + 1 : {last};"]
+    return lines, [(f"a{j}", f"(1.0f - l{j})"), (f"b{j}", f"l{j}")]
+
+
 @lowers("upsample")
 def lower_upsample(r: KernelBuilder, grp: Group) -> None:
     n = grp.anchor
     x = n.inputs[0]
     at = n.attrs
     nd = x.type.rank - 1
-    sp_in = x.type.shape[1:]
+    sp_in, sp_out = x.type.shape[1:], n.type.shape[1:]
     body = []
+    for j in range(nd):
+        body += _coord(at, j, f"o{j + 1}", sp_in[j], sp_out[j])
     if at["mode"] == "nearest":
-        idx = []
-        for j in range(nd):
-            body.append(f"int i{j} = (int)floorf((float)o{j + 1} / {_f(at['scale'][j])}); "
-                        f"if (i{j} > {sp_in[j] - 1}) i{j} = {sp_in[j] - 1};")
-            idx.append(f"i{j}")
-        body.append(f"float v = {r._xat(x, 'o0', idx)};")
-    else:
-        for j in range(nd):
-            body += [f"float c{j} = ((float)o{j + 1} + 0.5f) / {_f(at['scale'][j])} - 0.5f; "
-                     f"if (c{j} < 0.0f) c{j} = 0.0f;",
-                     f"int a{j} = (int)floorf(c{j}); if (a{j} > {sp_in[j] - 1}) "
-                     f"a{j} = {sp_in[j] - 1};",
-                     f"int b{j} = a{j} + 1 < {sp_in[j]} ? a{j} + 1 : {sp_in[j] - 1};",
-                     f"float l{j} = c{j} - (float)a{j};"]
-        body.append("float v = 0.0f;")
-        for combo in range(2 ** nd):
-            idx, wts = [], []
-            for j in range(nd):
-                hi = (combo >> j) & 1
-                idx.append(f"b{j}" if hi else f"a{j}")
-                wts.append(f"l{j}" if hi else f"(1.0f - l{j})")
-            body.append(f"v += {' * '.join(wts)} * {r._xat(x, 'o0', idx)};")
+        body.append(f"float v = {r._xat(x, 'o0', [f'i{j}' for j in range(nd)])};")
+        return r.finish_map(grp, grp.name, {r.key(x): "const float*"}, body)
+    taps = []
+    for j in range(nd):
+        lines, t = _taps(at, j, sp_in[j])
+        body += lines
+        taps.append(t)
+    body.append("float v = 0.0f;")
+    for combo in itertools.product(*taps):
+        idx = [c[0] for c in combo]
+        wts = [c[1] for c in combo]
+        body.append(f"v += {' * '.join(wts)} * {r._xat(x, 'o0', idx)};")
     r.finish_map(grp, grp.name, {r.key(x): "const float*"}, body)
 
 
 @lowers("upsample_grad")
 def lower_upsample_grad(r: KernelBuilder, grp: Group) -> None:
-    """dx at input pixel i: sum over output pixels whose interpolation reads i."""
+    """dx at input pixel i: sum over the output pixels whose interpolation reads i (a range
+    around i's image in the output, each checked tap by tap)."""
     n = grp.anchor
     dy = n.inputs[0]
     at = n.attrs
@@ -307,25 +345,23 @@ def lower_upsample_grad(r: KernelBuilder, grp: Group) -> None:
     sp_in = tuple(at["in_shape"][1:])
     loops = []
     for j in range(nd):
-        sc = at["scale"][j]
-        lo = f"(int)floorf(((float)o{j + 1} - 1.0f) * {_f(sc)}) - 1"
-        hi = f"(int)ceilf(((float)o{j + 1} + 2.0f) * {_f(sc)}) + 1"
+        # output positions per input position, whichever mapping (scale, size, corners
+        # aligned): bounds with a margin of the widest reach (two taps for cubic)
+        ratio = max(sp_out[j] / sp_in[j], (sp_out[j] - 1) / max(sp_in[j] - 1, 1))
+        lo = f"(int)floorf(((float)o{j + 1} - 2.0f) * {_f(ratio)}) - 2"
+        hi = f"(int)ceilf(((float)o{j + 1} + 3.0f) * {_f(ratio)}) + 2"
         before = [f"int lo{j} = {lo}; if (lo{j} < 0) lo{j} = 0;",
                   f"int hi{j} = {hi}; if (hi{j} > {sp_out[j]}) hi{j} = {sp_out[j]};"]
         if at["mode"] == "nearest":   # the last input row also takes the overflow rows
             before.append(f"if (o{j + 1} == {sp_in[j] - 1}) hi{j} = {sp_out[j]};")
-            head = [f"int s{j} = (int)floorf((float)d{j} / {_f(sc)}); if (s{j} > "
-                    f"{sp_in[j] - 1}) s{j} = {sp_in[j] - 1};",
-                    f"float w{j} = s{j} == o{j + 1} ? 1.0f : 0.0f;"]
+            head = _coord(at, j, f"d{j}", sp_in[j], sp_out[j])
+            head.append(f"float w{j} = i{j} == o{j + 1} ? 1.0f : 0.0f;")
         else:
-            head = [f"float c{j} = ((float)d{j} + 0.5f) / {_f(sc)} - 0.5f; if (c{j} < "
-                    f"0.0f) c{j} = 0.0f;",
-                    f"int a{j} = (int)floorf(c{j}); if (a{j} > {sp_in[j] - 1}) a{j} = "
-                    f"{sp_in[j] - 1};",
-                    f"int b{j} = a{j} + 1 < {sp_in[j]} ? a{j} + 1 : {sp_in[j] - 1};",
-                    f"float l{j} = c{j} - (float)a{j};",
-                    f"float w{j} = (a{j} == o{j + 1} ? 1.0f - l{j} : 0.0f) + "
-                    f"(b{j} == o{j + 1} ? l{j} : 0.0f);"]
+            head = _coord(at, j, f"d{j}", sp_in[j], sp_out[j])
+            lines, taps = _taps(at, j, sp_in[j])
+            head += lines
+            head.append(f"float w{j} = " + " + ".join(
+                f"({idx} == o{j + 1} ? {w} : 0.0f)" for idx, w in taps) + ";")
         head.append(f"if (w{j} == 0.0f) continue;")
         loops.append(Loop(f"d{j}", f"hi{j}", tuple(head), f"lo{j}", tuple(before)))
     dyi = f"(long long)n * {dy.type.size} + (long long)o0 * {math.prod(sp_out)}"

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from netlang.ir.types import TensorType
+from netlang.ir.types import TensorType, fmt_shape
 from netlang.ops.elementwise import normalize_axis
 from netlang.ops.registry import (
     DIM_NAMES, Attr, FusionKind, OpDef, ShapeCtx, ShapeError, per_dim, register, resolve_pad,
@@ -421,47 +421,116 @@ register(OpDef(
 
 # -- upsample ----------------------------------------------------------------------------
 
+UP_MODES = ("nearest", "linear", "bilinear", "trilinear", "bicubic")
+CUBIC_A = -0.75   # PyTorch's bicubic coefficient
+
+
 def _up_shape(ctx: ShapeCtx) -> TensorType:
     nd = spatial_rank(ctx, "upsample")
-    scale = ctx.attrs["scale"]
+    a = ctx.attrs
+    mode = a["mode"]
+    linear = {1: "linear", 2: "bilinear", 3: "trilinear"}[nd]
+    if mode == "bicubic" and nd != 2:
+        raise ShapeError("E012", "mode `bicubic` needs a 2-D input (as PyTorch's)",
+                         help=f"for a {nd}-D input use `nearest` or `{linear}`")
+    if mode not in ("nearest", linear, "bicubic"):
+        raise ShapeError("E012", f"mode `{mode}` needs a different input rank",
+                         help=f"for a {nd}-D input use `nearest` or `{linear}`")
+    if a.get("align_corners") and mode == "nearest":
+        raise ShapeError("E012", "`align_corners` is for the linear and cubic modes",
+                         help=f"use `mode={linear}`, or drop `align_corners`")
+    sp = ctx.x.shape[1:]
+    size = a.get("size")
+    if len(ctx.inputs) > 1:   # upsample(x, like): to the reference's spatial size
+        ref = ctx.inputs[1]
+        if ref.rank != ctx.x.rank:
+            raise ShapeError("E025", f"upsample: reference {fmt_shape(ref.shape)} has another "
+                             f"rank than the input {fmt_shape(ctx.x.shape)}")
+        size = ref.shape[1:]
+    if size is not None:
+        if a.get("scale") is not None:
+            raise ShapeError("E012", "upsample takes a `scale` or an output size, not both",
+                             help="drop `scale`")
+        size = size if isinstance(size, tuple) else (size,) * nd
+        if len(size) != nd:
+            raise ShapeError("E012", f"`size` has {len(size)} values; the input has {nd} "
+                             "spatial dimensions")
+        a["size"] = tuple(size)
+        return TensorType((ctx.x.shape[0],) + tuple(size))
+    scale = 2.0 if a.get("scale") is None else a["scale"]
     scales = scale if isinstance(scale, tuple) else (scale,) * nd
     if len(scales) != nd:
         raise ShapeError("E012", f"`scale` has {len(scales)} values; the input has {nd} "
                          "spatial dimensions")
     if any(s <= 0 for s in scales):
         raise ShapeError("E012", "`scale` must be positive")
-    mode = ctx.attrs["mode"]
-    linear = {1: "linear", 2: "bilinear", 3: "trilinear"}[nd]
-    if mode not in ("nearest", linear):
-        raise ShapeError("E012", f"mode `{mode}` needs a different input rank",
-                         help=f"for a {nd}-D input use `nearest` or `{linear}`")
-    out = tuple(int(math.floor(h * s)) for h, s in zip(ctx.x.shape[1:], scales))
-    for i, (h, o, sc) in enumerate(zip(ctx.x.shape[1:], out, scales)):
+    out = tuple(int(math.floor(h * s)) for h, s in zip(sp, scales))
+    for i, (h, o, sc) in enumerate(zip(sp, out, scales)):
         if o < 1:
             dim = DIM_NAMES[nd][i]
             raise ShapeError("E021", f"upsample: {dim} = {h} times scale {sc:g} is "
                              f"{h * sc:g}, which floors to {o}",
                              help=f"the scale must be at least {1 / h:g} for this input")
-    ctx.attrs["scale"] = tuple(float(s) for s in scales)
+    a["scale"] = tuple(float(s) for s in scales)
     return TensorType((ctx.x.shape[0],) + out)
 
 
-def interp_matrix(n_in: int, n_out: int, scale: float, mode: str,
-                  dtype=np.float32) -> np.ndarray:
-    """[n_out, n_in] weights of 1-D nearest or linear (half-pixel) resampling, as PyTorch."""
-    m = np.zeros((n_out, n_in), dtype=dtype)
+def nearest_ratio(a: dict, j: int, n_in: int, n_out: int) -> float:
+    """Input positions per output position of `nearest` (exact where PyTorch is: the same
+    size, or twice it)."""
+    if n_out == n_in:
+        return 1.0
+    if n_out == 2 * n_in:
+        return 0.5
+    return n_in / n_out if a.get("size") is not None else 1.0 / a["scale"][j]
+
+
+def source_coord(a: dict, j: int, dst: np.ndarray, n_in: int, n_out: int) -> np.ndarray:
+    """Where output position dst reads along spatial axis j, as PyTorch's interpolate: an
+    input index for `nearest` (floor, clamped), else a real coordinate (half-pixel centres,
+    or the corners aligned), clamped at 0 for the linear modes."""
+    by_size = a.get("size") is not None
+    if a["mode"] == "nearest":   # PyTorch's nearest_idx: a float32 ratio, float32 product
+        src = np.floor(np.float32(nearest_ratio(a, j, n_in, n_out)) *
+                       np.asarray(dst, np.float32)).astype(int)
+        return np.minimum(src, n_in - 1)
+    if a.get("align_corners"):
+        return dst * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(len(dst))
+    ratio = n_in / n_out if by_size else 1.0 / a["scale"][j]
+    real = (dst + 0.5) * ratio - 0.5
+    return real if a["mode"] == "bicubic" else np.maximum(real, 0)
+
+
+def cubic_weights(t):
+    """The four taps' weights of PyTorch's cubic convolution (A = -0.75) at fraction t."""
+    A = CUBIC_A
+
+    def near(x):
+        return ((A + 2) * x - (A + 3)) * x * x + 1
+
+    def far(x):
+        return ((A * x - 5 * A) * x + 8 * A) * x - 4 * A
+    return far(t + 1), near(t), near(1 - t), far(2 - t)
+
+
+def interp_matrix(a: dict, j: int, n_in: int, n_out: int, dtype=np.float32) -> np.ndarray:
+    """[n_out, n_in] weights of resampling along spatial axis j."""
+    m = np.zeros((n_out, n_in), dtype=np.float64)
     dst = np.arange(n_out)
-    if mode == "nearest":
-        src = np.minimum(np.floor(dst / scale).astype(int), n_in - 1)
+    src = source_coord(a, j, dst, n_in, n_out)
+    if a["mode"] == "nearest":
         m[dst, src] = 1
-        return m
-    src = np.maximum((dst + 0.5) / scale - 0.5, 0)
-    i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    lam = (src - i0).astype(dtype)
-    np.add.at(m, (dst, i0), 1 - lam)
-    np.add.at(m, (dst, i1), lam)
-    return m
+    elif a["mode"] == "bicubic":
+        i0 = np.floor(src).astype(int)
+        for k, w in enumerate(cubic_weights(src - i0)):
+            np.add.at(m, (dst, np.clip(i0 - 1 + k, 0, n_in - 1)), w)
+    else:
+        i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        lam = src - i0
+        np.add.at(m, (dst, i0), 1 - lam)
+        np.add.at(m, (dst, i1), lam)
+    return m.astype(dtype)
 
 
 def _resample(x: np.ndarray, mats: list[np.ndarray]) -> np.ndarray:
@@ -473,8 +542,9 @@ def _resample(x: np.ndarray, mats: list[np.ndarray]) -> np.ndarray:
 
 
 def _int_scale(a) -> int | None:
-    s = a["scale"]
-    if a["mode"] == "nearest" and all(v == s[0] and float(v).is_integer() for v in s):
+    s = a.get("scale")
+    if a["mode"] == "nearest" and s is not None and a.get("size") is None and \
+            all(v == s[0] and float(v).is_integer() for v in s):
         return int(s[0])
     return None
 
@@ -487,9 +557,9 @@ def _up_forward(xs, a, rt):
         for axis in range(1, x.ndim - 1):
             y = np.repeat(y, k, axis=axis)
         return nchw(y)
-    mats = [interp_matrix(x.shape[2 + i], int(math.floor(x.shape[2 + i] * s)), s, a["mode"],
-                          x.dtype)
-            for i, s in enumerate(a["scale"])]
+    sizes = a.get("size") or tuple(int(math.floor(h * s)) for h, s in
+                                   zip(x.shape[2:], a["scale"]))
+    mats = [interp_matrix(a, i, x.shape[2 + i], sizes[i], x.dtype) for i in range(x.ndim - 2)]
     return _resample(x, mats)
 
 
@@ -504,22 +574,28 @@ def _up_grad(xs, a, rt):
             shape += (h, k)
         shape += (dy.shape[1],)
         return nchw(g.reshape(shape).sum(axis=tuple(range(2, 2 + 2 * len(in_sp), 2))))
-    mats = [interp_matrix(in_sp[i], dy.shape[2 + i], s, a["mode"], dy.dtype).T
-            for i, s in enumerate(a["scale"])]
+    mats = [interp_matrix(a, i, in_sp[i], dy.shape[2 + i], dy.dtype).T
+            for i in range(len(in_sp))]
     return _resample(dy, mats)
 
 
-UP_ATTRS = (Attr("scale", "floats", 2.0), Attr("mode", "choice", "nearest",
-                                                choices=("nearest", "linear", "bilinear",
-                                                         "trilinear")))
+UP_ATTRS = (Attr("scale", "floats", None, doc="output size = floor(input size * scale); 2 "
+                 "unless a size is given"),
+            Attr("size", "size", None, minimum=1, doc="the output's spatial size"),
+            Attr("mode", "choice", "nearest", choices=UP_MODES),
+            Attr("align_corners", "bool", False,
+                 doc="linear and cubic modes: map the corner pixels onto each other "
+                     "(PyTorch's align_corners=True) instead of half-pixel centres"))
 
 register(OpDef(
     name="upsample", attrs=UP_ATTRS, shape=_up_shape, kind=FusionKind.INJECTIVE,
-    forward=_up_forward, writes_per_element=True, color="#d9ead3",
+    forward=_up_forward, writes_per_element=True, color="#d9ead3", max_inputs=2,
+    example="upsample(2, mode=bilinear)",
     vjp=lambda b, node, dy: [b.emit("upsample_grad", [dy], in_shape=node.inputs[0].type.shape,
-                                    **node.attrs)],
-    doc="Nearest or (bi/tri)linear upsampling by a scale; linear modes use half-pixel "
-        "centres (align_corners=False)."))
+                                    **node.attrs)] + [None] * (len(node.inputs) - 1),
+    doc="Nearest, (bi/tri)linear or bicubic resampling by a scale, to a `size`, or to a "
+        "reference value's size (`upsample(x, like)`), as PyTorch's F.interpolate: "
+        "half-pixel centres unless `align_corners`."))
 
 register(OpDef(
     name="upsample_grad", attrs=UP_ATTRS + (Attr("in_shape", "ints"),),

@@ -68,6 +68,9 @@ network coverage {
                      -> prelu(per_channel = true)
     output norms = x -> groupnorm(2) -> instancenorm -> groupnorm(4, affine = false)
                      -> instancenorm(affine = true)
+    output resized = x -> upsample(size = [7, 9], mode = bilinear)
+                       -> upsample(x, mode = bicubic, align_corners = true)
+                       -> upsample(size = 5) -> upsample(1.5, mode = bilinear, align_corners = true)
     output borders = x -> pad(1, mode = reflect) -> pad([1, 2, 0, 1], mode = replicate)
                        -> pad(1, value = 0.5) -> conv(2, 3)
 }

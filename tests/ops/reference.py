@@ -91,22 +91,45 @@ def pool(x, a, kind):
     return y
 
 
+def _cubic(t):
+    """Keys' cubic convolution with A = -0.75 (PyTorch's upsample_bicubic2d)."""
+    A, t = -0.75, abs(t)
+    if t <= 1:
+        return (A + 2) * t ** 3 - (A + 3) * t ** 2 + 1
+    if t < 2:
+        return A * t ** 3 - 5 * A * t ** 2 + 8 * A * t - 4 * A
+    return 0.0
+
+
 def upsample(x, a):
+    """F.interpolate, one output pixel at a time."""
     nd = x.ndim - 2
-    out = [int(math.floor(x.shape[2 + i] * a["scale"][i])) for i in range(nd)]
+    size = a.get("size")
+    out = list(size) if size is not None else [int(math.floor(x.shape[2 + i] * a["scale"][i]))
+                                               for i in range(nd)]
     y = np.zeros(x.shape[:2] + tuple(out))
     for pos in itertools.product(*[range(v) for v in out]):
-        if a["mode"] == "nearest":
-            src = tuple(min(int(math.floor(pos[i] / a["scale"][i])), x.shape[2 + i] - 1)
-                        for i in range(nd))
-            y[(slice(None), slice(None)) + pos] = x[(slice(None), slice(None)) + src]
-            continue
         terms = []
         for i in range(nd):
-            c = max((pos[i] + 0.5) / a["scale"][i] - 0.5, 0.0)
-            i0 = min(int(math.floor(c)), x.shape[2 + i] - 1)
-            i1 = min(i0 + 1, x.shape[2 + i] - 1)
-            terms.append(((i0, 1 - (c - i0)), (i1, c - i0)))
+            n_in, d = x.shape[2 + i], pos[i]
+            if a["mode"] == "nearest":
+                src = d * n_in // out[i] if size is not None else math.floor(d / a["scale"][i])
+                terms.append([(min(src, n_in - 1), 1.0)])
+                continue
+            if a.get("align_corners"):
+                c = d * (n_in - 1) / (out[i] - 1) if out[i] > 1 else 0.0
+            else:
+                ratio = n_in / out[i] if size is not None else 1 / a["scale"][i]
+                c = (d + 0.5) * ratio - 0.5
+                if a["mode"] != "bicubic":
+                    c = max(c, 0.0)
+            i0 = int(math.floor(c))
+            if a["mode"] == "bicubic":
+                terms.append([(min(max(i0 + k, 0), n_in - 1), _cubic(c - (i0 + k)))
+                              for k in (-1, 0, 1, 2)])
+            else:
+                i0 = min(i0, n_in - 1)
+                terms.append([(i0, 1 - (c - i0)), (min(i0 + 1, n_in - 1), c - i0)])
         acc = 0
         for combo in itertools.product(*terms):
             wgt = np.prod([t[1] for t in combo])

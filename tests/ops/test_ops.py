@@ -78,6 +78,15 @@ CASES = [
     ("upsample", [(2, 3, 4)], dict(scale=2.0, mode="bilinear")),
     ("upsample", [(2, 5)], dict(scale=(2.5,), mode="linear")),
     ("upsample", [(1, 2, 3, 2)], dict(scale=2.0, mode="trilinear")),
+    ("upsample", [(2, 3, 4)], dict(size=(7, 5), mode="bilinear")),
+    ("upsample", [(2, 3, 4)], dict(size=(5, 9), mode="nearest")),
+    ("upsample", [(2, 3, 4)], dict(scale=2.0, mode="bilinear", align_corners=True)),
+    ("upsample", [(2, 5)], dict(size=3, mode="linear", align_corners=True)),
+    ("upsample", [(2, 4, 5)], dict(scale=2.0, mode="bicubic")),
+    ("upsample", [(2, 4, 5)], dict(size=(3, 7), mode="bicubic", align_corners=True)),
+    ("upsample", [(2, 12, 13)], dict(scale=0.5, mode="bilinear")),
+    ("upsample", [(2, 24)], dict(scale=(0.25,), mode="nearest")),
+    ("upsample", [(2, 3, 4), (1, 6, 7)], dict(mode="bilinear")),
     ("concat", [(2, 3, 3), (3, 3, 3), (1, 3, 3)], {}),
     ("concat", [(2, 3), (2, 4)], dict(axis=1)),
     ("concat", [(1, 4), (3, 4)], dict(axis=-2)),
@@ -488,3 +497,27 @@ def test_pad_modes_refuse_what_pytorch_refuses(layer, message):
     with pytest.raises(NetlangError) as err:
         netlang.loads(f"network n {{\n input x: [2, 3, 4]\n output y = x -> {layer}\n}}")
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("layer,message", [
+    ("upsample(2, size = 6)", "E012: upsample takes a `scale` or an output size, not both"),
+    ("upsample(align_corners = true)", "`align_corners` is for the linear and cubic modes"),
+    ("flatten -> upsample(mode = bicubic)", "upsample needs"),
+    ("upsample(size = [4, 4, 4])", "`size` has 3 values; the input has 2 spatial dimensions"),
+])
+def test_upsample_options_are_checked(layer, message):
+    import netlang
+    from netlang.diagnostics import NetlangError
+
+    with pytest.raises(NetlangError) as err:
+        netlang.loads(f"network n {{\n input x: [2, 3, 4]\n output y = x -> {layer}\n}}")
+    assert message in str(err.value)
+
+
+def test_bicubic_needs_two_spatial_dimensions():
+    import netlang
+    from netlang.diagnostics import NetlangError
+
+    with pytest.raises(NetlangError) as err:
+        netlang.loads("network n {\n input x: [2, 5]\n output y = x -> upsample(mode = bicubic)\n}")
+    assert "mode `bicubic` needs a 2-D input (as PyTorch's)" in str(err.value)
