@@ -23,6 +23,7 @@ CONFIGS = [
     ("attention_unet.net", None, {"base": 4, "size": 32}, 2),
     ("attention_unet.net", None, {"base": 4, "size": 32, "gate": "simple"}, 2),
     ("unet_plus_plus.net", None, {"base": 4, "size": 32}, 2),
+    ("unet_plus_plus.net", None, {"base": 4, "size": 32, "deep": "true"}, 2),
     ("unet3d.net", None, {"base": 4, "size": 16}, 2),
     ("unet_resnet18.net", None, {"base": 8, "size": 64}, 2),
 ]

@@ -462,3 +462,27 @@ def test_attention_unet_learns_shapes(tmp_path):
                           list(net.outputs))
     result = Trainer(net, cfg, tmp_path, progress=False, log=quiet).run()
     assert result.test["dice"] >= 0.8, result.test
+
+
+@pytest.mark.slow
+def test_unet_plus_plus_deep_supervision_learns_shapes(tmp_path):
+    """U-Net++ with a head on each of x01..x04, one shared target; every head gets its own
+    metrics and the best checkpoint follows the last head's Dice."""
+    net = netlang.load(EXAMPLES / "unet_plus_plus.net",
+                       params={"base": 4, "size": 32, "channels": 1, "deep": "true"})
+    assert list(net.outputs) == ["mask1", "mask2", "mask3", "mask4"]
+    from netlang.config import TrainConfig
+
+    loss = ("0.25 * (bce(mask1, target) + bce(mask2, target) + bce(mask3, target) + "
+            "bce(mask4, target)) + dice(mask4, target)")
+    cfg = apply_overrides(TrainConfig(), [("data", "shapes(size = 32, count = 256)"),
+                                          ("loss", loss), ("optimizer", "adam(lr = 3e-3)"),
+                                          ("early_stop", "early_stop(patience = 20, "
+                                                         "monitor = mask4_dice)"),
+                                          ("epochs", "12")], list(net.outputs))
+    from tests.backends.test_cuda import HAVE_CXX
+
+    result = Trainer(net, cfg, tmp_path, progress=False, log=quiet,
+                     backend="cpu" if HAVE_CXX else "numpy").run()
+    assert all(result.test[f"mask{k}_dice"] >= 0.8 for k in range(1, 5)), result.test
+    assert result.best["val_mask4_dice"] == max(r["val_mask4_dice"] for r in result.history)
