@@ -52,6 +52,19 @@ def lower_slice_axis(r: KernelBuilder, grp: Group) -> None:
     _read_at(r, grp, coords)
 
 
+@lowers("slice_axis_grad")
+def lower_slice_axis_grad(r: KernelBuilder, grp: Group) -> None:
+    n = grp.anchor
+    dy = n.inputs[0]
+    ax, start = n.attrs["axis"], n.attrs["start"]
+    coords = r.coords(n.type)
+    o = coords[ax]
+    inside = f"{o} >= {start} && {o} < {start + dy.type.shape[ax]}"
+    coords[ax] = f"({o} - {start})"
+    r.finish_map(grp, grp.name, {r.key(dy): "const float*"},
+                 [f"float v = ({inside}) ? {_at(dy.type, r.key(dy), coords)} : 0.0f;"])
+
+
 @lowers("crop")
 def lower_crop(r: KernelBuilder, grp: Group) -> None:
     n = grp.anchor

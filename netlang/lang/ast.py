@@ -144,6 +144,15 @@ class Assign:
 
 
 @dataclass(frozen=True)
+class MultiAssign:
+    """`q, k, v = x -> chunk(3, axis = -1)`: the values of a split, one name each."""
+
+    names: tuple[str, ...]
+    value: Expr
+    span: SourceSpan
+
+
+@dataclass(frozen=True)
 class AssertShape:
     name: str
     shape: tuple[Expr, ...]
@@ -157,7 +166,7 @@ class ExprStmt:
 
 
 Stmt = (InputDecl | ParamDecl | IfStmt | Require | BlockInputs | Output | Return | Assign
-        | AssertShape | ExprStmt)
+        | MultiAssign | AssertShape | ExprStmt)
 
 
 @dataclass(frozen=True)

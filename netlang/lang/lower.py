@@ -35,12 +35,21 @@ class Tensor:
     node: Node
 
 
-Value = Union[Tensor, int, float, bool, str, Symbol, list]
+@dataclass(frozen=True)
+class Tensors:
+    """The parts of a `split` or `chunk`: only a `a, b = ...` assignment takes them."""
+
+    items: tuple[Tensor, ...]
+    func: str
+
+
+Value = Union[Tensor, Tensors, int, float, bool, str, Symbol, list]
 MAX_NODES = 100_000
 # The names a call may have that are not layers: arithmetic on numbers, and the losses
 # (which belong in the train section).
 NUMBER_FUNCTIONS = {"min": min, "max": max}
 SHAPE_FUNCTIONS = ("channels", "size")   # sizes of a value, while the network is built
+SPLIT_FUNCTIONS = ("split", "chunk")     # several values, for `a, b = ...`
 LOSSES = tuple(USER_LOSSES) + tuple(LOSS_OPS)   # names that belong in the train section
 NUMERIC_KINDS = ("int", "float", "ints", "size", "floats")
 MAX_BLOCK_DEPTH = 50   # blocks calling blocks; each level costs Python stack
@@ -49,6 +58,8 @@ MAX_BLOCK_DEPTH = 50   # blocks calling blocks; each level costs Python stack
 def _kind(v: Value) -> str:
     if isinstance(v, Tensor):
         return "a tensor"
+    if isinstance(v, Tensors):
+        return f"{len(v.items)} values (the parts of `{v.func}`)"
     if isinstance(v, Symbol):
         return f"the name `{v.name}`"
     if isinstance(v, bool):
@@ -110,10 +121,12 @@ class Lowerer:
                         help="mark the result with `output name = ...`")
         for name, value in scope.values.items():
             if isinstance(value, Tensor) and name not in scope.used and \
+                    not name.startswith("_") and \
                     name not in self.graph.outputs and name not in self.graph.inputs:
                 self.graph.warnings.append(warning(
                     "W002", f"value `{name}` is never used", value.node.span,
-                    help=f"use it, mark it with `output {name}`, or remove it"))
+                    help=f"use it, mark it with `output {name}`, or remove it (a name "
+                         "starting with `_` is a value kept unused on purpose)"))
         for p in net.params:
             if p.name not in scope.used:
                 self.graph.warnings.append(warning(
@@ -156,15 +169,13 @@ class Lowerer:
                                  "implicit)")
         defined: dict[str, ast.Stmt] = {}
         for stmt in body:
-            name = _defines(stmt)
-            if name is None:
-                continue
-            if name in defined or name in scope.values:
-                first = defined.get(name)
-                related = [(first.span, "first defined here")] if first is not None else []
-                raise error("E015", f"`{name}` is defined twice", stmt.span, related=related,
-                            help="give each value its own name")
-            defined[name] = stmt
+            for name in _defines(stmt):
+                if name in defined or name in scope.values:
+                    first = defined.get(name)
+                    related = [(first.span, "first defined here")] if first is not None else []
+                    raise error("E015", f"`{name}` is defined twice", stmt.span,
+                                related=related, help="give each value its own name")
+                defined[name] = stmt
         result: Value | None = None
         for stmt in self._order(body, defined, scope):
             result = self._exec(stmt, scope, is_block) if not isinstance(
@@ -177,12 +188,13 @@ class Lowerer:
         """Statements in dependency order (stable), or E027 naming the cycle."""
         deps: dict[int, set[str]] = {}
         for i, stmt in enumerate(body):
-            deps[i] = {n for n in _uses(stmt) if n in defined and n != _defines(stmt)}
-            self_ref = _defines(stmt)
-            if self_ref is not None and self_ref in _uses(stmt) and self_ref not in scope.values:
-                raise error("E027", f"`{self_ref}` is defined in terms of itself", stmt.span,
-                            help="a network is acyclic: use another name for the new value")
-        index = {_defines(s): i for i, s in enumerate(body) if _defines(s) is not None}
+            deps[i] = {n for n in _uses(stmt) if n in defined and n not in _defines(stmt)}
+            for self_ref in _defines(stmt):
+                if self_ref in _uses(stmt) and self_ref not in scope.values:
+                    raise error("E027", f"`{self_ref}` is defined in terms of itself",
+                                stmt.span, help="a network is acyclic: use another name for "
+                                                "the new value")
+        index = {name: i for i, s in enumerate(body) for name in _defines(s)}
         order: list[ast.Stmt] = []
         state: dict[int, int] = {}
 
@@ -191,7 +203,7 @@ class Lowerer:
                 return
             if state.get(i) == 1:
                 cyc = path[path.index(i):] + [i]
-                names = " -> ".join(f"`{_defines(body[j])}`" for j in cyc)
+                names = " -> ".join(f"`{', '.join(_defines(body[j]))}`" for j in cyc)
                 raise error("E027", f"cycle between values: {names}", body[i].span,
                             notes=["values may be defined in any order, but not in terms of "
                                    "each other"],
@@ -228,7 +240,7 @@ class Lowerer:
         picks. Conditions read parameters only (they are decided before any value of the
         body exists), so the chosen statements take part in ordering like any others."""
         out: list[ast.Stmt] = []
-        local = {_defines(x) or getattr(x, "name", None) for x in body}
+        local = {n for x in body for n in _defines(x) or (getattr(x, "name", None),)}
         for stmt in body:
             if isinstance(stmt, ast.IfStmt):
                 branch = stmt.then if self._condition(stmt, scope, local) else stmt.orelse
@@ -345,8 +357,27 @@ class Lowerer:
         return Tensor(node)
 
     def _exec(self, stmt: ast.Stmt, scope: Scope, is_block: bool) -> Value | None:
+        if isinstance(stmt, ast.MultiAssign):
+            v = self._eval_named(stmt.value, scope, "_".join(stmt.names))
+            if not isinstance(v, Tensors):
+                raise error("E012", f"{len(stmt.names)} names take the parts of a `split` or "
+                            f"`chunk`; this is {_kind(v)}", stmt.value.span,
+                            help=f"for example `{', '.join(stmt.names)} = x -> "
+                                 f"chunk({len(stmt.names)})`")
+            if len(v.items) != len(stmt.names):
+                raise error("E013", f"`{v.func}` makes {len(v.items)} values here; "
+                            f"{len(stmt.names)} names take them", stmt.span,
+                            help="name every part")
+            for name, t in zip(stmt.names, v.items):
+                scope.values[name] = t
+                self.graph.values.setdefault(self._qual(scope, name), t.node)
+            return None
         if isinstance(stmt, ast.Assign):
             v = self._eval_named(stmt.value, scope, stmt.name)
+            if isinstance(v, Tensors):
+                names = ", ".join(f"{stmt.name}{i}" for i in range(len(v.items)))
+                raise error("E012", f"`{v.func}` makes {len(v.items)} values; name each",
+                            stmt.value.span, help=f"write `{names} = ...`")
             scope.values[stmt.name] = v
             if isinstance(v, Tensor):
                 self.graph.values.setdefault(self._qual(scope, stmt.name), v.node)
@@ -502,6 +533,9 @@ class Lowerer:
         raise AssertionError(e.op)
 
     def _apply(self, item: ast.Expr, piped: Value, scope: Scope) -> Value:
+        if isinstance(piped, Tensors):
+            raise error("E012", f"cannot pipe {_kind(piped)} into a layer", item.span,
+                        help=f"name the parts first: `a, b = x -> {piped.func}(...)`")
         if not isinstance(piped, Tensor):
             raise error("E012", f"cannot pipe {_kind(piped)} into a layer", item.span,
                         help="the first element of a chain must be a tensor")
@@ -566,6 +600,8 @@ class Lowerer:
             return self._number_function(call, args, arg_spans, kwargs, scope)
         if call.func in SHAPE_FUNCTIONS and piped is None:
             return self._shape_function(call, args, arg_spans, kwargs, scope)
+        if call.func in SPLIT_FUNCTIONS:
+            return self._parts(call, args, arg_spans, kwargs, scope)
         hint = did_you_mean(call.func, list(ops) + self.prog.visible_blocks())
         if call.func in LOSSES:
             raise error("E010", f"`{call.func}` is not a layer", call.name_span,
@@ -616,6 +652,62 @@ class Lowerer:
                         f"{fmt_shape(t.shape)} value", spans[-1],
                         notes=["axes count from 0 after the batch; -1 is the last"])
         return t.shape[axis]
+
+    def _parts(self, call: ast.Call, args: list[Value], spans: list[SourceSpan],
+               kwargs: dict, scope: Scope) -> Tensors:
+        """`chunk(x, n, axis=0)` (torch.chunk: parts of ceil(L / n), so possibly fewer than
+        n) and `split(x, size or [sizes], axis=0)` (torch.split): one `slice_axis` a part."""
+        f = call.func
+        form = f"{f}(x, 2, axis = -1)" if f == "chunk" else f"{f}(x, [64, 64], axis = 0)"
+        for key, (_, sp) in kwargs.items():
+            if key != "axis":
+                raise error("E011", f"`{f}` has no argument `{key}`", sp,
+                            help=f"`{f}` takes a value, a {'count' if f == 'chunk' else 'size'}"
+                                 " and `axis`")
+        if len(args) != 2 or not isinstance(args[0], Tensor):
+            for v, sp in zip(args, spans):
+                if isinstance(v, Symbol):
+                    raise self._undefined(v.name, sp, scope)
+            raise error("E013", f"`{f}` takes a value and a "
+                        f"{'count' if f == 'chunk' else 'part size or a list of sizes'}",
+                        call.span, help=f"for example `{form}`")
+        x, how = args
+        t = self._type_now(x.node)
+        axis, axis_span = kwargs.get("axis", (0, call.span))
+        if isinstance(axis, bool) or not isinstance(axis, int) or not -t.rank <= axis < t.rank:
+            raise error("E081", f"`{f}`: {_show(axis)} is not an axis of a "
+                        f"{fmt_shape(t.shape)} value", axis_span,
+                        notes=["axes count from 0 after the batch; -1 is the last"])
+        axis %= t.rank
+        length = t.shape[axis]
+
+        def positive(v, sp):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v < 1:
+                raise error("E012", f"`{f}` needs positive integers, got {_show(v)}", sp)
+            return int(v)
+        if f == "chunk":
+            n = positive(how, spans[1])
+            step = -(-length // n)
+            sizes = [min(step, length - s) for s in range(0, length, step)]
+        elif isinstance(how, list):
+            sizes = [positive(v, spans[1]) for v in how]
+            if sum(sizes) != length:
+                raise error("E012", f"`split`: the sizes [{', '.join(map(str, sizes))}] add up "
+                            f"to {sum(sizes)}; "
+                            f"axis {axis} of the {fmt_shape(t.shape)} value has {length}",
+                            spans[1], help="the parts must cover the axis")
+        else:
+            step = positive(how, spans[1])
+            sizes = [min(step, length - s) for s in range(0, length, step)]
+        parts, start = [], 0
+        base = scope.prefix or f
+        for i, size in enumerate(sizes):
+            node = self.graph.add("slice_axis", [x.node],
+                                  {"axis": axis, "start": start, "stop": start + size},
+                                  name=f"{base}.{f}{i}", span=call.span)
+            parts.append(Tensor(node))
+            start += size
+        return Tensors(tuple(parts), f)
 
     def _type_now(self, node: Node) -> TensorType:
         """The per-sample type of a value while the graph is still being built: the shape
@@ -822,16 +914,18 @@ def _called_from(exc: NetlangError, block: str, call: SourceSpan) -> NetlangErro
 PARAM_INITS = {"normal": 0.02, "uniform": 0.02, "zeros": 0.0, "ones": 0.0}
 
 
-def _defines(stmt: ast.Stmt) -> str | None:
+def _defines(stmt: ast.Stmt) -> tuple[str, ...]:
     if isinstance(stmt, (ast.Assign, ast.ParamDecl)):
-        return stmt.name
+        return (stmt.name,)
+    if isinstance(stmt, ast.MultiAssign):
+        return stmt.names
     if isinstance(stmt, ast.Output) and stmt.value is not None:
-        return stmt.name
-    return None
+        return (stmt.name,)
+    return ()
 
 
 def _uses(stmt: ast.Stmt) -> set[str]:
-    if isinstance(stmt, (ast.Assign, ast.ExprStmt, ast.Return)):
+    if isinstance(stmt, (ast.Assign, ast.MultiAssign, ast.ExprStmt, ast.Return)):
         return _free(stmt.value)
     if isinstance(stmt, ast.Output):
         return _free(stmt.value) if stmt.value is not None else {stmt.name}

@@ -179,6 +179,11 @@ class _ToAst(Transformer_NonRecursive):   # iterative: deep trees need no deep s
         return ast.Assign(str(children[0]), children[1], self._s(meta))
 
     @v_args(meta=True)
+    def multi_assign(self, meta, children):
+        return ast.MultiAssign(tuple(str(c) for c in children[:-1]), children[-1],
+                               self._s(meta))
+
+    @v_args(meta=True)
     def assert_shape(self, meta, children):
         return ast.AssertShape(str(children[0]), children[1], self._s(meta))
 

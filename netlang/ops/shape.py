@@ -100,7 +100,36 @@ register(OpDef(
     shape=_slice_axis_shape, kind=FusionKind.INJECTIVE,
     forward=lambda xs, a, rt: xs[0][(slice(None),) * (a["axis"] + 1)
                                     + (slice(a["start"], a["stop"]),)],
-    user=False, doc="Positions [start, stop) of a per-sample axis."))
+    vjp=lambda b, node, dy: [b.emit("slice_axis_grad", [dy], axis=node.attrs["axis"],
+                                    start=node.attrs["start"],
+                                    size=node.inputs[0].type.shape[node.attrs["axis"]])],
+    user=False, doc="Positions [start, stop) of a per-sample axis (`split` and `chunk` make "
+                    "one per part)."))
+
+
+def _slice_axis_grad_shape(ctx: ShapeCtx) -> TensorType:
+    shape = list(ctx.x.shape)
+    shape[ctx.attrs["axis"]] = ctx.attrs["size"]
+    return TensorType(tuple(shape), ctx.x.batched)
+
+
+def _slice_axis_grad(xs, a, rt):
+    dy = xs[0]
+    ax = a["axis"] + 1
+    shape = list(dy.shape)
+    shape[ax] = a["size"]
+    out = np.zeros(shape, dtype=dy.dtype)
+    idx = (slice(None),) * ax + (slice(a["start"], a["start"] + dy.shape[ax]),)
+    out[idx] = dy
+    return out
+
+
+register(OpDef(
+    name="slice_axis_grad", attrs=(Attr("axis", "int"), Attr("start", "int"),
+                                   Attr("size", "int")),
+    shape=_slice_axis_grad_shape, kind=FusionKind.INJECTIVE, forward=_slice_axis_grad,
+    user=False, doc="dy placed at positions [start, start + len) of an axis of `size`, "
+                    "zeros elsewhere."))
 
 
 # -- crop and pad ------------------------------------------------------------------------

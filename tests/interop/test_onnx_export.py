@@ -179,6 +179,15 @@ def test_adaptive_avgpool_exports_exactly(size, kind):
     assert kind in {n.op_type for n in model.graph.node}
 
 
+def test_split_parts_export_as_slices():
+    net = netlang.loads("network n {\n input x: [6, 4]\n q, k = x -> chunk(2, axis = -1)\n"
+                        " a, b, c = x -> split([1, 2, 3])\n"
+                        " output y = matmul(q, k, trans_b = true)\n"
+                        " output z = concat(c, b, a, axis = 0)\n}")
+    model = _check(net, {})
+    assert "Slice" in {n.op_type for n in model.graph.node}
+
+
 def test_circular_padding_exports_from_opset_19():
     net = netlang.loads("network n {\n input x: [2, 5, 5]\n"
                         " output y = x -> pad([2, 1, 0, 3], mode = circular)\n}")

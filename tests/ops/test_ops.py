@@ -94,6 +94,8 @@ CASES = [
     ("adaptive_avgpool", [(2, 3, 4)], dict(size=(5, 4))),
     ("adaptive_avgpool", [(3, 10)], dict(size=4)),
     ("adaptive_avgpool", [(2, 4, 5, 3)], dict(size=(1, 2, 2))),
+    ("slice_axis", [(5, 3, 4)], dict(axis=0, start=1, stop=4)),
+    ("slice_axis", [(2, 7)], dict(axis=1, start=3, stop=7)),
     ("crop", [(2, 7, 6), (1, 4, 3)], {}),
     ("crop", [(2, 7, 6)], dict(size=(5, 2))),
     ("pad", [(2, 3, 4)], dict(amount=(1, 2, 0, 1))),
@@ -328,6 +330,7 @@ def _reference(op, xs, params, a):
         "mean": lambda: xs[0].mean(axis=a["axis"] + 1),
         "sum": lambda: xs[0].sum(axis=a["axis"] + 1),
         "permute": lambda: np.transpose(xs[0], (0,) + tuple(i + 1 for i in a["axes"])),
+        "slice_axis": lambda: np.take(xs[0], range(a["start"], a["stop"]), axis=a["axis"] + 1),
     }
     if op in table:
         return table[op]()
