@@ -13,8 +13,8 @@ import numpy as np
 from netlang.ir.types import TensorType, fmt_shape
 from netlang.ops import _conv
 from netlang.ops.registry import (
-    Attr, FusionKind, OpDef, ParamSpec, ShapeCtx, ShapeError, per_dim, register, resolve_pad,
-    sliding_out, spatial_rank, uniform_fan_in,
+    DIM_NAMES, Attr, FusionKind, OpDef, ParamSpec, ShapeCtx, ShapeError, per_dim, register,
+    resolve_pad, sliding_out, spatial_rank, uniform_fan_in,
 )
 
 CONV_ATTRS = (
@@ -162,7 +162,37 @@ def _convt_shape(ctx: ShapeCtx) -> TensorType:
     _check_groups(ctx, cin, cout)
     k, s, d = per_dim(ctx, "kernel", nd), per_dim(ctx, "stride", nd), per_dim(ctx, "dilation", nd)
     op = per_dim(ctx, "output_padding", nd)
-    pads = resolve_pad(ctx, nd, spatial, k, s, allow_same=False)
+    if ctx.attrs["pad"] == "same":   # out = H * stride (ONNX SAME_UPPER, TensorFlow)
+        if any(op):
+            raise ShapeError("E012", "`pad=same` chooses the output padding itself",
+                             help="drop `output_padding`")
+        pads, op = [], list(op)
+        for i in range(nd):
+            total = d[i] * (k[i] - 1) + 1 - s[i]
+            pads.append((max(total, 0) // 2, max(total, 0) - max(total, 0) // 2))
+            op[i] = max(-total, 0)
+        ctx.attrs["pad"] = tuple(v for p in pads for v in p)
+        op = tuple(op)
+    else:
+        pads = resolve_pad(ctx, nd, spatial, k, s, allow_same=False)
+    size = ctx.attrs.get("output_size")
+    if size is not None:   # PyTorch's output_size: the output padding that reaches it
+        size = size if isinstance(size, tuple) else (size,) * nd
+        if len(size) != nd:
+            raise ShapeError("E012", f"`output_size` has {len(size)} values; the input has "
+                             f"{nd} spatial dimensions")
+        op = list(op)
+        for i in range(nd):
+            least = (spatial[i] - 1) * s[i] - sum(pads[i]) + d[i] * (k[i] - 1) + 1
+            reach = max(s[i], d[i]) - 1
+            if not least <= size[i] <= least + reach:
+                raise ShapeError("E012", f"conv_transpose: output size {size[i]} along "
+                                 f"{DIM_NAMES[nd][i]} is out of reach: this layer makes "
+                                 f"{least} to {least + reach} there",
+                                 help="change the stride, kernel or padding, or crop or pad "
+                                      "the result")
+            op[i] = size[i] - least
+        op = tuple(op)
     out = []
     for i in range(nd):
         if op[i] >= max(s[i], d[i]):
@@ -215,7 +245,8 @@ def _convt_vjp(b, node, dy):
 register(OpDef(
     name="conv_transpose",
     attrs=CONV_ATTRS[:3] + (Attr("pad", "pad", 0), Attr("output_padding", "ints", 0, minimum=0))
-    + CONV_ATTRS[4:],
+    + CONV_ATTRS[4:] + (Attr("output_size", "size", None, minimum=1,
+                             doc="the output's spatial size; sets output_padding"),),
     shape=_convt_shape, kind=FusionKind.OUT_ELEMWISE_FUSABLE, params=_convt_params,
     param_roles=_bias_roles,
     macs=lambda ins, out, a: ins[0].size * (a["channels"] // a["groups"]) * math.prod(a["kernel"]),

@@ -46,6 +46,12 @@ CASES = [
     ("conv_transpose", [(4, 4, 4)], dict(conv_attrs(4, 3, 2, stride=2, pad=1, groups=2),
                                          output_padding=1)),
     ("conv_transpose", [(2, 3, 3, 3)], dict(conv_attrs(2, 2, 3, stride=2), output_padding=0)),
+    ("conv_transpose", [(3, 4, 5)], dict(conv_attrs(2, 3, 2, stride=2, pad="same"),
+                                         output_padding=0)),
+    ("conv_transpose", [(3, 4, 5)], dict(conv_attrs(2, 1, 2, stride=3, pad="same"),
+                                         output_padding=0)),
+    ("conv_transpose", [(2, 4, 4)], dict(conv_attrs(3, 3, 2, stride=2, pad=1),
+                                         output_padding=0, output_size=(8, 7))),
     ("dense", [(7,)], dict(units=5, bias=True)),
     ("dense", [(4,)], dict(units=3, bias=False)),
     ("dense", [(3, 4)], dict(units=5, bias=True)),
@@ -524,3 +530,43 @@ def test_bicubic_needs_two_spatial_dimensions():
     with pytest.raises(NetlangError) as err:
         netlang.loads("network n {\n input x: [2, 5]\n output y = x -> upsample(mode = bicubic)\n}")
     assert "mode `bicubic` needs a 2-D input (as PyTorch's)" in str(err.value)
+
+
+def test_conv_transpose_output_size_is_pytorchs(torch_mod):
+    """`output_size` picks the output padding as ConvTranspose2d(x, output_size=...) does;
+    `pad=same` makes H * stride (TensorFlow's and ONNX SAME_UPPER's transposed conv)."""
+    import netlang
+
+    torch = torch_mod
+    net = netlang.loads("network n {\n input x: [3, 4, 5]\n"
+                        " output u = x -> conv_transpose(2, 3, stride=2, pad=1, "
+                        "output_size=[8, 9])\n"
+                        " output s = x -> conv_transpose(2, 3, stride=2, pad=same)\n"
+                        " output t = x -> conv_transpose(2, 1, stride=3, pad=same)\n}")
+    assert net.outputs["s"].shape == (2, 8, 10) and net.outputs["t"].shape == (2, 12, 15)
+    w = net.init(0)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5))
+    m = torch.nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1).double()
+    m.weight.data = torch.tensor(w["u.conv_transpose0.weight"], dtype=torch.float64)
+    m.bias.data = torch.tensor(w["u.conv_transpose0.bias"], dtype=torch.float64)
+    want = m(torch.tensor(x), output_size=(8, 9)).detach().numpy()
+    got = net.forward({k: v.astype(np.float64) for k, v in w.items()}, {"x": x},
+                      dtype=np.float64)["u"]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layer,message", [
+    ("conv_transpose(2, 3, stride=2, pad=1, output_size=[10, 9])",
+     "E012: conv_transpose: output size 10 along H is out of reach: this layer makes 7 to 8 "
+     "there"),
+    ("conv_transpose(2, 3, stride=2, pad=same, output_padding=1)",
+     "`pad=same` chooses the output padding itself"),
+    ("conv_transpose(2, 3, output_size=[6, 7, 8])", "`output_size` has 3 values"),
+])
+def test_conv_transpose_sizes_are_checked(layer, message):
+    import netlang
+    from netlang.diagnostics import NetlangError
+
+    with pytest.raises(NetlangError) as err:
+        netlang.loads(f"network n {{\n input x: [3, 4, 5]\n output y = x -> {layer}\n}}")
+    assert message in str(err.value)
