@@ -18,11 +18,12 @@ from typing import Any, Mapping
 import numpy as np
 
 from netlang.config import TrainConfig, resolve_data_paths, train_config
-from netlang.diagnostics import Diagnostic, NetlangError, SourceMap, error
+from netlang.diagnostics import Diagnostic, NetlangError, SourceMap, did_you_mean, error
 from netlang.ir.graph import Graph, Node
 from netlang.ir.types import TensorType
 from netlang.lang.imports import SourceTree, read_program
 from netlang.lang.lower import Value, lower, parse_override
+from netlang.ops.registry import INIT_SCHEMES, scheme_init
 from netlang.passes.loss import check_losses, probability_warnings
 from netlang.passes.shape_infer import infer_shapes
 
@@ -73,15 +74,25 @@ class Network:
         return sum(n.type.size for n in self.graph.params if n.attrs.get("trainable", True))
 
     # -- weights -------------------------------------------------------------------------
-    def init(self, seed: int = 0) -> dict[str, np.ndarray]:
+    def init(self, seed: int = 0, scheme: str | None = None) -> dict[str, np.ndarray]:
         """Initial weights as PyTorch initialises its layers (kaiming-uniform, bound
-        1/sqrt(fan_in); batchnorm ones/zeros), deterministic in `seed`."""
+        1/sqrt(fan_in); batchnorm ones/zeros), deterministic in `seed`. A layer's own
+        `init=` takes its place; `scheme` (the train section's `init`) does for the conv,
+        conv_transpose and dense layers that give none."""
+        if scheme is not None and scheme not in INIT_SCHEMES:
+            raise error("E030", f"unknown initialisation `{scheme}`", None,
+                        notes=["schemes: " + ", ".join(INIT_SCHEMES)],
+                        help=did_you_mean(scheme, INIT_SCHEMES))
         rng = np.random.default_rng(seed)
         out: dict[str, np.ndarray] = {}
         for p in self.graph.params:
             shape = p.type.shape
             init = p.attrs["init"]
-            if init == "uniform":
+            layer = p.attrs.get("scheme") or (scheme if init == "uniform" and
+                                              p.attrs["role"] in ("weight", "bias") else None)
+            if layer not in (None, "pytorch"):
+                out[p.name] = scheme_init(layer, p.attrs["role"], shape, rng)
+            elif init == "uniform":
                 b = p.attrs["bound"]
                 out[p.name] = rng.uniform(-b, b, size=shape).astype(np.float32)
             elif init == "normal":

@@ -15,7 +15,7 @@ from netlang.diagnostics import SourceSpan, did_you_mean, error
 from netlang.lang import ast
 from netlang.ops import registry
 from netlang.ops.loss import HUBER, LOSSES as LOSS_OPS, loss_attrs
-from netlang.ops.registry import AttrError, Symbol, coerce_attr
+from netlang.ops.registry import INIT_SCHEMES, AttrError, Symbol, coerce_attr
 from netlang.optimizers import OPTIMIZERS as OPTIMIZER_TABLE
 from netlang.passes.loss import LossTerm
 
@@ -49,6 +49,7 @@ class TrainConfig:
     checkpoint_every: int = 1
     freeze: tuple[str, ...] = ()       # parameter-name patterns the optimizer leaves alone
     lr_groups: tuple[tuple[str, float], ...] = ()   # (pattern, learning-rate factor)
+    init: str | None = None            # initialisation of layers that give no `init=`
     span: SourceSpan | None = None
 
 
@@ -106,7 +107,7 @@ RANGES: dict[str, tuple[Any, str]] = {
 }
 METRICS = ("loss", "accuracy", "top5", "dice", "iou")
 KEYS = ("data", "loss", "optimizer", "schedule", "batch", "epochs", "seed", "val_split",
-        "test_split", "early_stop", "augment", "metrics", "checkpoint_every", "freeze",
+        "test_split", "early_stop", "augment", "metrics", "checkpoint_every", "freeze", "init",
         "lr_groups")
 LR_GROUP = {"group": {"pattern": STR, "scale": NUM}}
 
@@ -336,6 +337,13 @@ def _set(cfg: TrainConfig, key: str, e: ast.Expr, outputs: list[str],
             groups.append((a["pattern"], float(a["scale"])))
         return replace(cfg, lr_groups=tuple(groups))
     v = _literal(e)
+    if key == "init":   # `init = kaiming_normal`: the layers that give no `init=`
+        v = _check_kind(key, NAME, v, e.span)
+        if v not in INIT_SCHEMES:
+            raise error("E030", f"unknown initialisation `{v}`", e.span,
+                        notes=["schemes: " + ", ".join(INIT_SCHEMES)],
+                        help=did_you_mean(v, INIT_SCHEMES))
+        return replace(cfg, init=v)
     if key in ("batch", "epochs", "seed", "checkpoint_every"):
         v = _check_kind(key, INT, v, e.span)
         if v < (0 if key == "seed" else 1):
@@ -389,6 +397,8 @@ def from_record(rec: dict, base: TrainConfig, outputs: list[str]) -> TrainConfig
         cfg = replace(cfg, freeze=tuple(rec["freeze"]))
     if rec.get("lr_groups"):
         cfg = replace(cfg, lr_groups=tuple((p, float(f)) for p, f in rec["lr_groups"]))
+    if rec.get("init"):
+        cfg = replace(cfg, init=rec["init"])
     if "early_stop" in rec:
         es = rec["early_stop"]
         cfg = replace(cfg, early_stop=Call("early_stop", tuple(es.items())) if es is not None

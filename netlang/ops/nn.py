@@ -7,16 +7,20 @@ registry asks; the convolution cores are in ops/_conv.py.)
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
 from netlang.ir.types import TensorType, fmt_shape
 from netlang.ops import _conv
 from netlang.ops.registry import (
-    DIM_NAMES, Attr, FusionKind, OpDef, ParamSpec, ShapeCtx, ShapeError, per_dim, register,
-    resolve_pad, sliding_out, spatial_rank, uniform_fan_in,
+    DIM_NAMES, INIT_SCHEMES, Attr, FusionKind, OpDef, ParamSpec, ShapeCtx, ShapeError, per_dim,
+    register, resolve_pad, sliding_out, spatial_rank, uniform_fan_in,
 )
 
+INIT = Attr("init", "choice", "pytorch", INIT_SCHEMES,
+            doc="the weights' initialisation: PyTorch's default for the layer, or a "
+                "torch.nn.init scheme with a zero bias")
 CONV_ATTRS = (
     Attr("channels", "int", minimum=1, doc="output channels"),
     Attr("kernel", "ints", minimum=1, doc="kernel size: one value or one per spatial dim"),
@@ -25,7 +29,22 @@ CONV_ATTRS = (
     Attr("dilation", "ints", 1, minimum=1),
     Attr("groups", "int", 1, minimum=1),
     Attr("bias", "bool", True),
+    INIT,
 )
+
+
+def _default_init(ctx: ShapeCtx) -> None:
+    """PyTorch's initialisation is not recorded in the node (its printed IR stays as it
+    was); the rules read `init` with that default."""
+    if ctx.attrs.get("init") == "pytorch":
+        del ctx.attrs["init"]
+
+
+def _with_scheme(specs: dict[str, ParamSpec], a) -> dict[str, ParamSpec]:
+    scheme = a.get("init", "pytorch")
+    if scheme == "pytorch":
+        return specs
+    return {k: replace(v, scheme=scheme) for k, v in specs.items()}
 
 
 def _pairs(a) -> tuple[tuple[int, int], ...]:
@@ -43,6 +62,7 @@ def _check_groups(ctx: ShapeCtx, cin: int, cout: int) -> int:
 
 
 def _conv_shape(ctx: ShapeCtx) -> TensorType:
+    _default_init(ctx)
     nd = spatial_rank(ctx, "conv")
     cin, spatial = ctx.x.shape[0], ctx.x.shape[1:]
     cout = ctx.attrs["channels"]
@@ -63,7 +83,7 @@ def _conv_params(ins: list[TensorType], a) -> dict[str, ParamSpec]:
     specs = {"weight": ParamSpec((a["channels"], cin // a["groups"]) + tuple(k), "uniform", bound)}
     if a["bias"]:
         specs["bias"] = ParamSpec((a["channels"],), "uniform", bound)
-    return specs
+    return _with_scheme(specs, a)
 
 
 def _bias_roles(a) -> list[str]:
@@ -156,6 +176,7 @@ register(OpDef(
 # -- conv_transpose ----------------------------------------------------------------------
 
 def _convt_shape(ctx: ShapeCtx) -> TensorType:
+    _default_init(ctx)
     nd = spatial_rank(ctx, "conv_transpose")
     cin, spatial = ctx.x.shape[0], ctx.x.shape[1:]
     cout = ctx.attrs["channels"]
@@ -216,7 +237,7 @@ def _convt_params(ins, a) -> dict[str, ParamSpec]:
     specs = {"weight": ParamSpec((cin, a["channels"] // a["groups"]) + tuple(k), "uniform", bound)}
     if a["bias"]:
         specs["bias"] = ParamSpec((a["channels"],), "uniform", bound)
-    return specs
+    return _with_scheme(specs, a)
 
 
 def _convt_forward(xs, a, rt):
@@ -268,6 +289,7 @@ register(OpDef(
 # -- dense -------------------------------------------------------------------------------
 
 def _dense_shape(ctx: ShapeCtx) -> TensorType:
+    _default_init(ctx)
     if ctx.x.rank < 1:
         raise ShapeError("E022", "dense needs an input with a feature axis, got a scalar")
     if ctx.x.rank > 2:
@@ -286,7 +308,7 @@ def _dense_params(ins, a) -> dict[str, ParamSpec]:
     specs = {"weight": ParamSpec((a["units"], fan_in), "uniform", bound)}
     if a["bias"]:
         specs["bias"] = ParamSpec((a["units"],), "uniform", bound)
-    return specs
+    return _with_scheme(specs, a)
 
 
 def _dense_forward(xs, a, rt):
@@ -308,7 +330,7 @@ def _dense_vjp(b, node, dy):
 
 
 register(OpDef(
-    name="dense", attrs=(Attr("units", "int", minimum=1), Attr("bias", "bool", True)),
+    name="dense", attrs=(Attr("units", "int", minimum=1), Attr("bias", "bool", True), INIT),
     shape=_dense_shape, kind=FusionKind.OUT_ELEMWISE_FUSABLE, params=_dense_params,
     param_roles=_bias_roles, macs=lambda ins, out, a: ins[0].size * a["units"],
     forward=_dense_forward, vjp=_dense_vjp, example="dense(10)", color="#cfe2f3",

@@ -170,6 +170,45 @@ class ParamSpec:
     bound: float = 0.0   # for uniform: U(-bound, bound)
     trainable: bool = True
     value: float = 0.0   # for constant
+    scheme: str = ""     # a layer's `init=` other than PyTorch's (INIT_SCHEMES)
+
+
+# A layer's `init=` (conv, conv_transpose, dense): `pytorch` is each layer's own default
+# (kaiming-uniform with a = sqrt(5), bias U(+-1/sqrt(fan_in))); the others are torch.nn.init's
+# functions on the weight, with fans from its shape as PyTorch computes them (fan_in =
+# size(1) * receptive field, fan_out = size(0) * receptive field), and a zero bias.
+INIT_SCHEMES = ("pytorch", "kaiming_normal", "kaiming_normal_fan_out", "kaiming_uniform",
+                "xavier_normal", "xavier_uniform", "normal", "zeros")
+INIT_STD = 0.02   # `normal`: N(0, 0.02), as BERT and ViT initialise their linear layers
+
+
+def fans(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(fan_in, fan_out) of a weight, as torch.nn.init._calculate_fan_in_and_fan_out."""
+    receptive = math.prod(shape[2:])
+    return shape[1] * receptive, shape[0] * receptive
+
+
+def scheme_init(scheme: str, role: str, shape: tuple[int, ...],
+                rng) -> Any:
+    """The initial value of a layer's weight or bias under a scheme other than PyTorch's."""
+    import numpy as np
+
+    if role != "weight" or scheme == "zeros":
+        return np.zeros(shape, np.float32)
+    fan_in, fan_out = fans(shape)
+    if scheme == "kaiming_normal":
+        std = math.sqrt(2.0 / fan_in)
+    elif scheme == "kaiming_normal_fan_out":
+        std = math.sqrt(2.0 / fan_out)
+    elif scheme == "xavier_normal":
+        std = math.sqrt(2.0 / (fan_in + fan_out))
+    elif scheme == "normal":
+        std = INIT_STD
+    else:
+        bound = math.sqrt(6.0 / fan_in) if scheme == "kaiming_uniform" else \
+            math.sqrt(6.0 / (fan_in + fan_out))
+        return rng.uniform(-bound, bound, size=shape).astype(np.float32)
+    return (rng.standard_normal(size=shape) * std).astype(np.float32)
 
 
 @dataclass

@@ -82,6 +82,8 @@ def infer_node(node: Node, info: ShapeInfo | None = None) -> TensorType:
                 p.attrs.update(init=spec.init, bound=spec.bound, trainable=spec.trainable)
                 if spec.init == "constant":
                     p.attrs["value"] = spec.value
+                if spec.scheme:
+                    p.attrs["scheme"] = spec.scheme
             elif p.type != ptype:
                 raise AssertionError(f"{p!r} typed {p.type}, {node!r} wants {ptype}")
     return out

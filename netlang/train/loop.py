@@ -277,7 +277,7 @@ class Trainer:
         cfg, net = self.cfg, self.net
         opt = Optimizer.from_config(cfg.optimizer)
         sched = Schedule(cfg.schedule, opt.lr, cfg.epochs)
-        weights = net.init(cfg.seed)
+        weights = net.init(cfg.seed, cfg.init)
         if self.init is not None and self.resume is None:
             source, given = self.init
             weights = {k: np.array(given[k], dtype=np.float32) if k in given else v
@@ -530,7 +530,8 @@ class Trainer:
                 "early_stop": dict(c.early_stop.args) if c.early_stop else None,
                 "checkpoint_every": c.checkpoint_every,
                 "init_from": self.init[0] if self.init is not None else None,
-                "freeze": list(c.freeze), "lr_groups": [list(g) for g in c.lr_groups]}
+                "freeze": list(c.freeze), "lr_groups": [list(g) for g in c.lr_groups],
+                "init": c.init}
 
     # -- checkpoints ---------------------------------------------------------------------
     def _save(self, which: str, weights, opt: Optimizer, sched: Schedule, state: dict) -> None:
