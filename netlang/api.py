@@ -272,16 +272,27 @@ def loads(text: str, network: str | None = None, params: Mapping[str, Any] | Non
         graph = lower(prog, network, _overrides(params))
         infer_shapes(graph)
         outputs = list(graph.outputs)
-        trains = [t for t in prog.main.trains if t.network in (None, graph.name)]
-        cfg = train_config(trains[0], outputs, text) if trains else None
+        known = [n.name for n in prog.main.networks]
+        for t in prog.main.trains:
+            for name in t.networks:
+                if name not in known:
+                    raise error("E030", f"train section for unknown network `{name}`", t.span,
+                                notes=["networks: " + ", ".join(known)],
+                                help=did_you_mean(name, known))
+        shared = [t for t in prog.main.trains if not t.networks]
+        own = [t for t in prog.main.trains if graph.name in t.networks]
+        if len(shared) > 1:
+            raise error("E030", "the file has two shared train sections", shared[1].span,
+                        related=[(shared[0].span, "the first")],
+                        help="merge them, or name the networks each is for: `train a, b { }`")
+        if len(own) > 1:
+            raise error("E030", f"network `{graph.name}` has two train sections", own[1].span,
+                        related=[(own[0].span, "the first")])
+        sections = shared + own
+        cfg = train_config(sections, outputs, text) if sections else None
         if cfg is not None:
             check_losses(graph, cfg.loss)
             cfg = resolve_data_paths(cfg, base_dir or Path("."))
-        if len(trains) > 1:
-            raise error("E030", f"network `{graph.name}` has two train sections", trains[1].span)
-        for t in prog.main.trains:
-            if t.network is not None and t.network not in [n.name for n in prog.main.networks]:
-                raise error("E030", f"train section for unknown network `{t.network}`", t.span)
     except NetlangError as exc:
         exc.sources = sources  # type: ignore[attr-defined]
         raise

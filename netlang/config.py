@@ -270,9 +270,9 @@ def _text(e: ast.Expr, source: str | None) -> str:
     return " ".join(part.strip() for part in lines)
 
 
-def train_config(td: ast.TrainDef, outputs: list[str], source: str | None = None) -> TrainConfig:
-    cfg = TrainConfig(span=td.span)
-    seen: dict[str, SourceSpan] = {}
+def _items(td: ast.TrainDef) -> dict[str, tuple[ast.Expr, SourceSpan]]:
+    """A section's keys, checked (unknown keys, a key set twice)."""
+    seen: dict[str, tuple[ast.Expr, SourceSpan]] = {}
     for item in td.items:
         if isinstance(item, ast.Call):   # `early_stop(patience = 3)` written as a statement
             key, value, span = item.func, item, item.span
@@ -286,8 +286,21 @@ def train_config(td: ast.TrainDef, outputs: list[str], source: str | None = None
                         notes=["keys: " + ", ".join(KEYS)], help=did_you_mean(key, KEYS))
         if key in seen:
             raise error("E030", f"`{key}` is set twice", span,
-                        related=[(seen[key], "first set here")])
-        seen[key] = span
+                        related=[(seen[key][1], "first set here")])
+        seen[key] = (value, span)
+    return seen
+
+
+def train_config(sections, outputs: list[str], source: str | None = None) -> TrainConfig:
+    """The settings of a network from its train sections: the file's shared one (`train
+    { }`) and then its own (`train name { }`), whose keys replace the shared ones."""
+    if isinstance(sections, ast.TrainDef):
+        sections = [sections]
+    cfg = TrainConfig(span=sections[-1].span)
+    merged: dict[str, tuple[ast.Expr, SourceSpan]] = {}
+    for td in sections:
+        merged.update(_items(td))
+    for key, (value, _) in merged.items():
         cfg = _set(cfg, key, value, outputs, source)
     return cfg
 

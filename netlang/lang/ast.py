@@ -202,7 +202,10 @@ class TrainSet:
 
 @dataclass(frozen=True)
 class TrainDef:
-    network: str | None
+    """`train { ... }` (every network of the file: the shared settings), or
+    `train a, b { ... }` (those networks; its keys replace the shared ones)."""
+
+    networks: tuple[str, ...]
     items: tuple[TrainSet | Call, ...]
     span: SourceSpan
 

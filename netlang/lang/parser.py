@@ -218,8 +218,9 @@ class _ToAst(Transformer_NonRecursive):   # iterative: deep trees need no deep s
 
     @v_args(meta=True)
     def train_def(self, meta, children):
-        name, *items = children
-        return ast.TrainDef(str(name) if name is not None else None, tuple(items), self._s(meta))
+        names, *items = children
+        return ast.TrainDef(tuple(names) if names is not None else (), tuple(items),
+                            self._s(meta))
 
     @v_args(meta=True)
     def import_stmt(self, meta, children):

@@ -83,3 +83,39 @@ def test_syntax_errors_are_classified(src, code, text):
 def test_syntax_error_is_not_a_lark_dump():
     out = render("network a { x = conv(3 4) }")
     assert "Token(" not in out and "Expected one of" not in out
+
+
+SHARED = """
+network small { input x: [1, 8, 8]  output y = x -> conv(2, 3) -> flatten -> dense(10) }
+network wide { input x: [1, 8, 8]  output y = x -> conv(8, 3) -> flatten -> dense(10) }
+network seg { input x: [1, 8, 8]  output mask = x -> conv(1, 1) -> sigmoid }
+train { data = digits  loss = cross_entropy(y, label)  epochs = 3  optimizer = sgd(lr = 0.1) }
+train wide, small { batch = 16 }
+train seg { loss = bce(mask, target)  data = shapes(size = 8) }
+"""
+
+
+def test_a_shared_train_section_and_the_networks_own():
+    import netlang
+
+    for name in ("small", "wide"):
+        c = netlang.loads(SHARED, network=name).train
+        assert (c.data.name, c.loss_text, c.epochs, c.batch) == \
+            ("digits", "cross_entropy(y, label)", 3, 16)
+    c = netlang.loads(SHARED, network="seg").train   # its own keys replace the shared ones
+    assert (c.data.name, c.loss_text, c.epochs, c.batch, c.optimizer.name) == \
+        ("shapes", "bce(mask, target)", 3, 32, "sgd")
+
+
+@pytest.mark.parametrize("extra,message", [
+    ("train { epochs = 2 }", "E030: the file has two shared train sections"),
+    ("train smal { epochs = 2 }", "E030: train section for unknown network `smal`"),
+    ("train seg { epochs = 2 }", "E030: network `seg` has two train sections"),
+])
+def test_train_sections_that_clash(extra, message):
+    import netlang
+    from netlang.diagnostics import NetlangError
+
+    with pytest.raises(NetlangError) as err:
+        netlang.loads(SHARED + extra, network="seg")
+    assert message in str(err.value)
