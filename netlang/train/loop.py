@@ -25,7 +25,6 @@ import numpy as np
 from netlang.config import TrainConfig
 from netlang.diagnostics import did_you_mean, error
 from netlang.ir.types import fmt_shape
-from netlang.ops.loss import CLASS_LOSSES
 from netlang.train import augment, checkpoint
 from netlang.train import data as data_mod
 from netlang.train.metrics import (
@@ -231,8 +230,9 @@ class Trainer:
     def _check_classes(self, g) -> None:
         """Class-index targets name a class of the output they are read against (or the
         loss's `ignore_index`): a wrong label would index past the logits."""
-        for n in g.nodes:
-            if n.op not in CLASS_LOSSES:
+        targets = {t.id for t in g.targets.values() if t.type.dtype == "int64"}
+        for n in g.nodes:   # the losses that read class indices (cross_entropy, nll)
+            if len(n.inputs) != 2 or n.inputs[1].id not in targets:
                 continue
             name, c = n.inputs[1].name, n.inputs[0].type.shape[0]
             ignore = n.attrs.get("ignore_index")
