@@ -224,11 +224,13 @@ def _layer(draw, arch: Arch, shape: tuple[int, ...], illegal: bool):
         eps = draw(st.sampled_from([1e-5, 1e-3]))
         momentum = draw(st.sampled_from([0.1, 0.5]))
         affine = draw(st.booleans())
+        track = draw(st.sampled_from([True, True, False]))
         params = ([("weight", (c,)), ("bias", (c,))] if affine else []) + \
-            [("running_mean", (c,)), ("running_var", (c,))]
-        src = f"batchnorm(eps={eps}, momentum={momentum}, affine={str(affine).lower()})"
-        return Layer(op, src, {"eps": eps, "momentum": momentum, "affine": affine},
-                     params), shape, None
+            ([("running_mean", (c,)), ("running_var", (c,))] if track else [])
+        src = f"batchnorm(eps={eps}, momentum={momentum}, affine={str(affine).lower()}" + \
+            ("" if track else ", track_running_stats=false") + ")"
+        return Layer(op, src, {"eps": eps, "momentum": momentum, "affine": affine,
+                               "track": track}, params), shape, None
     if op == "dense":
         units = draw(st.integers(1, 6))
         bias = draw(st.booleans())
@@ -492,6 +494,10 @@ def torch_forward(arch: Arch, x, params: dict, training: bool, torch):
             y = v.reshape(v.shape[:-2] + (-1,))
         elif op == "dropout":
             y = v   # compared only with p = 0 in training mode
+        elif op == "batchnorm" and not a["track"]:   # batch statistics in both modes
+            y = F.batch_norm(v, None, None, p.get("weight"), p.get("bias"), True,
+                             a["momentum"], a["eps"])
+            y = _contiguous_grad(torch).apply(y)
         elif op == "batchnorm":
             rm = p["running_mean"].clone()
             rv = p["running_var"].clone()

@@ -70,8 +70,9 @@ class TorchTwin(nn.Module):
                 # a `param` declaration: a bare tensor
                 self.free[key(n.name)] = nn.Parameter(torch.zeros(n.type.shape, **dev))
             elif n.op == "batchnorm":
-                self.layers[key(n.name)] = _BN[nd](eps=a["eps"], momentum=a["momentum"],
-                                                   affine=a["affine"], **dev)
+                self.layers[key(n.name)] = _BN[nd](
+                    eps=a["eps"], momentum=a["momentum"], affine=a["affine"],
+                    track_running_stats=a.get("track_running_stats", True), **dev)
         self.shapes: dict[str, tuple[int, ...]] = {}
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -155,7 +155,9 @@ def _fold_batchnorm(g, weights: dict[str, np.ndarray]) -> tuple[dict[str, np.nda
     users = g.users()
     outs = {n.id for n in g.outputs.values()}
     kept = []
-    for bn in [n for n in g.nodes if n.op == "batchnorm"]:
+    # one without running statistics normalises with the batch's: nothing to fold
+    for bn in [n for n in g.nodes if n.op == "batchnorm"
+               and n.attrs.get("track_running_stats", True)]:
         layer = bn.inputs[0]
         ok = (layer.op in FOLDABLE and users[layer.id] == [bn] and layer.id not in outs
               and len(users[layer.inputs[1].id]) == 1
@@ -262,6 +264,37 @@ def _lower_tokens(n, ins, out, const, unique, opset):
             ("Reshape", [b, const(f"{n.name}.per_channel_b", per_channel)], [br], {}),
             ("Mul", [back, wr], [scaled], {}), ("Add", [scaled, br], [out], {})]
     return None
+
+
+def _batch_statistics_norm(n, ins, out, const, unique, opset):
+    """A batchnorm without running statistics normalises with the batch's in inference
+    too; ONNX's BatchNormalization in inference reads stored ones, so it is written out:
+    the mean and (biased) variance over the batch and spatial axes, then the affine."""
+    a = n.attrs
+    rank = n.type.rank + 1
+    axes = [0] + list(range(2, rank))
+
+    def reduce_mean(x, y):
+        if opset >= 18:
+            return ("ReduceMean", [x, const(f"{n.name}.axes", axes)], [y], {"keepdims": 1})
+        return ("ReduceMean", [x], [y], {"axes": axes, "keepdims": 1})
+
+    mean, d, sq, var = (unique(f"{n.name}.{k}") for k in ("mean", "centred", "sq", "var"))
+    shifted, std = unique(f"{n.name}.var_eps"), unique(f"{n.name}.std")
+    eps = const(f"{n.name}.eps", np.array(a["eps"]), np.float32)
+    normed = out if not a["affine"] else unique(f"{n.name}.normed")
+    steps = [reduce_mean(ins[0], mean), ("Sub", [ins[0], mean], [d], {}),
+             ("Mul", [d, d], [sq], {}), reduce_mean(sq, var),
+             ("Add", [var, eps], [shifted], {}), ("Sqrt", [shifted], [std], {}),
+             ("Div", [d, std], [normed], {})]
+    if not a["affine"]:
+        return steps
+    per_channel = [n.type.shape[0]] + [1] * (n.type.rank - 1)
+    wr, br, scaled = (unique(f"{n.name}.{k}") for k in ("weight_c", "bias_c", "scaled"))
+    return steps + [
+        ("Reshape", [ins[1], const(f"{n.name}.per_channel", per_channel)], [wr], {}),
+        ("Reshape", [ins[2], const(f"{n.name}.per_channel_b", per_channel)], [br], {}),
+        ("Mul", [normed, wr], [scaled], {}), ("Add", [scaled, br], [out], {})]
 
 
 def _adaptive_avgpool(n, ins, out, const, unique):
@@ -379,6 +412,8 @@ def _lower(n, ins: list[str], out: str, const, unique, opset: int = OPSET):
         return [("Conv" if op == "conv" else "ConvTranspose", ins, [out], attrs)]
     if op == "dense" and n.type.rank == 1:
         return [("Gemm", ins, [out], {"transB": 1})]
+    if op == "batchnorm" and a.get("training"):   # track_running_stats=false
+        return _batch_statistics_norm(n, ins, out, const, unique, opset)
     if op == "batchnorm":
         if a["affine"]:
             x, w, b, mean, var = ins

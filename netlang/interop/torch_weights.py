@@ -98,6 +98,16 @@ def _kind_of(tensors: dict[str, np.ndarray]) -> str:
     return "other"
 
 
+def _layer_kind(node) -> str:
+    """The kind of PyTorch module a netlang node's parameters look like; a batchnorm
+    without running statistics holds only a weight and a bias, as a LayerNorm does."""
+    if node is None:
+        return "other"
+    if node.op == "batchnorm" and not node.attrs.get("track_running_stats", True):
+        return "vector"
+    return LAYER_OPS.get(node.op, node.op)
+
+
 def _signature(kind: str, shapes: dict[str, tuple]) -> tuple:
     return (kind, tuple(sorted(shapes.items())))
 
@@ -170,7 +180,7 @@ def map_state_dict(net, state: dict[str, np.ndarray], source: str = "the PyTorch
         node = next((n for n in net.graph.nodes if p in n.inputs and n.op != "param"), None)
         by_node.setdefault(node.id if node is not None else -p.id, [node, []])[1].append(p)
     for node, ps in by_node.values():
-        kind = LAYER_OPS.get(node.op, node.op) if node is not None else "other"
+        kind = _layer_kind(node)
         roles = {p.attrs.get("role", p.name.rsplit(".", 1)[-1]): p for p in ps}
         sig = _signature(kind, {r: p.type.shape for r, p in roles.items()})
         hit = None

@@ -19,6 +19,7 @@ from netlang.kernels.builder import (
 )
 from netlang.kernels._conv import _gemm_then
 from netlang.kernels.registry import expression, lowers
+from netlang.ops.nn import bn_grad_operands, bn_operands
 from netlang.ir.fusion import Group
 
 
@@ -87,13 +88,16 @@ def _bn_stats(r: KernelBuilder, grp: Group, x: Node, nodes: list[Node]) -> tuple
 def lower_batchnorm(r: KernelBuilder, grp: Group) -> None:
     n = grp.anchor
     at = n.attrs
-    x = n.inputs[0]
-    rm, rv = n.inputs[-2:]
+    x, w, b, rm, rv = bn_operands(n.inputs, at)
     inputs = {r.key(x): "const float*"}
     coords = r.coords(n.type)
     xv = _at(x.type, r.key(x), coords)
+    ctype = "const float*"
     if at.get("training"):
         mean, var = _bn_stats(r, grp, x, [n])
+        mu, va = f"{mean}[o0]", f"{var}[o0]"
+        inputs[mean] = inputs[var] = ctype
+    if at.get("training") and rm is not None:
         # running statistics (unbiased variance), written to update buffers
         per = math.prod(x.type.shape[1:])
         m = at["momentum"]
@@ -101,7 +105,6 @@ def lower_batchnorm(r: KernelBuilder, grp: Group) -> None:
         r.updates[ur], r.updates[uv] = rm.name, rv.name
         r.scratch.setdefault(ur, (rm.type.size, False))
         r.scratch.setdefault(uv, (rv.type.size, False))
-        ctype = "const float*"
         body = [f"float cnt = (float)((long long)N * {per});",
                 f"float v = (1.0f - {_f(m)}) * {r.key(rm)}[o0] + {_f(m)} * {mean}[o0];"]
         r.emit_map(n.name + "_running_mean", [n], ur, rm.type,
@@ -111,14 +114,11 @@ def lower_batchnorm(r: KernelBuilder, grp: Group) -> None:
                 f"float v = (1.0f - {_f(m)}) * {r.key(rv)}[o0] + {_f(m)} * ub;"]
         r.emit_map(n.name + "_running_var", [n], uv, rv.type,
                       {r.key(rv): ctype, var: ctype}, body)
-        mu, va = f"{mean}[o0]", f"{var}[o0]"
-        inputs[mean] = inputs[var] = ctype
-    else:
-        inputs[r.key(rm)] = inputs[r.key(rv)] = "const float*"
+    if not at.get("training"):
+        inputs[r.key(rm)] = inputs[r.key(rv)] = ctype
         mu, va = f"{r.key(rm)}[o0]", f"{r.key(rv)}[o0]"
     body = [f"float v = ({xv} - {mu}) * rsqrtf({va} + {_f(at['eps'])});"]
     if at["affine"]:
-        w, b = n.inputs[1], n.inputs[2]
         inputs[r.key(w)] = inputs[r.key(b)] = "const float*"
         body.append(f"v = v * {r.key(w)}[o0] + {r.key(b)}[o0];")
     r.finish_map(grp, grp.name, inputs, body)
@@ -128,8 +128,7 @@ def lower_batchnorm(r: KernelBuilder, grp: Group) -> None:
 def lower_batchnorm_grad_input(r: KernelBuilder, grp: Group) -> None:
     n = grp.anchor
     at = n.attrs
-    dy, x, rm, rv = n.inputs[:4]
-    w = n.inputs[4] if at["affine"] else None
+    dy, x, rm, rv, w = bn_grad_operands(n.inputs, at)
     coords = r.coords(n.type)
     ctype = "const float*"
     inputs = {r.key(dy): ctype, r.key(x): ctype}
@@ -172,7 +171,7 @@ def lower_batchnorm_grad_input(r: KernelBuilder, grp: Group) -> None:
 def lower_batchnorm_grad_weight(r: KernelBuilder, grp: Group) -> None:
     n = grp.anchor
     at = n.attrs
-    dy, x, rm, rv = n.inputs
+    dy, x, rm, rv, _ = bn_grad_operands(n.inputs, at)
     ctype = "const float*"
     per = math.prod(x.type.shape[1:])
     if at["training"]:

@@ -367,13 +367,32 @@ def _bn_params(ins, a) -> dict[str, ParamSpec]:
     if a["affine"]:
         specs["weight"] = ParamSpec(c, "ones")
         specs["bias"] = ParamSpec(c, "zeros")
-    specs["running_mean"] = ParamSpec(c, "zeros", trainable=False)
-    specs["running_var"] = ParamSpec(c, "ones", trainable=False)
+    if a["track_running_stats"]:
+        specs["running_mean"] = ParamSpec(c, "zeros", trainable=False)
+        specs["running_var"] = ParamSpec(c, "ones", trainable=False)
     return specs
 
 
 def _bn_roles(a) -> list[str]:
-    return (["weight", "bias"] if a["affine"] else []) + ["running_mean", "running_var"]
+    return ((["weight", "bias"] if a["affine"] else [])
+            + (["running_mean", "running_var"] if a["track_running_stats"] else []))
+
+
+def bn_operands(inputs: list, attrs: dict) -> tuple:
+    """(x, weight, bias, running_mean, running_var) of a batchnorm node's inputs, None for
+    those it lacks (no affine, no running statistics)."""
+    x, rest = inputs[0], list(inputs[1:])
+    w, b = (rest.pop(0), rest.pop(0)) if attrs["affine"] else (None, None)
+    rm, rv = (rest[0], rest[1]) if attrs.get("track_running_stats", True) else (None, None)
+    return x, w, b, rm, rv
+
+
+def bn_grad_operands(inputs: list, attrs: dict) -> tuple:
+    """(dy, x, running_mean, running_var, weight) of a batchnorm gradient node. In training
+    the gradients use batch statistics alone, so the running ones are no operands there."""
+    dy, x, rest = inputs[0], inputs[1], list(inputs[2:])
+    rm, rv = (rest.pop(0), rest.pop(0)) if not attrs["training"] else (None, None)
+    return dy, x, rm, rv, (rest[0] if rest else None)
 
 
 def _bn_axes(x: np.ndarray) -> tuple[int, ...]:
@@ -394,14 +413,9 @@ def _bc(v: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def _bn_forward(xs, a, rt):
-    x = xs[0]
-    if a["affine"]:
-        w, b, rm, rv = xs[1:5]
-    else:
-        rm, rv = xs[1:3]
-        w = b = None
+    x, w, b, rm, rv = bn_operands(xs, a)
     mean, var = _bn_stats(x, rm, rv, a)
-    if a.get("training") and rt is not None:
+    if a.get("training") and rt is not None and rm is not None:
         n = x.size // x.shape[1]
         m = a["momentum"]
         unbiased = var * (n / max(n - 1, 1))
@@ -415,32 +429,33 @@ def _bn_forward(xs, a, rt):
 
 
 def _bn_vjp(b, node, dy):
-    x = node.inputs[0]
     a = node.attrs
-    rm, rv = node.inputs[-2:]
-    w = node.inputs[1] if a["affine"] else None
-    stats = dict(eps=a["eps"], training=a.get("training", False))
-    dx_inputs = [dy, x, rm, rv] + ([w] if w is not None else [])
+    x, w, _, rm, rv = bn_operands(node.inputs, a)
+    training = bool(a.get("training", False))
+    stats = dict(eps=a["eps"], training=training)
+    st = [] if training else [rm, rv]
+    dx_inputs = [dy, x] + st + ([w] if w is not None else [])
     grads = [b.emit("batchnorm_grad_input", dx_inputs, affine=a["affine"], **stats)]
     if a["affine"]:
-        grads += [b.emit("batchnorm_grad_weight", [dy, x, rm, rv], **stats),
+        grads += [b.emit("batchnorm_grad_weight", [dy, x] + st, **stats),
                   b.emit("bias_grad", [dy])]
-    return grads + [None, None]
+    return grads + ([None, None] if rm is not None else [])
 
 
 register(OpDef(
     name="batchnorm",
     attrs=(Attr("eps", "float", 1e-5, minimum=0), Attr("momentum", "float", 0.1, minimum=0),
-           Attr("affine", "bool", True)),
+           Attr("affine", "bool", True), Attr("track_running_stats", "bool", True)),
     shape=_bn_shape, kind=FusionKind.ELEMWISE, params=_bn_params, param_roles=_bn_roles,
     forward=_bn_forward, vjp=_bn_vjp, fusable=lambda a: not a.get("training"),
     doc="Batch normalisation over the channel axis; batch statistics in training (running "
-        "statistics updated with momentum 0.1, unbiased variance), running ones in inference."))
+        "statistics updated with momentum 0.1, unbiased variance), running ones in inference. "
+        "With track_running_stats=false it keeps no running statistics and normalises with "
+        "the batch's in inference too, as nn.BatchNorm2d(track_running_stats=False)."))
 
 
 def _bn_grad_input(xs, a, rt):
-    dy, x, rm, rv = xs[:4]
-    w = xs[4] if a["affine"] else None
+    dy, x, rm, rv, w = bn_grad_operands(xs, a)
     mean, var = _bn_stats(x, rm, rv, a)
     inv = (1.0 / np.sqrt(var + x.dtype.type(a["eps"]))).astype(x.dtype)
     g = dy * _bc(w, x) if w is not None else dy
@@ -455,7 +470,7 @@ def _bn_grad_input(xs, a, rt):
 
 
 def _bn_grad_weight(xs, a, rt):
-    dy, x, rm, rv = xs
+    dy, x, rm, rv, _ = bn_grad_operands(xs, a)
     mean, var = _bn_stats(x, rm, rv, a)
     inv = (1.0 / np.sqrt(var + x.dtype.type(a["eps"]))).astype(x.dtype)
     return (dy * (x - _bc(mean, x)) * _bc(inv, x)).sum(axis=_bn_axes(x))
@@ -465,13 +480,13 @@ _BN_GRAD_ATTRS = (Attr("eps", "float"), Attr("training", "bool"))
 
 register(OpDef(
     name="batchnorm_grad_input", attrs=_BN_GRAD_ATTRS + (Attr("affine", "bool"),),
-    shape=lambda ctx: ctx.inputs[1], kind=FusionKind.OPAQUE, min_inputs=4, max_inputs=5,
+    shape=lambda ctx: ctx.inputs[1], kind=FusionKind.OPAQUE, min_inputs=2, max_inputs=5,
     forward=_bn_grad_input, user=False, doc="Input gradient of batchnorm."))
 
 register(OpDef(
     name="batchnorm_grad_weight", attrs=_BN_GRAD_ATTRS,
     shape=lambda ctx: TensorType((ctx.inputs[1].shape[0],), batched=False),
-    kind=FusionKind.REDUCE, min_inputs=4, max_inputs=4,
+    kind=FusionKind.REDUCE, min_inputs=2, max_inputs=4,
     forward=_bn_grad_weight, user=False, doc="Scale gradient of batchnorm."))
 
 

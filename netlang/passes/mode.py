@@ -2,7 +2,8 @@
 
 Training: batchnorm uses batch statistics (and updates its running ones); dropout becomes
 `mul(x, dropout_mask(x))`, so that its mask is an ordinary value that autodiff and the
-memory planner see. Inference: dropout disappears; batchnorm uses running statistics.
+memory planner see. Inference: dropout disappears; batchnorm uses running statistics
+(one with track_running_stats=false has none and keeps using the batch's).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from netlang.passes.shape_infer import infer_node
 def specialize(g: Graph, training: bool) -> None:
     for n in list(g.nodes):
         if n.op == "batchnorm":
-            n.attrs["training"] = training
+            n.attrs["training"] = training or not n.attrs.get("track_running_stats", True)
         elif n.op == "dropout":
             x = n.inputs[0]
             if training and n.attrs["p"] > 0:

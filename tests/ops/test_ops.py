@@ -69,6 +69,8 @@ CASES = [
     ("batchnorm", [(3, 4, 5)], dict(eps=1e-5, momentum=0.1, affine=True, training=True)),
     ("batchnorm", [(3, 4, 5)], dict(eps=1e-5, momentum=0.1, affine=True, training=False)),
     ("batchnorm", [(5,)], dict(eps=1e-3, momentum=0.1, affine=False, training=True)),
+    ("batchnorm", [(3, 4, 5)], dict(eps=1e-5, momentum=0.1, affine=True, training=True,
+                                    track_running_stats=False)),
     ("maxpool", [(2, 7, 6)], pool_attrs(2, dilation=1)),
     ("maxpool", [(2, 7, 7)], pool_attrs(3, stride=2, pad=1, ceil=True, dilation=1)),
     ("maxpool", [(2, 8, 8, 8)], pool_attrs(2, dilation=1)),
@@ -272,7 +274,8 @@ def _reference(op, xs, params, a):
         return xs[0] @ params[0].T + (params[1] if a["bias"] else 0)
     if op == "batchnorm":
         w, b = (params[0], params[1]) if a["affine"] else (None, None)
-        return ref.batchnorm(xs[0], w, b, params[-2], params[-1], a)
+        rm, rv = (params[-2], params[-1]) if a.get("track_running_stats", True) else (None,) * 2
+        return ref.batchnorm(xs[0], w, b, rm, rv, a)
     if op in ("maxpool", "avgpool"):
         return ref.pool(xs[0], a, op[:3])
     if op == "upsample":
