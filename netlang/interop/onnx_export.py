@@ -431,10 +431,15 @@ def _lower(n, ins: list[str], out: str, const, unique, opset: int = OPSET):
             "pads": _pads(a["pad"]), "dilations": list(a["dilation"]),
             "ceil_mode": int(bool(a["ceil"]))})]
     if op == "avgpool":
-        return [("AveragePool", ins, [out], {
-            "kernel_shape": list(a["kernel"]), "strides": list(a["stride"]),
-            "pads": _pads(a["pad"]), "ceil_mode": int(bool(a["ceil"])),
-            "count_include_pad": int(bool(a["count_include_pad"]))})]
+        attrs = {"kernel_shape": list(a["kernel"]), "strides": list(a["stride"]),
+                 "pads": _pads(a["pad"]), "ceil_mode": int(bool(a["ceil"])),
+                 "count_include_pad": int(bool(a["count_include_pad"]))}
+        if any(d != 1 for d in a["dilation"]):
+            if opset < 19:
+                raise error("E071", f"`{n.name}`: AveragePool takes dilations from opset 19",
+                            n.span, help="use --opset 19")
+            attrs["dilations"] = list(a["dilation"])
+        return [("AveragePool", ins, [out], attrs)]
     if op == "adaptive_avgpool":
         return _adaptive_avgpool(n, ins, out, const, unique)
     if op == "global_avgpool":

@@ -876,13 +876,12 @@ class _Translator:
         self.add(Layer("maxpool", [_one(kernel)], kw, [ins[0]], out, {}, path, where))
 
     def _AveragePool(self, node, a, ins, out, path, where):
-        kernel, stride, _, pads, kw = self._pool_common(a, ins, where)
+        kernel, stride, dilation, pads, kw = self._pool_common(a, ins, where)
         if all(k == 1 for k in kernel) and all(s == 1 for s in stride) and not any(pads):
             self.alias[out] = ins[0]   # the identity (an adaptive pool at its own size)
             return
-        if any(d != 1 for d in a.get("dilations", [1])):
-            self.refuse("AveragePool with dilation", where)
-            return
+        if any(d != 1 for d in dilation):
+            kw["dilation"] = _one(dilation)
         if not a.get("count_include_pad", 0) and any(pads):
             kw["count_include_pad"] = False
         self.add(Layer("avgpool", [_one(kernel)], kw, [ins[0]], out, {}, path, where))

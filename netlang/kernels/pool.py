@@ -83,13 +83,22 @@ def lower_maxpool_grad(r: KernelBuilder, grp: Group) -> None:
 
 
 def _avg_count(r: KernelBuilder, at: dict, sp_in, nd: int, wvars: list[str]) -> list[str]:
-    """Divisor of the window at output position `wvars` (PyTorch's rule)."""
+    """Divisor of the window at output position `wvars` (PyTorch's rule): its elements in
+    the input (with count_include_pad, in the padded input, less the ceil-mode margin);
+    of a dilated window, its taps there."""
     k, s = at["kernel"], at["stride"]
+    d = at.get("dilation", (1,) * nd)
     p = at["pad"]
     lines = ["int cnt = 1;"]
     for j in range(nd):
         lo = f"{wvars[j]} * {s[j]} - {p[2 * j]}"
-        if at["count_include_pad"]:
+        if d[j] != 1:
+            lo_b, hi_b = ((f"-{p[2 * j]}", f"{sp_in[j]} + {p[2 * j + 1]}")
+                          if at["count_include_pad"] else ("0", f"{sp_in[j]}"))
+            lines.append(f"{{ int a = {lo}; int c = 0; for (int t = 0; t < {k[j]}; ++t) {{ "
+                         f"int q = a + t * {d[j]}; if (q >= {lo_b} && q < {hi_b}) ++c; }} "
+                         "cnt *= c; }")
+        elif at["count_include_pad"]:
             lines.append(f"{{ int a = {lo}; int b = a + {k[j]}; if (b > {sp_in[j]} + "
                          f"{p[2 * j + 1]}) b = {sp_in[j]} + {p[2 * j + 1]}; cnt *= (b - a); }}")
         else:
@@ -120,10 +129,12 @@ def lower_avgpool_grad(r: KernelBuilder, grp: Group) -> None:
     sp_out = dy.type.shape[1:]
     nd = len(sp_in)
     k, s = at["kernel"], at["stride"]
+    d = at.get("dilation", (1,) * nd)
     p = at["pad"]
-    windows = [_covering(j, p[2 * j], k[j] - 1, s[j], sp_out[j],
-                         (f"int kk{j} = o{j + 1} + {p[2 * j]} - w{j} * {s[j]};",))
-               for j in range(nd)]
+    windows = [_covering(j, p[2 * j], (k[j] - 1) * d[j], s[j], sp_out[j], (
+        f"int kk{j} = o{j + 1} + {p[2 * j]} - w{j} * {s[j]};",)
+        + ((f"if (kk{j} % {d[j]} != 0) continue;",) if d[j] != 1 else ()))
+        for j in range(nd)]
     dyi = f"(long long)n * {dy.type.size} + (long long)o0 * {math.prod(sp_out)}"
     dyi += _offsets_of("w", sp_out)
     inner = _avg_count(r, at, sp_in, nd, [f"w{j}" for j in range(nd)])

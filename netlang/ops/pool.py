@@ -246,14 +246,17 @@ def _avgpool_grad(xs, a, rt):
     return _crop_pads(dxp, pads, shape)
 
 
-AVG_ATTRS = POOL_ATTRS + (Attr("count_include_pad", "bool", True),)
+AVG_ATTRS = POOL_ATTRS + (Attr("count_include_pad", "bool", True),
+                          Attr("dilation", "ints", 1, minimum=1))
 
 register(OpDef(
     name="avgpool", attrs=AVG_ATTRS, shape=_pool_shape, kind=FusionKind.REDUCE,
     forward=_avgpool_forward, writes_per_element=True, example="avgpool(2)", color="#fce5cd",
     vjp=lambda b, node, dy: [b.emit("avgpool_grad", [dy], in_shape=node.inputs[0].type.shape,
                                     **node.attrs)],
-    doc="Average pooling; padding counts in the divisor by default, as in PyTorch."))
+    doc="Average pooling; padding counts in the divisor by default, as in PyTorch. With "
+        "dilation (ONNX AveragePool's `dilations`; PyTorch has none) the divisor counts the "
+        "window's taps."))
 
 register(OpDef(
     name="avgpool_grad", attrs=AVG_ATTRS + (Attr("in_shape", "ints"),),

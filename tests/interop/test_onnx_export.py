@@ -199,6 +199,29 @@ def test_circular_padding_exports_from_opset_19():
     np.testing.assert_allclose(_ort_outputs(model, {"x": x})[0], net.forward({}, {"x": x})["y"])
 
 
+@pytest.mark.parametrize("include", ["true", "false"])
+def test_dilated_avgpool_exports_from_opset_19_and_imports_back(include, tmp_path):
+    """onnxruntime's AveragePool with dilations is the oracle for the divisor rule (PyTorch
+    has no dilated average pool); the model imports back to the same avgpool."""
+    from netlang.interop.onnx_import import import_model
+
+    net = netlang.loads("network n {\n input x: [2, 9, 8]\n output y = x -> avgpool(3, "
+                        f"stride = 2, pad = 1, dilation = [2, 1], count_include_pad = {include})"
+                        "\n}")
+    with pytest.raises(NetlangError) as err:
+        export_model(net, {})
+    assert "E071" in str(err.value) and "AveragePool takes dilations from opset 19" in \
+        str(err.value)
+    model = export_model(net, {}, opset=19).model
+    x = np.random.default_rng(0).standard_normal((2, 2, 9, 8)).astype(np.float32)
+    want = net.forward({}, {"x": x})["y"]
+    np.testing.assert_allclose(_ort_outputs(model, {"x": x})[0], want, rtol=1e-6, atol=1e-6)
+    path = tmp_path / "pool.onnx"
+    path.write_bytes(model.SerializeToString())
+    back = netlang.loads(import_model(str(path)).source)
+    np.testing.assert_allclose(back.forward({}, {"x": x})["y"], want, rtol=1e-6, atol=1e-6)
+
+
 def test_the_command_writes_the_model_and_says_which_weights(tmp_path, capsys):
     out = tmp_path / "m" / "lenet.onnx"
     assert main(["export", str(EXAMPLES / "lenet5.net"), "-o", str(out)]) == 0
