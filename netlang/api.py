@@ -176,6 +176,14 @@ class Network:
             return value, grads, updates
         return value, grads
 
+    def target_reads(self, terms) -> list[tuple[str, TensorType, str | None]]:
+        """Per loss term (config.LossTerm): the input its target is read from, its type,
+        and the data target it is shrunk from for a smaller head (None: the data's own);
+        see passes/loss.target_names."""
+        from netlang.passes.loss import target_names
+
+        return target_names(self.outputs, terms)
+
     def loss_warnings(self, terms) -> list[str]:
         """What looks wrong in a loss on this network (config.LossTerm terms), as text."""
         return probability_warnings(self.graph, tuple(terms))

@@ -15,6 +15,7 @@ from netlang.backends.numpy_backend import OpFailed, execute
 from netlang.diagnostics import did_you_mean, error
 from netlang.ir.graph import Graph, Node
 from netlang.ir.types import fmt_shape
+from netlang.ops.loss import resize_target
 from netlang.passes.memplan import MemoryPlan, plan_memory
 from netlang.passes.pipeline import CompileOptions, compile_graph
 
@@ -69,6 +70,7 @@ class Program:
         """The inputs and targets of one batch by node id, checked, and the batch size
         (names in `extra`, the weights, are not unknown inputs)."""
         g = self.graph
+        data = self.with_resized_targets(data)
         feeds: dict[int, np.ndarray] = {}
         wanted: dict[str, Node] = dict(g.inputs) | dict(g.targets)
         for name in data:
@@ -101,6 +103,22 @@ class Program:
         if batch is None or batch < 1:
             raise error("E041", "the batch is empty", None)
         return feeds, batch
+
+    def with_resized_targets(self, data: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        """`data` with the targets that smaller heads read (`target@32x32`, see
+        passes/loss.target_names) made from the data's own where it lacks them."""
+        missing = [(name, node) for name, node in self.graph.targets.items()
+                   if name not in data and node.attrs.get("resized_from") in data]
+        if not missing:
+            return data
+        out = dict(data)
+        for name, node in missing:
+            src = np.asarray(data[node.attrs["resized_from"]])
+            src_node = self.graph.targets.get(node.attrs["resized_from"])
+            if src_node is not None and tuple(src.shape[1:]) != src_node.type.shape:
+                continue   # data_feeds reports the source's shape
+            out[name] = resize_target(src, node.type.shape, node.type.dtype == "int64")
+        return out
 
     def runner(self, backend: str):
         """The CUDA or host-emulated runner of this program (compiled once, cached)."""

@@ -28,7 +28,7 @@ def cmd_eval(args) -> int:
     ds = data_mod.bind(data_mod.from_config(cfg.data, cfg.val_split, cfg.test_split,
                                             whole_file=user_file), net, targets)
     prog = net.program_for(True, cfg.loss_text)
-    ds = data_mod.fit_targets(ds, {k: n.type for k, n in prog.graph.targets.items()})
+    ds = data_mod.fit_targets(ds, *data_mod.target_needs(prog))
     for note in ds.notes:
         print(note, file=sys.stderr)
     split = "test" if user_file else args.split

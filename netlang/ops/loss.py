@@ -38,6 +38,23 @@ def target_type(op: str, pred: TensorType) -> TensorType:
     return pred
 
 
+def resize_target(arr: np.ndarray, shape: tuple[int, ...], indices: bool) -> np.ndarray:
+    """A batch of targets [N, *have] shrunk to [N, *shape] by whole factors per spatial
+    axis, for a lower-resolution head reading the same target (deep supervision): float
+    masks by the mean of each block (F.interpolate(mode="area")), class indices by the
+    block's first pixel (F.interpolate(mode="nearest"))."""
+    lead = 0 if indices else 1          # class indices have no channel axis
+    have = arr.shape[1 + lead:]
+    factors = [h // w for h, w in zip(have, shape[lead:])]
+    if indices:
+        return np.ascontiguousarray(arr[(slice(None),) + tuple(slice(None, None, f)
+                                                                for f in factors)])
+    blocks = arr.shape[:1 + lead] + tuple(v for w, f in zip(shape[lead:], factors)
+                                          for v in (w, f))
+    axes = tuple(2 + lead + 2 * i for i in range(len(factors)))
+    return arr.reshape(blocks).mean(axis=axes, dtype=np.float64).astype(arr.dtype)
+
+
 REDUCTION = Attr("reduction", "choice", "mean", ("mean", "sum"),
                  doc="`mean` over the batch (and pixels), or their `sum`")
 CLASS_ATTRS = (

@@ -15,7 +15,7 @@ from typing import Any
 
 from netlang.diagnostics import SourceSpan, error
 from netlang.ir.graph import Graph, Node
-from netlang.ir.types import fmt_shape
+from netlang.ir.types import TensorType, fmt_shape
 from netlang.ops.loss import target_type
 from netlang.ops import registry
 from netlang.ops.registry import ShapeCtx, ShapeError
@@ -35,27 +35,78 @@ class LossTerm:
     span: SourceSpan | None = field(default=None, compare=False)   # the term's text
 
 
+def resized_name(target: str, t: TensorType) -> str:
+    """The input name of `target` resized for a smaller head: `target@32x32`."""
+    spatial = t.shape if t.dtype == "int64" else t.shape[1:]
+    return f"{target}@{'x'.join(map(str, spatial))}"
+
+
+def target_names(outputs: dict[str, TensorType], terms) -> list[tuple[str, TensorType,
+                                                                      str | None]]:
+    """For each term (its output must exist): the input name its target is read from, that
+    input's type, and the data target it is resized from (None: the data's own).
+
+    A target read by outputs of different spatial sizes (deep supervision with heads at
+    several resolutions) is the data's at the largest size; each smaller head reads it
+    shrunk by whole factors (ops/loss.resize_target), an input of its own named
+    `target@HxW`. Any other disagreement (dtype, channels, rank, sizes that are not whole
+    factors, no largest size) is E031."""
+    wants: dict[str, list[TensorType]] = {}
+    for term in terms:
+        wants.setdefault(term.target, []).append(target_type(term.op, outputs[term.pred]))
+    primary: dict[str, TensorType] = {}
+    for name, types in wants.items():
+        first = types[0]
+        lead = 0 if first.dtype == "int64" else 1
+        for t in types[1:]:
+            if t == first:
+                continue
+            if (t.dtype != first.dtype or t.rank != first.rank
+                    or t.shape[:lead] != first.shape[:lead] or t.rank == lead):
+                raise error("E031", f"target `{name}` is used as {fmt_shape(first.shape)} "
+                            f"{first.dtype} and as {fmt_shape(t.shape)} {t.dtype}", None,
+                            help="use a separate target name for each kind of loss")
+        big = max(types, key=lambda t: t.size)
+        for t in types:
+            if any(b < v or b % v for b, v in zip(big.shape[lead:], t.shape[lead:])):
+                raise error("E031", f"target `{name}` is read at {fmt_shape(big.shape)} and "
+                            f"at {fmt_shape(t.shape)}: a target is shrunk for a smaller "
+                            "head only by a whole factor per axis", None,
+                            notes=["deep supervision reads one target at every head's "
+                                   "resolution, each a whole factor below the largest"],
+                            help="give the heads sizes that divide the largest, or a "
+                                 "separate target each")
+        primary[name] = big
+    out = []
+    for term, in_type in zip(terms, (target_type(t.op, outputs[t.pred]) for t in terms)):
+        big = primary[term.target]
+        if in_type == big:
+            out.append((term.target, in_type, None))
+        else:
+            out.append((resized_name(term.target, in_type), in_type, term.target))
+    return out
+
+
 def attach_loss(g: Graph, terms: tuple[LossTerm, ...]) -> None:
     total = None
-    for i, term in enumerate(terms):
+    for term in terms:
         if term.pred not in g.outputs:
             raise error("E030", f"the loss reads `{term.pred}`, which is not an output of "
                         f"network `{g.name}`", None,
                         notes=["outputs: " + ", ".join(g.outputs)])
+    reads = target_names({k: v.type for k, v in g.outputs.items()}, terms)
+    for i, (term, (name, want, source)) in enumerate(zip(terms, reads)):
         pred = g.outputs[term.pred]
-        want = target_type(term.op, pred.type)
-        tgt = g.targets.get(term.target)
+        tgt = g.targets.get(name)
         if tgt is None:
-            if term.target in g.inputs:
-                raise error("E030", f"the target `{term.target}` is also a network input", None,
+            if name in g.inputs:
+                raise error("E030", f"the target `{name}` is also a network input", None,
                             help="give the target its own name, e.g. `label` or `target`")
-            tgt = g.add("input", [], {"shape": want.shape, "target": True}, name=term.target,
-                        type=want)
-            g.targets[term.target] = tgt
-        elif tgt.type != want:
-            raise error("E031", f"target `{term.target}` is used as {fmt_shape(tgt.type.shape)}"
-                        f" {tgt.type.dtype} and as {fmt_shape(want.shape)} {want.dtype}", None,
-                        help="use a separate target name for each kind of loss")
+            attrs = {"shape": want.shape, "target": True}
+            if source is not None:
+                attrs["resized_from"] = source
+            tgt = g.add("input", [], attrs, name=name, type=want)
+            g.targets[name] = tgt
         node = g.add(term.op, [pred, tgt], dict(term.attrs), name=f"loss.{term.op}{i}",
                      span=pred.span)
         try:

@@ -73,16 +73,35 @@ class DataSet:
             yield self.crop(s.take(idx[i:i + batch]))
 
 
-def fit_targets(ds: DataSet, needs: dict) -> DataSet:
+def target_needs(prog) -> tuple[dict, dict]:
+    """What a compiled program's loss reads, for `fit_targets`: (name -> type, and for the
+    targets shrunk for smaller heads, name -> source)."""
+    targets = prog.graph.targets
+    return ({k: n.type for k, n in targets.items()},
+            {k: n.attrs["resized_from"] for k, n in targets.items()
+             if n.attrs.get("resized_from")})
+
+
+def fit_targets(ds: DataSet, needs: dict, resized: dict | None = None) -> DataSet:
     """Centre-crop targets that are larger than the loss needs (`needs`: target name ->
     its TensorType), as for a valid-padding U-Net whose output is smaller than its input:
     the crop the network's own `crop` layer makes (the odd pixel off the far side). And a
     one-channel mask of 0s and 1s where the loss takes class indices (`cross_entropy` of a
     two-class output) is read as those indices. Only spatial axes shrink (a float target's
-    first axis is its channels); anything else is left for the caller's shape check."""
+    first axis is its channels); anything else is left for the caller's shape check.
+    `resized` (name -> source): the targets smaller heads read, which the program makes
+    from their source per batch; the log says so once."""
     crops = dict(ds.crops)
     notes = list(ds.notes)
+    for name, source in (resized or {}).items():
+        how = "first pixel of each block" if needs[name].dtype == "int64" else "block means"
+        note = (f"targets `{source}` shrunk to {fmt_shape(needs[name].shape)} for a smaller "
+                f"head ({how})")
+        if note not in notes:
+            notes.append(note)
     for name, t in needs.items():
+        if name in (resized or {}):
+            continue
         arr = ds.train.arrays.get(name)
         if arr is None or name in crops:
             continue

@@ -28,7 +28,7 @@ from netlang.ir.types import fmt_shape
 from netlang.train import augment, checkpoint
 from netlang.train import data as data_mod
 from netlang.train.metrics import (
-    Metrics, head_names, heads, ignored, maximized, metric_names, per_class, task_of,
+    Metrics, head_inputs, head_names, heads, ignored, maximized, metric_names, per_class, task_of,
 )
 from netlang.train.optim import Optimizer, Schedule
 
@@ -100,13 +100,16 @@ def evaluate(net, weights, data, split: str, cfg: TrainConfig, batch: int = 64,
     """Loss and task metrics of `weights` on one split (inference mode): the metrics of
     each output the loss reads, named `OUTPUT_metric` when it reads several."""
     hs = heads(net, cfg.loss)
+    reads = head_inputs(net, cfg.loss)   # a smaller head's target: the shrunk copy
     ms = [Metrics(task, net.outputs[p].shape[0] if net.outputs[p].shape else 0,
                   ignored(cfg.loss, p, tg))
           for p, tg, task in hs]
+    prog = net.program_for(False, cfg.loss_text, differentiate=False)
     for b in data.batches(split, batch):
+        b = prog.with_resized_targets(b)
         loss, outs = net.evaluate(weights, b, loss=cfg.loss_text, backend=backend)
-        for i, ((p, tg, _), m) in enumerate(zip(hs, ms)):
-            m.add(loss if i == 0 else 0.0, outs[p], b[tg], len(b[tg]))
+        for i, ((p, _, _), m, key) in enumerate(zip(hs, ms, reads)):
+            m.add(loss if i == 0 else 0.0, outs[p], b[key], len(b[key]))
     out = ms[0].result()
     if len(hs) > 1:
         names = head_names(hs)
@@ -213,9 +216,10 @@ class Trainer:
 
     def _check_targets(self) -> None:
         prog = self.net.program_for(True, self.cfg.loss_text)
-        self.data = data_mod.fit_targets(self.data, {k: n.type for k, n in
-                                                     prog.graph.targets.items()})
+        self.data = data_mod.fit_targets(self.data, *data_mod.target_needs(prog))
         for name, node in prog.graph.targets.items():
+            if node.attrs.get("resized_from"):   # made from its source, which is checked
+                continue
             arr = self.data.train.arrays[name]
             if name in self.data.crops:
                 arr = self.data.crop({name: arr[:1]})[name]

@@ -131,6 +131,15 @@ def heads(net, terms) -> list[tuple[str, str, str]]:
     return [(p, tg, task_of(net, [t])) for (p, tg), t in seen.items()]
 
 
+def head_inputs(net, terms) -> list[str]:
+    """The batch key of each head's target (`heads` order): the data's own, or for a head
+    smaller than another reading the same target, its shrunk copy (`target@32x32`)."""
+    per: dict[tuple[str, str], str] = {}
+    for t, (name, _, _) in zip(terms, net.target_reads(terms)):
+        per.setdefault((t.pred, t.target), name)
+    return [per[(p, tg)] for p, tg, _ in heads(net, terms)]
+
+
 def ignored(terms, pred: str, target: str) -> int | None:
     """The `ignore_index` of the loss term reading (pred, target), if any."""
     for t in terms:
