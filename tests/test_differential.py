@@ -23,7 +23,7 @@ pytestmark = pytest.mark.torch
 FAST = settings(max_examples=300, deadline=None, derandomize=True,
                 suppress_health_check=list(HealthCheck))
 LONG = settings(max_examples=20000, deadline=None, suppress_health_check=list(HealthCheck))
-CPU = settings(max_examples=40, deadline=None, derandomize=True,
+CPU = settings(max_examples=25, deadline=None, derandomize=True,
                suppress_health_check=list(HealthCheck))
 BATCH = 3
 

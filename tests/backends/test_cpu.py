@@ -74,29 +74,42 @@ WINDOWS = [
 ]
 
 
-@pytest.mark.parametrize("layer", WINDOWS)
-def test_routines_equal_numpy_on_every_window(layer):
-    """Forward and training step of conv -> layer on an odd-sized input, 2-D and 1-D."""
-    for shape in ("[2, 9, 7]", "[2, 11]"):
-        is_1d = shape.count(",") == 1
+@pytest.mark.parametrize("shape", ["[2, 9, 7]", "[2, 11]"], ids=["2d", "1d"])
+def test_routines_equal_numpy_on_every_window(shape):
+    """Forward and training step of conv -> layer on an odd-sized input, for every layer
+    of WINDOWS at once (one output each, so a failure names its layer), 2-D and 1-D."""
+    is_1d = shape.count(",") == 1
+    lines, loss = [], []
+    for i, layer in enumerate(WINDOWS):
         text = layer
         if is_1d:   # one value per spatial dim: keep the first of each list
             text = re.sub(r"\[(\d+), \d+\]", r"\1", text).replace("pad=[0, 2, 1, 0]",
-                                                                  "pad=[0, 2]")
-        src = f"network t {{ input x: {shape}\n output y = x -> conv(3, 3, pad=same) -> " \
-              f"{text} }}"
-        net = netlang.loads(src)
-        rng = np.random.default_rng(1)
-        w = net.init(0)
-        x = rng.standard_normal((3,) + net.inputs["x"].shape).astype(np.float32)
-        t = rng.standard_normal((3,) + net.outputs["y"].shape).astype(np.float32)
-        _close(net.forward(w, {"x": x}, backend="cpu")["y"], net.forward(w, {"x": x})["y"],
-               1e-5)
-        v1, g1 = net.value_and_grad(w, {"x": x, "t": t}, loss="mse(y, t)", backend="cpu")
-        v0, g0 = net.value_and_grad(w, {"x": x, "t": t}, loss="mse(y, t)")
-        assert float(v1) == pytest.approx(float(v0), rel=1e-5)
-        for k in g0:
-            _close(g1[k], g0[k], 1e-5)
+                                                                   "pad=[0, 2]")
+        lines.append(f" output y{i} = x -> conv(3, 3, pad=same) -> {text}")
+        loss.append(f"mse(y{i}, t{i})")
+    net = netlang.loads(f"network t {{ input x: {shape}\n" + "\n".join(lines) + " }")
+    rng = np.random.default_rng(1)
+    w = net.init(0)
+    x = rng.standard_normal((3,) + net.inputs["x"].shape).astype(np.float32)
+    batch = {"x": x} | {f"t{i}": rng.standard_normal((3,) + net.outputs[f"y{i}"].shape)
+                        .astype(np.float32) for i in range(len(WINDOWS))}
+    got, want = net.forward(w, {"x": x}, backend="cpu"), net.forward(w, {"x": x})
+    bad = []
+
+    def close(a, b, what):
+        try:
+            _close(a, b, 1e-5)
+        except AssertionError as exc:
+            bad.append(f"{what}: {exc}")
+
+    for i, layer in enumerate(WINDOWS):
+        close(got[f"y{i}"], want[f"y{i}"], f"forward of {layer}")
+    v1, g1 = net.value_and_grad(w, batch, loss=" + ".join(loss), backend="cpu")
+    v0, g0 = net.value_and_grad(w, batch, loss=" + ".join(loss))
+    assert float(v1) == pytest.approx(float(v0), rel=1e-5)
+    for k in g0:   # parameter names start with their output: y3.conv1.weight
+        close(g1[k], g0[k], f"gradient {k} ({WINDOWS[int(k.split('.')[0][1:])]})")
+    assert bad == []
 
 
 def test_concat_of_convolutions_is_written_in_place():
