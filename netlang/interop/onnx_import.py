@@ -52,6 +52,7 @@ class Layer:
     path: tuple[str, ...] = ()                # the module scope it comes from
     where: str = ""                           # the ONNX node name, for messages
     pending: bool = False                     # a global pool waiting for its Flatten
+    declares: str | None = None               # a `param` it reads (params["value"])
 
     def render(self, channel=None) -> str:
         args = list(self.args)
@@ -367,6 +368,10 @@ class _Translator:
         # scores + a causal mask constant (0 / -inf) -> the scores, for the Softmax after it
         self.causal: dict[str, tuple[str, str]] = {}
         self.uses = Counter(i for n in g.node for i in n.input if i)
+        from netlang.ops import registry
+
+        self.param_names: set[str] = set()   # `param` declarations made so far
+        self.op_names_taken = set(registry.all_ops()) | RESERVED
         for o in g.output:
             self.uses[o.name] += 1
         self.graph = g
@@ -824,10 +829,42 @@ class _Translator:
         if op == "mul" and c.size == 1:
             self.add(Layer("scale", [float(c.reshape(()))], {}, [data], out, {}, path, where))
             return
+        per = self._per_sample(data, c)
+        if op == "add" and per is not None:   # a learned tensor: a position embedding
+            const = y if cx is None else x
+            name = self._param_name(const)
+            self.add(Layer("add", [name], {}, [data], out,
+                           {"value": np.ascontiguousarray(per, dtype=np.float32)}, path,
+                           where, declares=name))
+            return
         self.refuse(f"{node.op_type} of a constant tensor" + (
-            " (a learned tensor, such as a position embedding: netlang writes it as a "
-            "`param` declaration, which import does not produce yet)" if op == "add" else ""),
-            where)
+            " (a learned tensor is imported as a `param` declaration when it has the shape "
+            "of one sample of the value it is added to)" if op == "add" else ""), where)
+
+    def _per_sample(self, data: str, c: np.ndarray) -> np.ndarray | None:
+        """`c` as one sample's tensor where it is one (the shape of a sample of `data`,
+        with or without a leading batch axis of 1), else None."""
+        shape = self.shapes.get(data) or self.group_shapes.get(data)
+        if not shape or any(d is None for d in shape[1:]) or c.ndim == 0:
+            return None
+        sample = tuple(shape[1:])
+        if tuple(c.shape) == sample:
+            return c
+        if c.ndim == len(sample) + 1 and c.shape[0] == 1 and tuple(c.shape[1:]) == sample:
+            return c[0]
+        return None
+
+    def _param_name(self, const: str) -> str:
+        """A `param` name from the initializer's (netlang's own keep their names)."""
+        base = _identifier(const.rsplit(".", 1)[-1] if self.netlang else const, "param")
+        if base in self.op_names_taken or not base.isidentifier():
+            base = f"{base}_param"
+        name, k = base, 1
+        while name in self.param_names:
+            k += 1
+            name = f"{base}_{k}"
+        self.param_names.add(name)
+        return name
 
     def _Add(self, node, a, ins, out, path, where):
         self._binary("add", node, ins, out, path, where)
@@ -1419,6 +1456,7 @@ class _Writer:
         a block; `channel`: layer index -> how its channel count is written (a parameter);
         `scope`: how many name components the region's own scope has."""
         prod = {it.out: it for it in items}
+        taken |= {it.declares for it in items if isinstance(it, Layer) and it.declares}
         uses: Counter = Counter()
         for it in items:
             for v in it.inputs:
@@ -1476,6 +1514,10 @@ class _Writer:
             return " -> ".join(_compress(parts))
 
         statements: list[str] = []
+        for it in items:   # `param` declarations first: the statements read them
+            if isinstance(it, Layer) and it.declares:
+                shape = _value(list(it.params["value"].shape))
+                statements.append(f"param {it.declares}: {shape} = zeros")
         for it in items:
             v = it.out
             if v in names and v not in inputs:

@@ -22,9 +22,9 @@ from netlang.interop.onnx_export import export_model  # noqa: E402
 from netlang.interop.onnx_import import import_model  # noqa: E402
 
 
-# Examples whose ONNX form import refuses, and why (the refusal names it).
-NOT_IMPORTED = {"vit_tiny": "Add of a constant tensor (a learned tensor, such as a position "
-                            "embedding"}
+# Examples whose ONNX form import refuses, and why (the refusal names it); none today
+# (vit_tiny's position embedding imports as a `param` declaration).
+NOT_IMPORTED: dict[str, str] = {}
 
 
 def _used_blocks(net) -> set[str]:
@@ -107,7 +107,28 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 from tests.interop.torchvision_like import ResNet18, UNet, alexnet, vgg16  # noqa: E402
 
+class TinyViT(nn.Module):
+    """Patch embedding, a learned position embedding [1, T, D] (timm's `pos_embed`), one
+    pre-norm MLP residual, mean pooling."""
+
+    def __init__(self, dim=8, patch=4, size=16, classes=3):
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, patch, stride=patch)
+        self.pos_embed = nn.Parameter(torch.randn(1, (size // patch) ** 2, dim) * 0.5)
+        self.norm = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        # tokens [N, T, D]; a -1 batch keeps the exported Reshape's shape constant
+        t = self.embed(x).permute(0, 2, 3, 1).reshape(-1, *self.pos_embed.shape[1:])
+        t = t + self.pos_embed
+        t = t + self.mlp(self.norm(t))
+        return self.head(t.mean(1))
+
+
 TORCH = {   # name: (model, input size, what the source must say)
+    "vit": (TinyViT, 16, ["param pos_embed: [16, 8] = zeros", "-> add(pos_embed)"]),
     "resnet18": (lambda: ResNet18(base=8, classes=10), 64,
                  ["block layer_block(c) {", "-> repeat 2 { layer_block(8) } -> layer(16)",
                   "-> global_avgpool -> dense(10)"]),
