@@ -80,6 +80,11 @@ class Arch:
         return any(layer.op == "dropout" and layer.attrs["p"] > 0 for layer in self.layers)
 
 
+def _one_per_group(channels: int, sp: tuple[int, ...]) -> str | None:
+    """Why a group or instance normalisation over one value is refused, or None."""
+    return "normalises one value per group" if channels * math.prod(sp) == 1 else None
+
+
 def _name(i: int) -> str:
     return "x" if i == 0 else f"v{i}"
 
@@ -141,7 +146,7 @@ def archs(draw, max_layers: int = 5, illegal: bool = True) -> Arch:
 def _flat_choices(shape):
     return ["dense", "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "dropout", "gelu",
             "silu", "elu", "softplus", "hardtanh", "prelu",
-            "batchnorm", "add", "layernorm", "log_softmax"]
+            "batchnorm", "add", "layernorm", "log_softmax", "scale"]
 
 
 def _spatial_choices(shape):
@@ -151,7 +156,7 @@ def _spatial_choices(shape):
             "tanh", "softmax", "dropout", "crop", "pad", "flatten", "global_avgpool",
             "adaptive_avgpool", "add",
             "concat", "mul", "layernorm", "groupnorm", "permute", "softmax_axis", "log_softmax",
-            "mean", "reshape"]
+            "mean", "reshape", "global_maxpool", "instancenorm", "matmul", "scale", "sum"]
 
 
 @st.composite
@@ -200,7 +205,8 @@ def _layer(draw, arch: Arch, shape: tuple[int, ...], illegal: bool):
         affine = draw(st.booleans())
         params = [("weight", (c,)), ("bias", (c,))] if affine else []
         return Layer(op, f"groupnorm({groups}, affine={str(affine).lower()})",
-                     {"groups": groups, "affine": affine}, params), shape, None
+                     {"groups": groups, "affine": affine}, params), shape, \
+            _one_per_group(c // groups, sp)
     if op in ("softmax_axis", "log_softmax"):
         axis = draw(st.integers(-len(shape), len(shape) - 1))
         name = "softmax" if op == "softmax_axis" else op
@@ -211,9 +217,21 @@ def _layer(draw, arch: Arch, shape: tuple[int, ...], illegal: bool):
         axes = tuple(draw(st.permutations(range(len(shape)))))
         return Layer(op, f"permute({list(axes)})", {"axes": axes}), \
             tuple(shape[a] for a in axes), None
-    if op == "mean":
+    if op in ("mean", "sum"):
         axis = draw(st.integers(0, len(shape) - 1))
-        return Layer(op, f"mean({axis})", {"axis": axis}), shape[:axis] + shape[axis + 1:], None
+        return Layer(op, f"{op}({axis})", {"axis": axis}), shape[:axis] + shape[axis + 1:], None
+    if op == "scale":
+        factor = draw(st.sampled_from([0.5, -2.0]))
+        return Layer(op, f"scale({factor})", {"factor": factor}), shape, None
+    if op == "instancenorm":
+        affine = draw(st.booleans())
+        params = [("weight", (c,)), ("bias", (c,))] if affine else []
+        return Layer(op, f"instancenorm(affine={str(affine).lower()})", {"affine": affine},
+                     params), shape, _one_per_group(1, sp)
+    if op == "matmul":   # the value by its own transpose: both operands' gradients
+        k = len(arch.shapes) - 1
+        return Layer(op, f"matmul({_name(k)}, trans_b = true)", {}), \
+            shape[:-1] + (shape[-2],), None
     if op == "reshape":   # fold the last two axes into one
         out = shape[:-2] + (shape[-2] * shape[-1],)
         return Layer(op, f"reshape([{', '.join(map(str, out[:-1] + (-1,)))}])", {}), out, None
@@ -239,8 +257,8 @@ def _layer(draw, arch: Arch, shape: tuple[int, ...], illegal: bool):
                      params), (units,), None
     if op == "flatten":
         return Layer(op, "flatten", {}), (math.prod(shape),), None
-    if op == "global_avgpool":
-        return Layer(op, "global_avgpool", {}), (c,), None
+    if op in ("global_avgpool", "global_maxpool"):
+        return Layer(op, op, {}), (c,), None
     if op == "adaptive_avgpool":   # any output size: smaller, equal or larger than the input
         size = tuple(draw(st.integers(1, h + 2)) for h in sp)
         return Layer(op, f"adaptive_avgpool({_ints(size)})", {"size": size}), (c,) + size, None
@@ -490,6 +508,16 @@ def torch_forward(arch: Arch, x, params: dict, training: bool, torch):
             y = v.permute((0,) + tuple(q + 1 for q in a["axes"]))
         elif op == "mean":
             y = v.mean(dim=a["axis"] + 1)
+        elif op == "sum":
+            y = v.sum(dim=a["axis"] + 1)
+        elif op == "scale":
+            y = v * a["factor"]
+        elif op == "instancenorm":
+            y = F.instance_norm(v, weight=p.get("weight"), bias=p.get("bias"), eps=1e-5)
+        elif op == "matmul":
+            y = v @ v.transpose(-1, -2)
+        elif op == "global_maxpool":
+            y = v.flatten(2).max(dim=2).values
         elif op == "reshape":
             y = v.reshape(v.shape[:-2] + (-1,))
         elif op == "dropout":

@@ -156,3 +156,13 @@ def test_random_architectures_on_cpu(torch_mod, arch):
 @given(archs(max_layers=7))
 def test_random_architectures_long(torch_mod, arch):
     check(arch, torch_mod)
+
+
+def test_the_generator_draws_every_user_op():
+    """PyTorch parity for every op a user writes: each is in the generator's vocabulary
+    (so the random architectures above compare it, forward and backward, in float64)."""
+    from netlang.ops import registry
+    from tests.archgen import _flat_choices, _spatial_choices
+
+    drawn = set(_flat_choices(())) | set(_spatial_choices(()))
+    assert sorted(set(registry.user_ops()) - drawn) == []

@@ -680,6 +680,12 @@ def _gn_shape(ctx: ShapeCtx) -> TensorType:
     if c % g:
         raise ShapeError("E024", f"groupnorm: {g} groups do not divide {c} channels",
                          help="choose a number of groups that divides the channels")
+    if (c // g) * math.prod(x.shape[1:]) == 1:   # PyTorch refuses it too
+        what = "channel" if ctx.op == "instancenorm" else "group"
+        raise ShapeError("E025", f"{ctx.op} of {fmt_shape(x.shape)} normalises one value per "
+                         f"{what}: the output would be its bias whatever the input",
+                         help="normalise where the value is larger, or use `batchnorm` "
+                              "(statistics over the batch too) or `layernorm`")
     return x
 
 

@@ -112,6 +112,13 @@ def test_groupnorm_groups_must_divide_the_channels():
     text = check_err("network n {\n    input v: [6]\n    output y = v -> instancenorm\n}")
     assert "error[E025]: instancenorm needs [C, L], [C, H, W] or [C, D, H, W], got [6]" in text
     assert "`layernorm`" in text
+    text = check_err("network n {\n    input image: [6, 1, 1]\n"
+                     "    output y = image -> instancenorm\n}")
+    assert "error[E025]: instancenorm of [6, 1, 1] normalises one value per channel: the " \
+           "output would be its bias whatever the input" in text
+    text = check_err("network n {\n    input image: [6, 1]\n"
+                     "    output y = image -> groupnorm(6)\n}")
+    assert "groupnorm of [6, 1] normalises one value per group" in text
     n = netlang.loads("network n {\n    input image: [6, 4, 4]\n"
                       "    output y = image -> groupnorm(3) -> instancenorm\n}")
     assert n.params["y.groupnorm0.weight"].shape == (6,)
