@@ -10,6 +10,8 @@ else. The fast profile runs in every test run; `--run-long` adds the long one.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -114,7 +116,17 @@ def check(arch: Arch, torch, backend: str = "numpy") -> None:
         loss = "cross_entropy(y, t)"
     elif arch.loss == "bce":
         target = rng.uniform(0, 1, (BATCH,) + arch.out_shape)
-        loss_t = torch.nn.functional.binary_cross_entropy(y, torch.tensor(target))
+        if arch.activation == "sigmoid":
+            # netlang reads a sigmoid output's logits (bce_logits): so does the twin, else
+            # a saturated sigmoid's 1 - p loses the digits the comparison asks for
+            last = max(i for i, layer in enumerate(arch.layers) if layer.op == "sigmoid")
+            logits_arch = dataclasses.replace(arch, layers=arch.layers[:last],
+                                              shapes=arch.shapes[:last + 1])
+            z, _ = torch_forward(logits_arch, xt, tparams, True, torch)
+            loss_t = torch.nn.functional.binary_cross_entropy_with_logits(
+                z, torch.tensor(target))
+        else:
+            loss_t = torch.nn.functional.binary_cross_entropy(y, torch.tensor(target))
         loss = "bce(y, t)"
     else:
         target = rng.standard_normal((BATCH,) + arch.out_shape)
