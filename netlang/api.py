@@ -38,7 +38,18 @@ class Network:
     train: TrainConfig | None = None
     # The network parameters given at load time (`--set`), as given: runs record them.
     overrides: dict[str, str] = field(default_factory=dict)
+    # The numerics of its products: fp32, or tensor-core tf32 / bf16 (passes/precision.py).
+    precision: str = "fp32"
     _compiled: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    def with_precision(self, precision: str) -> "Network":
+        """This network computing its products in `precision` (fp32, tf32, bf16): every
+        backend rounds their operands and results as the tensor cores would."""
+        from dataclasses import replace
+
+        check_precision(precision)
+        return self if precision == self.precision else \
+            replace(self, precision=precision, _compiled={})
 
     # -- what the network is -------------------------------------------------------------
     @property
@@ -122,7 +133,7 @@ class Network:
         terms = parse_loss(loss, list(self.graph.outputs)) if loss else ()
         opts = CompileOptions(training=training, loss=terms, wrt_inputs=wrt_inputs,
                               keep_outputs=keep_outputs, differentiate=differentiate,
-                              fuse=fuse)
+                              fuse=fuse, precision=self.precision)
         return build_program(self.graph, opts, dump_after, verify_each)
 
     def program_for(self, training: bool, loss: str | None = None, wrt_inputs: bool = False,
@@ -239,6 +250,19 @@ class Network:
         raise error("E030", "no loss given and the file's train section names none", None,
                     help='pass loss="cross_entropy(logits, label)" or add `loss = ...` to the '
                          "train section")
+
+
+def check_precision(precision: str) -> str:
+    """`precision` if netlang computes in it, else E030 with the choices."""
+    from netlang.ops.elementwise import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise error("E030", f"unknown precision `{precision}`", None,
+                    notes=["precisions: " + ", ".join(PRECISIONS)],
+                    help="fp16 needs dynamic loss scaling, which netlang does not have yet: "
+                         "use bf16 (float32's range, 8 bits of mantissa)"
+                         if precision == "fp16" else did_you_mean(precision, PRECISIONS))
+    return precision
 
 
 def use_tf32(on: bool) -> None:

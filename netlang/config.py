@@ -14,6 +14,7 @@ from typing import Any
 from netlang.diagnostics import SourceSpan, did_you_mean, error
 from netlang.lang import ast
 from netlang.ops import registry
+from netlang.ops.elementwise import PRECISIONS
 from netlang.ops.loss import HUBER, LOSSES as LOSS_OPS, loss_attrs
 from netlang.ops.registry import INIT_SCHEMES, AttrError, Symbol, coerce_attr
 from netlang.optimizers import OPTIMIZERS as OPTIMIZER_TABLE
@@ -50,6 +51,7 @@ class TrainConfig:
     freeze: tuple[str, ...] = ()       # parameter-name patterns the optimizer leaves alone
     lr_groups: tuple[tuple[str, float], ...] = ()   # (pattern, learning-rate factor)
     init: str | None = None            # initialisation of layers that give no `init=`
+    precision: str = "fp32"            # the products' numerics (passes/precision.py)
     span: SourceSpan | None = None
 
 
@@ -108,7 +110,7 @@ RANGES: dict[str, tuple[Any, str]] = {
 METRICS = ("loss", "accuracy", "top5", "dice", "iou")
 KEYS = ("data", "loss", "optimizer", "schedule", "batch", "epochs", "seed", "val_split",
         "test_split", "early_stop", "augment", "metrics", "checkpoint_every", "freeze", "init",
-        "lr_groups")
+        "lr_groups", "precision")
 LR_GROUP = {"group": {"pattern": STR, "scale": NUM}}
 
 
@@ -357,6 +359,14 @@ def _set(cfg: TrainConfig, key: str, e: ast.Expr, outputs: list[str],
                         notes=["schemes: " + ", ".join(INIT_SCHEMES)],
                         help=did_you_mean(v, INIT_SCHEMES))
         return replace(cfg, init=v)
+    if key == "precision":   # `precision = bf16`: tensor-core numerics of the products
+        v = _check_kind(key, NAME, v, e.span)
+        if v not in PRECISIONS:
+            raise error("E030", f"unknown precision `{v}`", e.span,
+                        notes=["precisions: " + ", ".join(PRECISIONS)],
+                        help="fp16 needs dynamic loss scaling, which netlang does not have "
+                             "yet: use bf16" if v == "fp16" else did_you_mean(v, PRECISIONS))
+        return replace(cfg, precision=v)
     if key in ("batch", "epochs", "seed", "checkpoint_every"):
         v = _check_kind(key, INT, v, e.span)
         if v < (0 if key == "seed" else 1):
@@ -412,6 +422,8 @@ def from_record(rec: dict, base: TrainConfig, outputs: list[str]) -> TrainConfig
         cfg = replace(cfg, lr_groups=tuple((p, float(f)) for p, f in rec["lr_groups"]))
     if rec.get("init"):
         cfg = replace(cfg, init=rec["init"])
+    if rec.get("precision"):
+        cfg = replace(cfg, precision=rec["precision"])
     if "early_stop" in rec:
         es = rec["early_stop"]
         cfg = replace(cfg, early_stop=Call("early_stop", tuple(es.items())) if es is not None

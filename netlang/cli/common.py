@@ -22,7 +22,9 @@ def sets(values: Sequence[str]) -> dict[str, str]:
 
 
 def load(args) -> api.Network:
-    return api.load(args.file, network=args.network, params=sets(args.set))
+    net = api.load(args.file, network=args.network, params=sets(args.set))
+    precision = getattr(args, "precision", None)   # compile's --precision (train's: cfg)
+    return net.with_precision(precision) if precision else net
 
 
 def print_warnings(net: api.Network) -> None:
@@ -41,7 +43,7 @@ def train_config(net: api.Network, args, recorded: dict | None = None):
     if recorded:
         cfg = from_record(recorded, cfg, list(net.outputs))
     items: list[tuple[str, str]] = []
-    for key in ("data", "loss", "epochs", "batch", "seed"):
+    for key in ("data", "loss", "epochs", "batch", "seed", "precision"):
         value = getattr(args, key, None)
         if value is not None:
             items.append((key, str(value)))
@@ -87,7 +89,8 @@ def load_recorded(args, weights: str, prefer: str = "best"):
         network = rec["network"]
     net = api.load(args.file, network=network, params=recorded | given)
     checkpoint.check_compatible(ck, net, weights)
-    return net, ck
+    precision = getattr(args, "precision", None) or rec.get("precision") or "fp32"
+    return net.with_precision(precision), ck
 
 
 def weights_label(ck, path) -> str:
@@ -134,6 +137,10 @@ def backend_options(sp, what: str) -> None:
                          "for checking)")
     sp.add_argument("--threads", type=int, help="cores the cpu backend uses (default: "
                     "OMP_NUM_THREADS, else all)")
+    sp.add_argument("--precision", help="numerics of the convolutions, dense layers and "
+                    "matmuls: fp32 (default), tf32 or bf16, as tensor cores compute them "
+                    "(emulated exactly on every backend); eval and predict default to the "
+                    "run's")
 
 
 def pick_backend(args, out=None) -> str:

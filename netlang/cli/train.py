@@ -55,7 +55,9 @@ def cmd_train(args) -> int:
     d = trainer.data
     print(f"training {net.name} ({net.param_count():,} parameters) on {cfg.data.name}: "
           f"{len(d.train)} training, {len(d.val)} validation and {len(d.test)} test "
-          f"samples, batch {cfg.batch}, {cfg.epochs} epochs; run folder {out}")
+          f"samples, batch {cfg.batch}, {cfg.epochs} epochs"
+          + (f", {cfg.precision} products" if cfg.precision != "fp32" else "")
+          + f"; run folder {out}")
     try:
         result = trainer.run()
     except TrainingStopped as exc:

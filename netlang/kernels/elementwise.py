@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+from netlang.ops.elementwise import PRECISION_DROP
 from netlang.ir.graph import Node
 from netlang.ir.types import TensorType
 from netlang.kernels.builder import KernelBuilder, _at, _decompose, _f, _strides
@@ -47,6 +48,13 @@ def _gelu_expression(grad: bool):
     return text
 
 
+def _round_expression(e: Node, v: str, loads: dict) -> str:
+    if not e.attrs["forward"]:
+        return v
+    return f"nl_round_bits({v}, {PRECISION_DROP[e.attrs['precision']]})"
+
+
+expression("round_to", _round_expression)
 expression("gelu", _gelu_expression(False))
 expression("gelu_grad", _gelu_expression(True))
 expression("hardtanh", "fminf(fmaxf({v}, {min_val}), {max_val})")

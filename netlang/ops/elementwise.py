@@ -102,6 +102,47 @@ register(OpDef(
     doc="Multiply by a constant: `scale(0.5)` (a residual branch's factor, 1/sqrt(d))."))
 
 
+# -- reduced precision -------------------------------------------------------------------
+
+# Mantissa bits dropped from a float32 when it is rounded to each low-precision type.
+PRECISION_DROP = {"tf32": 13, "bf16": 16}
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def round_mantissa(x: np.ndarray, precision: str) -> np.ndarray:
+    """`x` rounded as the hardware rounds a float32 to `precision` (tf32, bf16): to
+    nearest, ties to even, on the float32 bit pattern; infinities and NaN unchanged, a
+    value past the largest finite one becomes infinite. Float64 input is rounded to
+    float32 first (the emulation's storage type), and returned as float64."""
+    drop = PRECISION_DROP[precision]
+    f = np.ascontiguousarray(x, dtype=np.float32)
+    u = f.view(np.uint32)
+    special = (u & 0x7F800000) == 0x7F800000
+    half = np.uint32((1 << (drop - 1)) - 1) + ((u >> np.uint32(drop)) & np.uint32(1))
+    r = ((u + half) & np.uint32(~((1 << drop) - 1) & 0xFFFFFFFF)).astype(np.uint32)
+    out = np.where(special, u, r).view(np.float32)
+    return out.astype(x.dtype) if x.dtype != np.float32 else out
+
+
+def _round_vjp(b, node, dy):
+    a = node.attrs
+    if not a["backward"]:
+        return [dy]
+    return [b.emit("round_to", [dy], precision=a["precision"], forward=True, backward=False)]
+
+
+register(OpDef(
+    name="round_to", attrs=(Attr("precision", "choice", "bf16", tuple(PRECISION_DROP)),
+                            Attr("forward", "bool", True), Attr("backward", "bool", True)),
+    shape=_same, kind=FusionKind.ELEMWISE,
+    forward=lambda xs, a, rt: round_mantissa(xs[0], a["precision"]) if a["forward"]
+    else xs[0],
+    vjp=_round_vjp, user=False,
+    doc="A value rounded to a lower precision (passes/precision.py places it): `forward` "
+        "rounds the value, `backward` its gradient (a value stored in bf16 has a bf16 "
+        "gradient; a tf32 product rounds what its GEMMs read)."))
+
+
 # -- activations -------------------------------------------------------------------------
 
 register(OpDef(

@@ -3,6 +3,7 @@
     attach_loss    (with a loss) target inputs and the weighted sum of loss terms
     stable_losses  bce(sigmoid) -> bce_logits, cross_entropy(softmax) -> logits form
     specialize     training or inference behaviour of dropout and batchnorm
+    precision      (tf32, bf16) round_to around the products: tensor-core numerics
     autodiff       (training) backward nodes for every trainable parameter
     cse            merge duplicate computations
     dce            drop what no output, loss or gradient needs
@@ -13,7 +14,8 @@
 
 What each pass leaves behind: attach_loss a scalar `graph.loss` and one target input per
 target name; stable_losses no bce of a sigmoid and no cross_entropy of a softmax;
-specialize no dropout and every batchnorm's `training` set; autodiff `graph.grads` for every
+specialize no dropout and every batchnorm's `training` set; precision a `round_to` on each
+operand and result of a product (none at fp32); autodiff `graph.grads` for every
 trainable parameter (and input, on request); cse no two nodes computing the same value;
 dce only nodes that feed an output, the loss or a gradient; fusion `graph.fusion`. Tests
 run the verifier (passes/verify.py) after every pass.
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 
 from netlang.ir.graph import Graph
 from netlang.passes import autodiff as ad
-from netlang.passes import fusion, mode, simplify
+from netlang.passes import fusion, mode, precision, simplify
 from netlang.passes import loss as loss_pass
 from netlang.passes.loss import LossTerm
 from netlang.passes.manager import Pass, PassManager
@@ -46,6 +48,7 @@ class CompileOptions:
     keep_outputs: bool = False             # a loss program that also returns the outputs
     differentiate: bool = True             # with a loss: add the backward pass
     fuse: bool = True                      # False: one kernel per node (bisecting)
+    precision: str = "fp32"                # fp32 | tf32 | bf16 (passes/precision.py)
 
 
 def passes_for(opts: CompileOptions) -> list[Pass]:
@@ -55,6 +58,7 @@ def passes_for(opts: CompileOptions) -> list[Pass]:
         ps += [Pass("attach_loss", lambda g: loss_pass.attach_loss(g, opts.loss)),
                Pass("stable_losses", loss_pass.stable_losses)]
     ps.append(Pass("specialize", lambda g: mode.specialize(g, opts.training)))
+    ps.append(Pass("precision", lambda g: precision.apply_precision(g, opts.precision)))
     if opts.loss and opts.differentiate:
         ps.append(Pass("autodiff", lambda g: ad.autodiff(g, opts.wrt_inputs)))
     if opts.loss and not opts.keep_outputs:   # a training step returns loss and gradients

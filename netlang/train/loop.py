@@ -123,6 +123,7 @@ class Trainer:
                  progress: bool | None = None, log=print, stop_after_steps: int | None = None,
                  backend: str = "numpy", overwrite: bool = False,
                  init: tuple[str, dict[str, np.ndarray]] | None = None):
+        net = net.with_precision(cfg.precision)   # the products' numerics (passes/precision)
         self.net = net
         self.init = init   # (where from, weights): a start other than net.init(seed)
         self.backend = backend
@@ -535,7 +536,7 @@ class Trainer:
                 "checkpoint_every": c.checkpoint_every,
                 "init_from": self.init[0] if self.init is not None else None,
                 "freeze": list(c.freeze), "lr_groups": [list(g) for g in c.lr_groups],
-                "init": c.init}
+                "init": c.init, "precision": c.precision}
 
     # -- checkpoints ---------------------------------------------------------------------
     def _save(self, which: str, weights, opt: Optimizer, sched: Schedule, state: dict) -> None:

@@ -154,3 +154,13 @@ def batchnorm(x, w, b, rm, rv, a):
 def softmax(x):
     e = np.exp(x - x.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
+
+
+def round_precision(x, precision):
+    """x as float32 rounded to nearest-even with 8 (bf16) or 11 (tf32) significant bits,
+    from the mantissa and exponent (not the bit pattern the implementation uses)."""
+    bits = {"bf16": 8, "tf32": 11}[precision]
+    f = np.asarray(x, np.float32).astype(np.float64)
+    m, e = np.frexp(f)          # f = m 2^e, 0.5 <= |m| < 1
+    r = np.ldexp(np.rint(np.ldexp(m, bits)), e - bits)   # rint: ties to even
+    return r.astype(np.float32).astype(np.asarray(x).dtype)

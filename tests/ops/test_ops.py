@@ -150,6 +150,9 @@ CASES = [
     ("permute", [(2, 3, 4)], dict(axes=(2, 0, 1))),
     ("permute", [(3, 5)], dict(axes=(1, 0))),
     ("scale", [(3,)], dict(factor=-2.5)),
+    ("round_to", [(3, 4)], dict(precision="bf16", forward=True, backward=True)),
+    ("round_to", [(5,)], dict(precision="tf32", forward=True, backward=False)),
+    ("round_to", [(2, 3)], dict(precision="tf32", forward=False, backward=True)),
     ("sum_all", [(3, 2)], {}),
     ("sum_to", [(4, 3, 3)], dict(shape=(1, 3, 1), batched=False)),
     ("broadcast_like", [(1, 3, 1), (4, 3, 3)], {}),
@@ -233,7 +236,14 @@ def case_id(c):
     return f"{c[0]}-{'x'.join(map(str, c[1][0]))}-{len(c[2])}"
 
 
-@pytest.mark.parametrize("op,shapes,attrs", CASES, ids=[case_id(c) for c in CASES])
+# Ops whose VJP is by definition not the derivative of their forward, with the test of
+# what it is instead.
+NOT_DERIVATIVES = {"round_to": "a cast to a lower precision: its VJP is the cast's "
+                               "(tests/train/test_precision.py)"}
+
+
+@pytest.mark.parametrize("op,shapes,attrs", [c for c in CASES if c[0] not in NOT_DERIVATIVES],
+                         ids=[case_id(c) for c in CASES if c[0] not in NOT_DERIVATIVES])
 def test_vjp_matches_finite_differences(op, shapes, attrs):
     rng = np.random.default_rng(0)
     g, y, feeds = build(op, shapes, attrs, rng)
@@ -336,6 +346,8 @@ def _reference(op, xs, params, a):
         "softplus": lambda: np.where(a["beta"] * xs[0] > a["threshold"], xs[0],
                                      np.log(1 + np.exp(a["beta"] * xs[0])) / a["beta"]),
         "scale": lambda: xs[0] * a.get("factor"), "sum_all": lambda: xs[0].sum(),
+        "round_to": lambda: ref.round_precision(xs[0], a["precision"]) if a["forward"]
+        else xs[0],
         "sum_to": lambda: xs[0].sum(axis=(0, 1, 3), keepdims=True)[0],
         "broadcast_like": lambda: np.broadcast_to(xs[0], xs[1].shape),
         "reshape": lambda: xs[0].reshape((N,) + tuple(a["shape"])),

@@ -26,6 +26,8 @@ static nl_dim3 blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
 #define __shared__ static
 
 static inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
+static inline unsigned int __float_as_uint(float f) { unsigned int u; memcpy(&u, &f, 4); return u; }
+static inline float __uint_as_float(unsigned int u) { float f; memcpy(&f, &u, 4); return f; }
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 
 typedef void (*nl_body_fn)(void*);
