@@ -179,6 +179,10 @@ def _all_sources():
         prog = net.compile(training=True, loss=loss)
         out.append((f"{net.name}_train_capturable",
                     R.render(prog.graph, capturable=True).source))
+    lenet = netlang.load(EXAMPLES / "lenet5.net")
+    for precision in ("tf32", "bf16"):   # the round_to kernels of reduced precision
+        prog = lenet.with_precision(precision).compile(training=True, loss="mse(logits, t)")
+        out.append((f"lenet5_train_{precision}", R.render(prog.graph).source))
     out.append(("updates", R.prelude() + KERNELS))
     return out
 

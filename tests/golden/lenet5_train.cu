@@ -23,6 +23,14 @@ __device__ __forceinline__ float nl_softplus(float x, float beta, float threshol
     float bx = beta * x;   // log(1 + exp(bx)) / beta, stable: max(bx, 0) + log1p(exp(-|bx|))
     return bx > threshold ? x : (fmaxf(bx, 0.0f) + log1pf(expf(-fabsf(bx)))) / beta;
 }
+// x rounded to nearest (ties to even) with `drop` low mantissa bits cleared: tf32 drops
+// 13, bf16 16 (ops/elementwise.round_mantissa); infinities and NaN pass unchanged
+__device__ __forceinline__ float nl_round_bits(float x, int drop) {
+    unsigned int u = __float_as_uint(x);
+    if ((u & 0x7f800000u) == 0x7f800000u) return x;
+    u += (1u << (drop - 1)) - 1u + ((u >> drop) & 1u);
+    return __uint_as_float(u & ~((1u << drop) - 1u));
+}
 __device__ __forceinline__ unsigned int nl_hash(unsigned int a, unsigned int b) {
     // A counter-based generator (a murmur3 finaliser of seed and element index).
     unsigned int h = a * 0x9E3779B1u ^ (b + 0x7F4A7C15u + (a << 6) + (a >> 2));
