@@ -43,8 +43,9 @@ class Network:
     _compiled: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     def with_precision(self, precision: str) -> "Network":
-        """This network computing its products in `precision` (fp32, tf32, bf16): every
-        backend rounds their operands and results as the tensor cores would."""
+        """This network computing its products in `precision` (fp32, tf32, bf16, fp16):
+        every backend rounds their operands and results as the tensor cores would (fp16
+        training steps scale the loss, as torch.amp.GradScaler)."""
         from dataclasses import replace
 
         check_precision(precision)
@@ -259,9 +260,7 @@ def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise error("E030", f"unknown precision `{precision}`", None,
                     notes=["precisions: " + ", ".join(PRECISIONS)],
-                    help="fp16 needs dynamic loss scaling, which netlang does not have yet: "
-                         "use bf16 (float32's range, 8 bits of mantissa)"
-                         if precision == "fp16" else did_you_mean(precision, PRECISIONS))
+                    help=did_you_mean(precision, PRECISIONS))
     return precision
 
 

@@ -364,8 +364,7 @@ def _set(cfg: TrainConfig, key: str, e: ast.Expr, outputs: list[str],
         if v not in PRECISIONS:
             raise error("E030", f"unknown precision `{v}`", e.span,
                         notes=["precisions: " + ", ".join(PRECISIONS)],
-                        help="fp16 needs dynamic loss scaling, which netlang does not have "
-                             "yet: use bf16" if v == "fp16" else did_you_mean(v, PRECISIONS))
+                        help=did_you_mean(v, PRECISIONS))
         return replace(cfg, precision=v)
     if key in ("batch", "epochs", "seed", "checkpoint_every"):
         v = _check_kind(key, INT, v, e.span)

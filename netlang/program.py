@@ -52,6 +52,9 @@ class Program:
                      ) -> dict[int, np.ndarray]:
         feeds: dict[int, np.ndarray] = {}
         for p in self.graph.params:
+            if p.name not in weights and p.attrs.get("role") == "loss_scale":
+                feeds[p.id] = np.ones((), dtype)   # an fp16 step's loss scale: none given
+                continue
             if p.name not in weights:
                 raise error("E042", f"weights have no `{p.name}`", p.span,
                             help="use `net.init()` for a complete set of weights, or load a "

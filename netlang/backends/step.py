@@ -40,6 +40,46 @@ if TYPE_CHECKING:   # the training loop's optimizer state (netlang/train/optim.p
 
 _KIND = {"nl_sgd_update": 0, "nl_adam_update": 1}   # nl_update's `kind` (routines.h)
 
+# fp16 loss scaling, torch.amp.GradScaler's schedule: the first scale, how many finite steps
+# in a row double it; a step whose gradients overflow is skipped and halves it.
+INITIAL_SCALE, GROWTH_INTERVAL = 2.0 ** 16, 2000
+
+
+def _scaled(prog, opt) -> bool:
+    """Whether `prog` is an fp16 step with a loss scale (passes/precision.scale_loss); the
+    schedule's state lives on the Optimizer (`loss_scale`, `scale_good`), so checkpoints
+    keep it."""
+    if not any(p.attrs.get("role") == "loss_scale" for p in prog.graph.params):
+        return False
+    if opt.loss_scale is None:
+        opt.loss_scale, opt.scale_good = INITIAL_SCALE, 0
+    return True
+
+
+def _scale_values_names() -> tuple[str, str]:
+    return ("loss_scale", "loss_scale.inverse")
+
+
+def _scale_values(opt) -> dict[str, np.ndarray]:
+    s = np.float32(opt.loss_scale)
+    return {"loss_scale": s, "loss_scale.inverse": np.float32(1.0) / s}
+
+
+def _after_scaled_step(opt, finite: bool) -> bool:
+    """Advance the loss-scale schedule; True when the step was skipped for an overflow (a
+    non-finite loss while the scale still amplifies: above 1). At a scale of 1 or less a
+    non-finite loss is the loss's own, and is reported as such."""
+    if finite:
+        opt.scale_good += 1
+        if opt.scale_good >= GROWTH_INTERVAL:
+            opt.loss_scale, opt.scale_good = opt.loss_scale * 2.0, 0
+        return False
+    if opt.loss_scale <= 1.0:
+        return False
+    opt.loss_scale, opt.scale_good = opt.loss_scale * 0.5, 0
+    opt.skipped_steps += 1
+    return True
+
 
 def train_step(net, loss: str, weights: dict[str, np.ndarray], opt: Optimizer,
                backend: str = "numpy", capturable: bool | None = False,
@@ -63,16 +103,20 @@ class NumpyStep:
         self.w = {k: np.array(v, dtype=np.float32) for k, v in weights.items()}
         self.sums = LossSums()
         self.deferred = False
+        self.scaled = _scaled(net.program_for(True, loss), opt)
 
     def run(self, batch: dict, lr: float, seed: int, read: bool = True) -> float:
+        w = self.w | _scale_values(self.opt) if self.scaled else self.w
         with np.errstate(over="ignore", invalid="ignore"):   # the NaN guard reports
             loss, grads, updates = self.net.value_and_grad(
-                self.w, batch, loss=self.loss_text, seed=seed, return_updates=True)
-        if math.isfinite(loss):
+                w, batch, loss=self.loss_text, seed=seed, return_updates=True)
+        finite = math.isfinite(loss)
+        if finite:
             self.opt.update(self.w, {k: g for k, g in grads.items() if k not in self.frozen},
                             lr, self.scales)
             self.w.update(updates)
-        self.sums.add(loss, len(next(iter(batch.values()))))
+        if not (self.scaled and _after_scaled_step(self.opt, finite)):
+            self.sums.add(loss, len(next(iter(batch.values()))))
         return loss
 
     def take_losses(self) -> tuple[float, int, int, float]:
@@ -126,6 +170,11 @@ class TrainStep:
         # take_losses), on the host for cpu, whose step returns its loss anyway
         self.acc = xp.zeros(4, np.float32) if backend != "cpu" else None
         self.deferred = backend != "cpu"   # the loop reads losses now and then, not a step
+        # fp16: the host chooses each step's loss scale from the last step's loss, so it
+        # reads every loss and keeps the sums (a skipped step is not a non-finite loss)
+        self.scaled = _scaled(self.prog, opt)
+        if self.scaled:
+            self.acc, self.deferred = None, False
         self.sums = LossSums()
         self.graphs: dict[int, object] = {}   # batch size -> captured step
         self.graph_refusal = _graph_refusal(backend, self.runner.cprog)
@@ -147,7 +196,8 @@ class TrainStep:
 
     def weights(self) -> dict[str, np.ndarray]:
         """Host copies of every parameter (and batchnorm statistic)."""
-        return {k: self.dev.to_host(v).reshape(self.shapes[k]) for k, v in self.w.items()}
+        return {k: self.dev.to_host(v).reshape(self.shapes[k]) for k, v in self.w.items()
+                if k not in _scale_values_names()}
 
     def sync(self) -> None:
         """Write the optimizer state into the Optimizer (as its NumPy update keeps it), for
@@ -226,7 +276,14 @@ class TrainStep:
         they were when the loss is not finite. On a GPU, `read=False` does not wait for the
         step to finish (and returns None): the update kernels skip a non-finite loss on the
         device, which `loss()` reads later."""
+        with np.errstate(over="ignore", invalid="ignore"):   # cuda-emu's NumPy GEMMs: the
+            return self._run(batch, lr, seed, read)          # non-finite loss reports
+
+    def _run(self, batch: dict, lr: float, seed: int, read: bool) -> float | None:
         feeds, n = self.prog.data_feeds(batch)
+        if self.scaled:   # this step's scale, where the program reads it
+            for name, value in _scale_values(self.opt).items():
+                self.w[name][...] = value
         entry = self._buffers(n)
         for nid, buf in entry["inputs"].items():
             buf[...] = self.dev.xp.asarray(feeds[nid]).ravel()
@@ -241,7 +298,8 @@ class TrainStep:
             if updated:
                 self.opt.step_count += 1
             loss = float(bufs[self.loss_key][0])
-            self.sums.add(loss, n)
+            if not (self.scaled and _after_scaled_step(self.opt, bool(updated))):
+                self.sums.add(loss, n)
             return loss
         self._write_table(lr)
         graph = self.graphs.get(n)
@@ -254,12 +312,14 @@ class TrainStep:
             self.runner.run_steps(bufs, n, seed)
             for call in self._update_calls(bufs, n):
                 call()
-        if not read:
+        if not read and not self.scaled:
             self.opt.step_count += 1
             return None
         loss = float(self.dev.to_host(bufs[self.loss_key]).reshape(()))
         if math.isfinite(loss):
             self.opt.step_count += 1
+        if self.scaled and not _after_scaled_step(self.opt, math.isfinite(loss)):
+            self.sums.add(loss, n)
         return loss
 
     def _write_table(self, lr: float) -> None:
@@ -296,8 +356,9 @@ class TrainStep:
             calls.append(partial(self.upd.launch, self.odef.kernel, math.ceil(w.size / block),
                                  block, [w, bufs[self.grad_keys[k]], *slots, loss, row,
                                          w.size]))
-        calls.append(partial(self.upd.launch, "nl_accumulate_loss", 1, 1,
-                             [self.acc, loss, batch]))
+        if self.acc is not None:   # (an fp16 step's sums are the host's)
+            calls.append(partial(self.upd.launch, "nl_accumulate_loss", 1, 1,
+                                 [self.acc, loss, batch]))
         return calls
 
     def capture(self, batch: int):

@@ -138,9 +138,9 @@ def backend_options(sp, what: str) -> None:
     sp.add_argument("--threads", type=int, help="cores the cpu backend uses (default: "
                     "OMP_NUM_THREADS, else all)")
     sp.add_argument("--precision", help="numerics of the convolutions, dense layers and "
-                    "matmuls: fp32 (default), tf32 or bf16, as tensor cores compute them "
-                    "(emulated exactly on every backend); eval and predict default to the "
-                    "run's")
+                    "matmuls: fp32 (default), tf32, bf16 or fp16 (with loss scaling), as "
+                    "tensor cores compute them (emulated exactly on every backend); eval and "
+                    "predict default to the run's")
 
 
 def pick_backend(args, out=None) -> str:

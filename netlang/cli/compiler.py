@@ -40,8 +40,8 @@ def add_parser(sub, common, run_options) -> None:
                     help="print the IR after PASS (repeatable; `all` for every pass)")
     sp.add_argument("--explain", choices=["fusion"], help="why pairs of ops were not fused")
     sp.add_argument("--no-fuse", action="store_true", help="one kernel per op (for bisecting)")
-    sp.add_argument("--precision", help="fp32 (default), tf32 or bf16: the products' operands "
-                    "and results rounded as tensor cores round them (round_to nodes)")
+    sp.add_argument("--precision", help="fp32 (default), tf32, bf16 or fp16: the products' "
+                    "operands and results rounded as tensor cores round them (round_to nodes)")
     sp.add_argument("--backend", choices=["all", "cuda", "cpu"], default="all",
                     help="whose source to write with -o: kernels.cu (cuda), kernels.cpp (cpu, "
                          "its nl_step included) or both (default)")

@@ -51,6 +51,8 @@ def _gelu_expression(grad: bool):
 def _round_expression(e: Node, v: str, loads: dict) -> str:
     if not e.attrs["forward"]:
         return v
+    if e.attrs["precision"] == "fp16":
+        return f"nl_round_half({v})"
     return f"nl_round_bits({v}, {PRECISION_DROP[e.attrs['precision']]})"
 
 

@@ -104,16 +104,23 @@ register(OpDef(
 
 # -- reduced precision -------------------------------------------------------------------
 
-# Mantissa bits dropped from a float32 when it is rounded to each low-precision type.
-PRECISION_DROP = {"tf32": 13, "bf16": 16}
-PRECISIONS = ("fp32", "tf32", "bf16")
+# Mantissa bits dropped from a float32 when it is rounded to each low-precision type
+# (fp16 also narrows the exponent: see round_mantissa).
+PRECISION_DROP = {"tf32": 13, "bf16": 16, "fp16": 13}
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
 def round_mantissa(x: np.ndarray, precision: str) -> np.ndarray:
     """`x` rounded as the hardware rounds a float32 to `precision` (tf32, bf16): to
     nearest, ties to even, on the float32 bit pattern; infinities and NaN unchanged, a
     value past the largest finite one becomes infinite. Float64 input is rounded to
-    float32 first (the emulation's storage type), and returned as float64."""
+    float32 first (the emulation's storage type), and returned as float64. fp16 is IEEE
+    half precision: NumPy's conversion, which also rounds to nearest even, makes values of
+    65520 and more infinite and those below 2^-14 subnormal (multiples of 2^-24)."""
+    if precision == "fp16":
+        f = np.asarray(x, dtype=np.float32)
+        with np.errstate(over="ignore"):
+            return f.astype(np.float16).astype(x.dtype)
     drop = PRECISION_DROP[precision]
     f = np.ascontiguousarray(x, dtype=np.float32)
     u = f.view(np.uint32)

@@ -3,7 +3,8 @@
     attach_loss    (with a loss) target inputs and the weighted sum of loss terms
     stable_losses  bce(sigmoid) -> bce_logits, cross_entropy(softmax) -> logits form
     specialize     training or inference behaviour of dropout and batchnorm
-    precision      (tf32, bf16) round_to around the products: tensor-core numerics
+    precision      (tf32, bf16, fp16) round_to around the products: tensor-core numerics
+    scale_loss     (fp16 training) the backward pass from the loss scale, gradients unscaled
     autodiff       (training) backward nodes for every trainable parameter
     cse            merge duplicate computations
     dce            drop what no output, loss or gradient needs
@@ -61,6 +62,8 @@ def passes_for(opts: CompileOptions) -> list[Pass]:
     ps.append(Pass("precision", lambda g: precision.apply_precision(g, opts.precision)))
     if opts.loss and opts.differentiate:
         ps.append(Pass("autodiff", lambda g: ad.autodiff(g, opts.wrt_inputs)))
+        if opts.precision == "fp16":
+            ps.append(Pass("scale_loss", precision.scale_loss))
     if opts.loss and not opts.keep_outputs:   # a training step returns loss and gradients
         ps.append(Pass("drop_outputs", lambda g: g.outputs.clear()))
     ps += [Pass("cse", simplify.cse),
@@ -75,7 +78,8 @@ def pass_names(opts: CompileOptions) -> list[str]:
 
 
 # Every pass name, in pipeline order (a training step with a loss runs them all).
-PASS_NAMES = tuple(pass_names(CompileOptions(training=True, loss=(LossTerm(1.0, "mse", "", ""),))))
+PASS_NAMES = tuple(pass_names(CompileOptions(training=True, loss=(LossTerm(1.0, "mse", "", ""),),
+                                             precision="fp16")))
 
 
 def compile_graph(g: Graph, opts: CompileOptions, dump_after: tuple[str, ...] = (),

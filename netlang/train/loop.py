@@ -368,6 +368,10 @@ class Trainer:
                 row["seconds"] = round(time.perf_counter() - t0, 3)
                 state["history"].append(row)
                 self._log_epoch(row)
+                if opt.loss_scale is not None and opt.skipped_steps:
+                    self.log(f"fp16: {opt.skipped_steps} step(s) skipped this epoch for an "
+                             f"overflowing gradient; loss scale now {opt.loss_scale:g}")
+                    opt.skipped_steps = 0
                 sched.observe(row.get("val_loss", row["loss"]))
                 value = row.get(self.monitor, row.get("val_loss", row["loss"]))
                 improved = state["best"] is None or (
@@ -543,6 +547,8 @@ class Trainer:
         st = dict(state, network=self.net.name, fingerprint=checkpoint.fingerprint(self.net),
                   source=checkpoint.source_hash(self.net), optimizer_name=opt.name,
                   optimizer_steps=opt.step_count, schedule=sched.state(),
+                  loss_scale=None if opt.loss_scale is None else [opt.loss_scale,
+                                                                  opt.scale_good],
                   rng={"seed": self.cfg.seed, "global_step": state["global_step"]},
                   config=self._describe())
         checkpoint.save(self.out / f"{which}.safetensors",
@@ -562,6 +568,8 @@ class Trainer:
                         help="resume with the same optimizer")
         opt.state = ck.optimizer
         opt.step_count = st["optimizer_steps"]
+        if st.get("loss_scale"):   # fp16: the loss scale's schedule continues
+            opt.loss_scale, opt.scale_good = float(st["loss_scale"][0]), int(st["loss_scale"][1])
         sched.load(st["schedule"])
         weights = {k: np.array(v) for k, v in ck.weights.items()}
         best = None

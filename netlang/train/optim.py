@@ -25,6 +25,11 @@ class Optimizer:
     args: dict
     state: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     step_count: int = 0
+    # fp16 loss scaling (backends/step.py): the scale (None: not scaled), the finite steps
+    # since it last changed, and the steps skipped for an overflow
+    loss_scale: float | None = None
+    scale_good: int = 0
+    skipped_steps: int = 0
 
     @classmethod
     def from_config(cls, call: Call, lr: float | None = None) -> "Optimizer":

@@ -180,7 +180,7 @@ def _all_sources():
         out.append((f"{net.name}_train_capturable",
                     R.render(prog.graph, capturable=True).source))
     lenet = netlang.load(EXAMPLES / "lenet5.net")
-    for precision in ("tf32", "bf16"):   # the round_to kernels of reduced precision
+    for precision in ("tf32", "bf16", "fp16"):   # the round_to kernels, the loss scale
         prog = lenet.with_precision(precision).compile(training=True, loss="mse(logits, t)")
         out.append((f"lenet5_train_{precision}", R.render(prog.graph).source))
     out.append(("updates", R.prelude() + KERNELS))

@@ -159,7 +159,7 @@ def softmax(x):
 def round_precision(x, precision):
     """x as float32 rounded to nearest-even with 8 (bf16) or 11 (tf32) significant bits,
     from the mantissa and exponent (not the bit pattern the implementation uses)."""
-    bits = {"bf16": 8, "tf32": 11}[precision]
+    bits = {"bf16": 8, "tf32": 11, "fp16": 11}[precision]   # (fp16: normal range only)
     f = np.asarray(x, np.float32).astype(np.float64)
     m, e = np.frexp(f)          # f = m 2^e, 0.5 <= |m| < 1
     r = np.ldexp(np.rint(np.ldexp(m, bits)), e - bits)   # rint: ties to even

@@ -153,6 +153,7 @@ CASES = [
     ("round_to", [(3, 4)], dict(precision="bf16", forward=True, backward=True)),
     ("round_to", [(5,)], dict(precision="tf32", forward=True, backward=False)),
     ("round_to", [(2, 3)], dict(precision="tf32", forward=False, backward=True)),
+    ("round_to", [(4,)], dict(precision="fp16", forward=True, backward=True)),
     ("sum_all", [(3, 2)], {}),
     ("sum_to", [(4, 3, 3)], dict(shape=(1, 3, 1), batched=False)),
     ("broadcast_like", [(1, 3, 1), (4, 3, 3)], {}),

@@ -31,6 +31,15 @@ __device__ __forceinline__ float nl_round_bits(float x, int drop) {
     u += (1u << (drop - 1)) - 1u + ((u >> drop) & 1u);
     return __uint_as_float(u & ~((1u << drop) - 1u));
 }
+// x rounded to IEEE half precision (ties to even) and back: infinite from 65520 (the tie
+// above 65504), subnormal below 2^-14 (multiples of 2^-24), else 13 mantissa bits dropped
+__device__ __forceinline__ float nl_round_half(float x) {
+    float a = fabsf(x);
+    if (!(a < NL_INF)) return x;
+    if (a >= 65520.0f) return copysignf(NL_INF, x);
+    if (a < 6.103515625e-05f) return rintf(x * 16777216.0f) * 5.9604644775390625e-08f;
+    return nl_round_bits(x, 13);
+}
 __device__ __forceinline__ unsigned int nl_hash(unsigned int a, unsigned int b) {
     // A counter-based generator (a murmur3 finaliser of seed and element index).
     unsigned int h = a * 0x9E3779B1u ^ (b + 0x7F4A7C15u + (a << 6) + (a >> 2));
