@@ -38,7 +38,7 @@ class Network:
     train: TrainConfig | None = None
     # The network parameters given at load time (`--set`), as given: runs record them.
     overrides: dict[str, str] = field(default_factory=dict)
-    # The numerics of its products: fp32, or tensor-core tf32 / bf16 (passes/precision.py).
+    # The numerics of its products: fp32, or tensor-core tf32 / bf16 / fp16 (passes/precision).
     precision: str = "fp32"
     _compiled: dict[Any, Any] = field(default_factory=dict, repr=False)
 

@@ -4,8 +4,8 @@
     stable_losses  bce(sigmoid) -> bce_logits, cross_entropy(softmax) -> logits form
     specialize     training or inference behaviour of dropout and batchnorm
     precision      (tf32, bf16, fp16) round_to around the products: tensor-core numerics
-    scale_loss     (fp16 training) the backward pass from the loss scale, gradients unscaled
     autodiff       (training) backward nodes for every trainable parameter
+    scale_loss     (fp16 training) the backward pass from the loss scale, gradients unscaled
     cse            merge duplicate computations
     dce            drop what no output, loss or gradient needs
     fusion         group nodes into kernels (annotates; `--no-fuse` gives one node a kernel)

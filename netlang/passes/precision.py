@@ -1,4 +1,4 @@
-"""Reduced-precision numerics (`precision = tf32 | bf16`), as `round_to` nodes around the
+"""Reduced-precision numerics (`precision = tf32 | bf16 | fp16`), as `round_to` nodes around
 products (conv, conv_transpose, dense, matmul), so that every backend computes what the
 tensor cores would: the products read rounded operands and accumulate in float32;
 everything else (activations, normalisation, softmax, losses, reductions, the optimizer
