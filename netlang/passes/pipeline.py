@@ -5,7 +5,7 @@
     specialize     training or inference behaviour of dropout and batchnorm
     precision      (tf32, bf16, fp16) round_to around the products: tensor-core numerics
     autodiff       (training) backward nodes for every trainable parameter
-    scale_loss     (fp16 training) the backward pass from the loss scale, gradients unscaled
+    scale_loss     (training; fp16 only) the backward from the loss scale, gradients unscaled
     cse            merge duplicate computations
     dce            drop what no output, loss or gradient needs
     fusion         group nodes into kernels (annotates; `--no-fuse` gives one node a kernel)
@@ -62,8 +62,8 @@ def passes_for(opts: CompileOptions) -> list[Pass]:
     ps.append(Pass("precision", lambda g: precision.apply_precision(g, opts.precision)))
     if opts.loss and opts.differentiate:
         ps.append(Pass("autodiff", lambda g: ad.autodiff(g, opts.wrt_inputs)))
-        if opts.precision == "fp16":
-            ps.append(Pass("scale_loss", precision.scale_loss))
+        ps.append(Pass("scale_loss", lambda g: precision.scale_loss(g)
+                       if opts.precision == "fp16" else None))
     if opts.loss and not opts.keep_outputs:   # a training step returns loss and gradients
         ps.append(Pass("drop_outputs", lambda g: g.outputs.clear()))
     ps += [Pass("cse", simplify.cse),
@@ -78,8 +78,7 @@ def pass_names(opts: CompileOptions) -> list[str]:
 
 
 # Every pass name, in pipeline order (a training step with a loss runs them all).
-PASS_NAMES = tuple(pass_names(CompileOptions(training=True, loss=(LossTerm(1.0, "mse", "", ""),),
-                                             precision="fp16")))
+PASS_NAMES = tuple(pass_names(CompileOptions(training=True, loss=(LossTerm(1.0, "mse", "", ""),))))
 
 
 def compile_graph(g: Graph, opts: CompileOptions, dump_after: tuple[str, ...] = (),
