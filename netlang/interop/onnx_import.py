@@ -38,6 +38,9 @@ from netlang.diagnostics import error
 RESERVED = {"import", "block", "network", "train", "input", "output", "return", "repeat",
             "as", "true", "false", "same", "valid"}
 CHANNEL_OPS = ("conv", "conv_transpose", "dense")
+# ONNX ops that compute a shape from Shape nodes and constants (a batch size to expand to)
+SHAPE_ARITHMETIC = ("Shape", "Slice", "Gather", "Concat", "Unsqueeze", "Squeeze", "Cast",
+                    "Reshape", "ConstantOfShape", "Mul", "Equal", "Where", "Constant")
 
 
 @dataclass
@@ -380,6 +383,10 @@ class _Translator:
         self.concat_sizes: dict[str, list[int]] = {}
         self.skipped: set[int] = set()
         self._find_shape_sizes()
+        # a constant [1, ...] expanded over the batch (ViT's class token): value -> (the
+        # initializer's name, one sample's tensor), a `param` for the Concat that reads it
+        self.expanded: dict[str, tuple[str, np.ndarray]] = {}
+        self._find_batch_expands()
 
     def _find_shape_sizes(self) -> None:
         nodes = list(self.graph.node)
@@ -397,6 +404,55 @@ class _Translator:
                 continue
             self.concat_sizes[n.output[0]] = [int(v) for v in self.consts[n.input[1]]]
             self.skipped |= {k, sl, sh}
+
+    def _find_batch_expands(self) -> None:
+        """Expand(c, shape) where c is a constant (or Unsqueeze(c, [0])) with a batch axis
+        of 1 and `shape` is computed from Shape nodes and constants alone (the batch size
+        of a value: netlang's and PyTorch's exports of a class token). The shape
+        arithmetic is skipped; the Concat that reads the result declares a `param`."""
+        nodes = list(self.graph.node)
+        made = {o: k for k, n in enumerate(nodes) for o in n.output}
+        readers: dict[str, list[int]] = {}
+        for k, n in enumerate(nodes):
+            for i in n.input:
+                readers.setdefault(i, []).append(k)
+        for k, n in enumerate(nodes):
+            if n.op_type != "Expand" or len(n.input) != 2:
+                continue
+            src, skip = n.input[0], set()
+            c = self.consts.get(src)
+            u = made.get(src)
+            if c is None and u is not None and nodes[u].op_type == "Unsqueeze":
+                base = self.consts.get(nodes[u].input[0])
+                axes = _attrs(nodes[u]).get("axes")
+                if axes is None and len(nodes[u].input) > 1:
+                    axes = self.consts.get(nodes[u].input[1])
+                if base is not None and axes is not None and [int(v) for v in
+                                                              np.ravel(axes)] == [0]:
+                    c, src, skip = base[None], nodes[u].input[0], {u}
+            if c is None or c.ndim < 2 or c.shape[0] != 1:
+                continue
+            shape_nodes, stack, ok = set(), [n.input[1]], True
+            while stack and ok:
+                v = stack.pop()
+                if v in self.consts or not v:
+                    continue
+                p = made.get(v)
+                if p is None or nodes[p].op_type not in SHAPE_ARITHMETIC:
+                    ok = False
+                elif p not in shape_nodes:
+                    shape_nodes.add(p)
+                    if nodes[p].op_type != "Shape":
+                        stack.extend(nodes[p].input)
+            inside = shape_nodes | skip | {k}
+            if not ok or any(r not in inside for q in shape_nodes | skip
+                             for o in nodes[q].output for r in readers.get(o, [])):
+                continue
+            have = self.shapes.get(n.output[0])
+            if have and any(d is not None and d != e for d, e in zip(have[1:], c.shape[1:])):
+                continue
+            self.expanded[n.output[0]] = (src, np.asarray(c[0], np.float32))
+            self.skipped |= inside
 
     def src(self, v: str) -> str:
         while v in self.alias:
@@ -416,7 +472,7 @@ class _Translator:
     def run(self):
         regions = _activation_regions(self.graph, self.consts, self.uses)
         for k, node in enumerate(self.graph.node):
-            if k in self.skipped:   # a Resize's sizes, read by _Resize
+            if k in self.skipped:   # a Resize's sizes (_Resize), a class token's Expand
                 continue
             op, where = node.op_type, node.name or f"{node.op_type} -> {node.output[0]}"
             if node.domain not in ("", "ai.onnx"):
@@ -447,7 +503,8 @@ class _Translator:
                     self.alias[out] = ins[0]
                 continue
             if any(i and i not in self.consts and i not in self.producer
-                   and i not in self.inputs and i not in self.causal for i in ins[:1]):
+                   and i not in self.inputs and i not in self.causal
+                   and i not in self.expanded for i in ins[:1]):
                 continue   # fed by a node already refused
             handler = getattr(self, f"_{op}", None)
             if handler is None:
@@ -994,8 +1051,27 @@ class _Translator:
         if any(i in self.consts for i in ins):
             self.refuse("Concat of a constant tensor", where)
             return
-        self.add(Layer("concat", [], {} if axis == 1 else {"axis": axis - 1}, list(ins), out,
-                       {}, path, where))
+        repeated = [i for i in ins if i in self.expanded]
+        if len(repeated) > 1:
+            self.refuse("Concat of two constants repeated over the batch", where)
+            return
+        kw = {} if axis == 1 else {"axis": axis - 1}
+        if not repeated:
+            self.add(Layer("concat", [], kw, list(ins), out, {}, path, where))
+            return
+        const, value = self.expanded[repeated[0]]   # a class token: a `param`, in place
+        name = self._param_name(const)
+        shapes = [[None, *value.shape] if i == repeated[0] else self.shapes.get(i)
+                  for i in ins]
+        if all(sh and len(sh) == len(shapes[0]) for sh in shapes) and all(
+                d is not None for sh in shapes for d in sh[1:]):
+            # ONNX's inference does not follow the Expand's computed shape: the joined
+            # shape is known here, for the layers after it
+            joined = list(shapes[0])
+            joined[axis] = sum(sh[axis] for sh in shapes)
+            self.shapes[out] = joined
+        self.add(Layer("concat", [], kw, [name if i == repeated[0] else i for i in ins], out,
+                       {"value": value}, path, where, declares=name))
 
     def _Resize(self, node, a, ins, out, path, where):
         mode = a.get("mode", b"nearest")
@@ -1462,6 +1538,9 @@ class _Writer:
             for v in it.inputs:
                 uses[v] += 1
         names = dict(names)
+        for it in items:   # a declared `param` read as an input (a class token) is a name
+            if isinstance(it, Layer) and it.declares in it.inputs:
+                names[it.declares] = it.declares
         declared: dict[str, str] = {}   # value -> the output statement that defines it
         for v, kind, oname in outputs:
             if kind == "output" and v not in names:
@@ -1759,9 +1838,10 @@ def _pair_weights(source, name, layers, out_map, net_inputs, path):
             raise AssertionError(f"import: {node.name} ({node.op}) paired with {L.where} "
                                  f"({L.op})")
         data = [i for i in node.inputs if i.op != "param"]
-        if len(data) != len(L.inputs):
+        l_inputs = [v for v in L.inputs if v != L.declares]   # a class token is a param
+        if len(data) != len(l_inputs):
             raise AssertionError(f"import: {node.name} has {len(data)} inputs, {L.where} "
-                                 f"{len(L.inputs)}")
+                                 f"{len(l_inputs)}")
         for p in node.inputs:
             if p.op == "param":
                 arr = L.params[p.attrs["role"]]
@@ -1769,7 +1849,7 @@ def _pair_weights(source, name, layers, out_map, net_inputs, path):
                     raise error("E074", f"{L.where}: weights of shape {list(arr.shape)} where "
                                 f"netlang's {p.name} is {list(p.type.shape)}", None)
                 weights[p.name] = arr
-        stack.extend(zip(data, L.inputs))
+        stack.extend(zip(data, l_inputs))
     missing = [p.name for p in graph.params if p.name not in weights]
     if missing:
         raise AssertionError(f"import: parameters without weights: {missing[:3]}")

@@ -89,6 +89,23 @@ def test_the_ops_no_example_uses_round_trip(tmp_path):
         np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+def test_a_class_token_round_trips(tmp_path):
+    """A `param` concatenated to every sample (exported as Unsqueeze + Expand to the
+    batch's size + Concat) comes back as the declaration and the concat."""
+    net = netlang.loads("network cls_token {\n input s: [3, 5]\n param cls: [1, 3]\n"
+                        " t = s -> permute([1, 0])\n"
+                        " output y = concat(cls, t, axis = 0) -> layernorm -> mean(0)\n}")
+    w = net.init(2)
+    path = tmp_path / "cls.onnx"
+    onnx.save(export_model(net, w).model, str(path))
+    imp = import_model(str(path))
+    assert "param cls: [1, 3] = zeros" in imp.source and "concat(cls, " in imp.source
+    back = netlang.loads(imp.source)
+    x = _inputs(net)
+    np.testing.assert_allclose(back.forward(imp.weights, x)["y"], net.forward(w, x)["y"],
+                               rtol=1e-6, atol=1e-6)
+
+
 def test_a_round_trip_reads_like_the_source(tmp_path):
     net = netlang.load(EXAMPLES / "unet_valid.net", params={"base": 2, "size": 188})
     path = tmp_path / "u.onnx"
@@ -127,8 +144,29 @@ class TinyViT(nn.Module):
         return self.head(t.mean(1))
 
 
+class ClsViT(TinyViT):
+    """TinyViT with timm's class token: `cls_token.expand(B, -1, -1)` joined before the
+    patches (PyTorch exports the batch size as Shape/Gather/.../Where arithmetic)."""
+
+    def __init__(self, dim=8, patch=4, size=16, classes=3):
+        super().__init__(dim, patch, size, classes)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.5)
+        self.pos_embed = nn.Parameter(torch.randn(1, (size // patch) ** 2 + 1, dim) * 0.5)
+
+    def forward(self, x):
+        t = self.embed(x).permute(0, 2, 3, 1).reshape(-1, *self.embed_tokens())
+        t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1) + self.pos_embed
+        t = t + self.mlp(self.norm(t))
+        return self.head(t.mean(1))
+
+    def embed_tokens(self):
+        return self.pos_embed.shape[1] - 1, self.pos_embed.shape[2]
+
+
 TORCH = {   # name: (model, input size, what the source must say)
     "vit": (TinyViT, 16, ["param pos_embed: [16, 8] = zeros", "-> add(pos_embed)"]),
+    "vit_cls": (ClsViT, 16, ["param cls_token: [1, 8] = zeros",
+                             "param pos_embed: [17, 8] = zeros", "concat(cls_token, "]),
     "resnet18": (lambda: ResNet18(base=8, classes=10), 64,
                  ["block layer_block(c) {", "-> repeat 2 { layer_block(8) } -> layer(16)",
                   "-> global_avgpool -> dense(10)"]),
