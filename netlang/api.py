@@ -255,13 +255,10 @@ class Network:
 
 def check_precision(precision: str) -> str:
     """`precision` if netlang computes in it, else E030 with the choices."""
+    from netlang.config import named_choice
     from netlang.ops.elementwise import PRECISIONS
 
-    if precision not in PRECISIONS:
-        raise error("E030", f"unknown precision `{precision}`", None,
-                    notes=["precisions: " + ", ".join(PRECISIONS)],
-                    help=did_you_mean(precision, PRECISIONS))
-    return precision
+    return named_choice("precision", precision, PRECISIONS, "precisions")
 
 
 def use_tf32(on: bool) -> None:

@@ -114,6 +114,15 @@ KEYS = ("data", "loss", "optimizer", "schedule", "batch", "epochs", "seed", "val
 LR_GROUP = {"group": {"pattern": STR, "scale": NUM}}
 
 
+def named_choice(what: str, v: str, choices, label: str, span: SourceSpan | None = None
+                 ) -> str:
+    """`v` if it is one of `choices`, else E030 naming them (`label`: what they are)."""
+    if v not in choices:
+        raise error("E030", f"unknown {what} `{v}`", span,
+                    notes=[f"{label}: " + ", ".join(choices)], help=did_you_mean(v, choices))
+    return v
+
+
 def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -354,18 +363,12 @@ def _set(cfg: TrainConfig, key: str, e: ast.Expr, outputs: list[str],
     v = _literal(e)
     if key == "init":   # `init = kaiming_normal`: the layers that give no `init=`
         v = _check_kind(key, NAME, v, e.span)
-        if v not in INIT_SCHEMES:
-            raise error("E030", f"unknown initialisation `{v}`", e.span,
-                        notes=["schemes: " + ", ".join(INIT_SCHEMES)],
-                        help=did_you_mean(v, INIT_SCHEMES))
-        return replace(cfg, init=v)
+        return replace(cfg, init=named_choice("initialisation", v, INIT_SCHEMES, "schemes",
+                                              e.span))
     if key == "precision":   # `precision = bf16`: tensor-core numerics of the products
         v = _check_kind(key, NAME, v, e.span)
-        if v not in PRECISIONS:
-            raise error("E030", f"unknown precision `{v}`", e.span,
-                        notes=["precisions: " + ", ".join(PRECISIONS)],
-                        help=did_you_mean(v, PRECISIONS))
-        return replace(cfg, precision=v)
+        return replace(cfg, precision=named_choice("precision", v, PRECISIONS, "precisions",
+                                                   e.span))
     if key in ("batch", "epochs", "seed", "checkpoint_every"):
         v = _check_kind(key, INT, v, e.span)
         if v < (0 if key == "seed" else 1):

@@ -117,8 +117,7 @@ class Program:
         out = dict(data)
         for name, node in missing:
             src = np.asarray(data[node.attrs["resized_from"]])
-            src_node = self.graph.targets.get(node.attrs["resized_from"])
-            if src_node is not None and tuple(src.shape[1:]) != src_node.type.shape:
+            if tuple(src.shape[1:]) != self.graph.targets[node.attrs["resized_from"]].type.shape:
                 continue   # data_feeds reports the source's shape
             out[name] = resize_target(src, node.type.shape, node.type.dtype == "int64")
         return out

@@ -56,13 +56,13 @@ def _scaled(prog, opt) -> bool:
     return True
 
 
-def _scale_values_names() -> tuple[str, str]:
-    return ("loss_scale", "loss_scale.inverse")
+# the loss scale's parameters (passes/precision.py LOSS_SCALE, INVERSE_SCALE): no weights
+SCALE_PARAMS = ("loss_scale", "loss_scale.inverse")
 
 
 def _scale_values(opt) -> dict[str, np.ndarray]:
     s = np.float32(opt.loss_scale)
-    return {"loss_scale": s, "loss_scale.inverse": np.float32(1.0) / s}
+    return dict(zip(SCALE_PARAMS, (s, np.float32(1.0) / s)))
 
 
 def _after_scaled_step(opt, finite: bool) -> bool:
@@ -197,7 +197,7 @@ class TrainStep:
     def weights(self) -> dict[str, np.ndarray]:
         """Host copies of every parameter (and batchnorm statistic)."""
         return {k: self.dev.to_host(v).reshape(self.shapes[k]) for k, v in self.w.items()
-                if k not in _scale_values_names()}
+                if k not in SCALE_PARAMS}
 
     def sync(self) -> None:
         """Write the optimizer state into the Optimizer (as its NumPy update keeps it), for
